@@ -1,0 +1,33 @@
+# make demo   CAS of five generators on the embedded digits data (creates .venv on first use)
+# make test   the whole test suite, S3 and Prefect-server tests included
+# make s3     a SeaweedFS S3 server on 127.0.0.1 for trying the S3 path by hand
+# make bench  storage throughput benchmark (local folder vs SeaweedFS)
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export DO_NOT_TRACK ?= 1
+
+.PHONY: demo test s3 bench clean
+
+$(BIN)/cas: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+demo: $(BIN)/cas
+	$(BIN)/cas demo
+
+test: $(BIN)/cas
+	$(BIN)/python -m pytest
+
+s3: $(BIN)/cas
+	$(BIN)/python -m storage.local_s3
+
+bench: $(BIN)/cas
+	$(BIN)/python benchmarks/storage_throughput.py
+
+clean:
+	rm -rf casflow-store .pytest_cache

@@ -1,0 +1,1 @@
+"""Prefect flows that wire tasks/ and storage/ together, and the `cas` command."""

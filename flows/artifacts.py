@@ -1,0 +1,50 @@
+"""Prefect artifacts for each run: the summary table, and a note of the worst
+classes per model with where the results are."""
+
+from __future__ import annotations
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from flows.steps import ResultsRecord
+from tasks.report import ModelOutcome
+
+WORST_CLASSES_SHOWN = 3
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def summary_table(record: ResultsRecord) -> list[dict[str, str]]:
+    return [{
+        "model": row["model"],
+        "status": row["status"],
+        "CAS top-1": _pct(row.get("cas_top1")),
+        "CAS top-5": _pct(row.get("cas_top5")),
+        "CAS / real": "-" if row.get("cas_ratio_top1") is None else f"{row['cas_ratio_top1']:.3f}",
+        "worst class": "-" if row.get("worst_class") is None else f"{row['worst_class']} ({_pct(row['worst_class_top1'])})",
+        "cached": "yes" if row["cached"] else "no",
+        "error": row.get("error") or "",
+    } for row in record.summary]
+
+
+def worst_classes_markdown(record: ResultsRecord, outcomes: list[ModelOutcome], class_names: tuple[str, ...]) -> str:
+    lines = [f"# CAS run {record.run_id}", "", f"- summary: `{record.summary_uri}`",
+             f"- per class: `{record.per_class_uri}`", ""]
+    for outcome in outcomes:
+        if not outcome.ok:
+            lines += [f"## {outcome.model}: failed", "", f"{outcome.error}", ""]
+            continue
+        per_class = outcome.counts.per_class_top1()
+        worst = sorted(range(len(per_class)), key=lambda c: per_class[c])[:WORST_CLASSES_SHOWN]
+        lines += [f"## {outcome.model}: top-1 {_pct(outcome.counts.top1)}", "",
+                  "| class | top-1 | eval images |", "| --- | --- | --- |"]
+        lines += [f"| {class_names[c]} | {_pct(per_class[c])} | {outcome.counts.n_eval[c]} |" for c in worst]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def publish(record: ResultsRecord, outcomes: list[ModelOutcome], class_names: tuple[str, ...]) -> None:
+    create_table_artifact(key="cas-summary", table=summary_table(record), description=f"CAS run {record.run_id}")
+    create_markdown_artifact(key="cas-worst-classes", markdown=worst_classes_markdown(record, outcomes, class_names),
+                             description=f"Worst classes per model, run {record.run_id}")

@@ -1,0 +1,106 @@
+"""Results as Parquet, appended per run and partitioned hive-style:
+  results/per_class/date=YYYY-MM-DD/run=<run_id>/part-0.parquet
+  results/summary/date=YYYY-MM-DD/run=<run_id>/part-0.parquet
+Long form: one row per (run, model, class) and per (run, model). Accuracies
+are fractions in [0, 1]; durations are seconds. Run ids start with the UTC
+time, so they sort in run order.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from storage.store import Store
+
+_RUN_KEYS = [
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("run_time", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("flow_run_id", pa.string()),
+    pa.field("dataset", pa.string(), nullable=False),
+    pa.field("dataset_fingerprint", pa.string(), nullable=False),
+    pa.field("model", pa.string(), nullable=False),
+    pa.field("generator_kind", pa.string(), nullable=False),
+    pa.field("recipe", pa.string(), nullable=False),
+    pa.field("seed", pa.int64(), nullable=False),
+    pa.field("samples_fingerprint", pa.string()),
+    pa.field("classifier_fingerprint", pa.string()),
+]
+
+PER_CLASS_SCHEMA = pa.schema(_RUN_KEYS + [
+    pa.field("class_index", pa.int32(), nullable=False),
+    pa.field("class_name", pa.string(), nullable=False),
+    pa.field("n_train", pa.int64(), nullable=False),  # synthetic samples of this class trained on
+    pa.field("n_eval", pa.int64(), nullable=False),  # real held-out images of this class
+    pa.field("top1", pa.float64(), nullable=False),
+    pa.field("top5", pa.float64(), nullable=False),
+    pa.field("top1_ci_low", pa.float64(), nullable=False),  # Wilson 95% interval
+    pa.field("top1_ci_high", pa.float64(), nullable=False),
+    pa.field("cached", pa.bool_(), nullable=False),  # every step of this model came from the store
+])
+
+SUMMARY_SCHEMA = pa.schema(_RUN_KEYS + [
+    pa.field("evaluation_fingerprint", pa.string()),
+    pa.field("status", pa.string(), nullable=False),  # ok | failed
+    pa.field("error", pa.string()),
+    pa.field("n_samples", pa.int64()),
+    pa.field("n_eval", pa.int64()),
+    pa.field("cas_top1", pa.float64()),
+    pa.field("cas_top5", pa.float64()),
+    pa.field("cas_top1_ci_low", pa.float64()),
+    pa.field("cas_top1_ci_high", pa.float64()),
+    pa.field("real_top1", pa.float64()),  # the baseline: the same recipe trained on the real train split
+    pa.field("real_top5", pa.float64()),
+    pa.field("cas_ratio_top1", pa.float64()),  # cas_top1 / real_top1
+    pa.field("cas_ratio_top5", pa.float64()),
+    pa.field("worst_class", pa.string()),
+    pa.field("worst_class_top1", pa.float64()),
+    pa.field("sample_seconds", pa.float64()),
+    pa.field("train_seconds", pa.float64()),
+    pa.field("eval_seconds", pa.float64()),
+    pa.field("device", pa.string()),
+    pa.field("samples_cached", pa.bool_()),
+    pa.field("classifier_cached", pa.bool_()),
+    pa.field("evaluation_cached", pa.bool_()),
+    pa.field("cached", pa.bool_(), nullable=False),
+])
+
+TABLES = {"per_class": PER_CLASS_SCHEMA, "summary": SUMMARY_SCHEMA}
+_RUN_DIR = re.compile(r"^run=(.+)$")
+
+
+def write_table(store: Store, table: str, rows: list[dict[str, Any]], run_id: str, run_time: datetime) -> str:
+    """Write one run's rows as one Parquet file; returns its URI."""
+    data = pa.Table.from_pylist(rows, schema=TABLES[table])
+    buffer = io.BytesIO()
+    pq.write_table(data, buffer, compression="zstd")
+    location = store.results_location(table, run_time.strftime("%Y-%m-%d"), run_id)
+    store.write_bytes(location, buffer.getvalue())
+    return store.uri(location)
+
+
+def run_ids(store: Store) -> list[str]:
+    """Every run with a summary, oldest first."""
+    root = store.results_root("summary")
+    ids = []
+    for date_dir in store.listdir(root):
+        for run_dir in store.listdir(f"{root}/{date_dir}"):
+            match = _RUN_DIR.match(run_dir)
+            if match:
+                ids.append(match.group(1))
+    return sorted(ids)
+
+
+def read_run(store: Store, table: str, run_id: str) -> pa.Table:
+    """One run's rows of a table."""
+    root = store.results_root(table)
+    for date_dir in store.listdir(root):
+        location = f"{root}/{date_dir}/run={run_id}/part-0.parquet"
+        if store.exists(location):
+            return pq.read_table(io.BytesIO(store.read_bytes(location)), schema=TABLES[table])
+    raise FileNotFoundError(f"no {table} results for run {run_id} in {store.uri(root)}")

@@ -1,0 +1,258 @@
+"""WebDataset shard sets: plain tar shards, then `manifest.json` as the commit marker.
+
+Each sample is `<key>.png` (lossless) and `<key>.cls` (class index as text),
+keys zero-padded to 9 digits. Tar members carry mtime 0 and fixed
+owner/mode, so identical samples give byte-identical shards that any
+WebDataset reader (`webdataset`, `wids`, `tar -tf`) reads.
+
+A folder without a manifest is debris from a crash and is rebuilt; a shard
+whose size or sha256 disagrees with the manifest is an error naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import posixpath
+import tarfile
+import time
+from collections.abc import Iterable, Iterator
+from typing import IO, Any
+
+import webdataset
+
+from storage.store import Store
+
+log = logging.getLogger("casflow.storage")
+
+FORMAT = "casflow-shards/1"
+MANIFEST = "manifest.json"
+KEY_DIGITS = 9
+
+
+class ShardIntegrityError(ValueError):
+    """A committed shard set whose bytes disagree with its manifest."""
+
+
+class ShardFormatError(ValueError):
+    """A tar stream that is not a valid WebDataset shard (duplicate keys, truncation)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardInfo:
+    name: str
+    size: int
+    sha256: str
+    num_samples: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardSet:
+    """A small reference to a committed shard set, passed between steps."""
+
+    location: str  # store-relative folder
+    fingerprint: str
+    num_samples: int
+    count_per_class: tuple[int, ...]
+    class_names: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+    shards: tuple[ShardInfo, ...]
+    manifest_sha256: str
+
+    @property
+    def decoded_bytes(self) -> int:
+        """Size of the whole set decoded to uint8."""
+        h, w, c = self.image_shape
+        return self.num_samples * h * w * c
+
+
+def sample_key(index: int) -> str:
+    return f"{index:0{KEY_DIGITS}d}"
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}.tar"
+
+
+# ---------------------------------------------------------------- writing
+
+def _tar_bytes(samples: list[dict[str, Any]]) -> bytes:
+    buffer = io.BytesIO()
+    writer = webdataset.TarWriter(buffer, encoder=False, mtime=0, user="casflow", group="casflow", mode=0o444)
+    for sample in samples:
+        writer.write(sample)
+    writer.close()  # closes the tar stream, not our buffer
+    return buffer.getvalue()
+
+
+def write_shard_set(store: Store, location: str, samples: Iterable[tuple[int, bytes]], *, shard_size: int,
+                    fingerprint: str, fingerprint_inputs: dict[str, Any], class_names: tuple[str, ...],
+                    image_shape: tuple[int, int, int], what: str = "samples") -> ShardSet:
+    """Write (label, PNG bytes) samples as shards with keys 000000000, 000000001, ..., then the manifest.
+
+    Shards are built in memory one at a time and written atomically, so a
+    crash leaves complete shards and no manifest: never a committed partial set."""
+    store.remove_debris(location)
+    counts = [0] * len(class_names)
+    shards: list[ShardInfo] = []
+    pending: list[dict[str, Any]] = []
+    started, written = time.perf_counter(), 0
+
+    def flush() -> None:
+        nonlocal written
+        data = _tar_bytes(pending)
+        name = shard_name(len(shards))
+        store.write_bytes(f"{location}/{name}", data)
+        shards.append(ShardInfo(name, len(data), hashlib.sha256(data).hexdigest(), len(pending)))
+        written += len(pending)
+        elapsed = time.perf_counter() - started
+        log.info("%s: wrote %s (%d samples, %.1f MB); %d samples so far, %.0f samples/s",
+                 what, name, len(pending), len(data) / 1e6, written, written / max(elapsed, 1e-9))
+        pending.clear()
+
+    for index, (label, png) in enumerate(samples):
+        counts[label] += 1
+        pending.append({"__key__": sample_key(index), "cls": str(label).encode(), "png": png})
+        if len(pending) == shard_size:
+            flush()
+    if pending or not shards:
+        flush()
+
+    manifest = {
+        "format": FORMAT,
+        "fingerprint": fingerprint,
+        "fingerprint_inputs": fingerprint_inputs,
+        "num_samples": sum(counts),
+        "count_per_class": counts,
+        "class_names": list(class_names),
+        "image_shape": list(image_shape),
+        "shards": [dataclasses.asdict(s) for s in shards],
+    }
+    data = (json.dumps(manifest, sort_keys=True, indent=1) + "\n").encode()
+    store.write_bytes(f"{location}/{MANIFEST}", data)
+    return _shard_set(location, manifest, data)
+
+
+def _shard_set(location: str, manifest: dict[str, Any], data: bytes) -> ShardSet:
+    return ShardSet(
+        location=location,
+        fingerprint=manifest["fingerprint"],
+        num_samples=manifest["num_samples"],
+        count_per_class=tuple(manifest["count_per_class"]),
+        class_names=tuple(manifest["class_names"]),
+        image_shape=tuple(manifest["image_shape"]),
+        shards=tuple(ShardInfo(**s) for s in manifest["shards"]),
+        manifest_sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
+# ---------------------------------------------------------------- reading
+
+def load_shard_set(store: Store, location: str) -> ShardSet | None:
+    """The committed shard set at `location`, or None when there is no manifest (not committed).
+
+    Checks that every shard is there with its recorded size (one listing);
+    the sha256 of each shard is checked as it is read."""
+    try:
+        data = store.read_bytes(f"{location}/{MANIFEST}")
+    except FileNotFoundError:
+        return None
+    try:
+        manifest = json.loads(data)
+        if manifest.get("format") != FORMAT:
+            raise ValueError(f"unknown format {manifest.get('format')!r}")
+        shard_set = _shard_set(location, manifest, data)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ShardIntegrityError(f"{store.uri(location)}/{MANIFEST}: unreadable manifest ({exc})") from None
+    present = set(store.listdir(location))
+    for shard in shard_set.shards:
+        if shard.name not in present:
+            raise ShardIntegrityError(f"{store.uri(location)}/{shard.name}: listed in the manifest but missing; "
+                                      "delete the folder to rebuild it")
+        actual = store.size(f"{location}/{shard.name}")
+        if actual != shard.size:
+            raise ShardIntegrityError(f"{store.uri(location)}/{shard.name}: {actual} bytes, manifest says {shard.size}; "
+                                      "delete the folder to rebuild it")
+    return shard_set
+
+
+class _HashingReader(io.RawIOBase):
+    """Passes reads through while computing sha256 and the byte count."""
+
+    def __init__(self, raw: IO[bytes]):
+        self.raw = raw
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.raw.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self.sha256.update(data)
+        self.size += n
+        return n
+
+    def drain(self) -> None:
+        while self.readinto(bytearray(2**20)):
+            pass
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """WebDataset convention: key = path up to the first dot of the file name; the rest is the extension."""
+    folder, base = posixpath.split(name)
+    stem, _, ext = base.partition(".")
+    return posixpath.join(folder, stem), ext.lower()
+
+
+def iter_tar(stream: IO[bytes], source: str, seen_keys: set[str] | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) per sample of a tar stream, in order.
+
+    Members of one sample must be consecutive (as every WebDataset writer
+    makes them); a key seen twice is an error naming the shard and the key."""
+    seen = seen_keys if seen_keys is not None else set()
+    key, parts = None, {}
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                member_key, ext = split_member_name(member.name)
+                if member_key.startswith("__") or not ext:
+                    continue
+                if member_key != key:
+                    if key is not None:
+                        yield key, parts
+                    if member_key in seen:
+                        raise ShardFormatError(f"{source}: duplicate key {member_key}")
+                    seen.add(member_key)
+                    key, parts = member_key, {}
+                if ext in parts:
+                    raise ShardFormatError(f"{source}: duplicate file {member.name}")
+                parts[ext] = tar.extractfile(member).read()
+    except tarfile.TarError as exc:
+        raise ShardFormatError(f"{source}: not a readable tar file ({exc})") from None
+    if key is not None:
+        yield key, parts
+
+
+def iter_shard_set(store: Store, shard_set: ShardSet) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Stream every sample of a committed set, verifying each shard's sha256 as it goes.
+
+    A mismatch raises after the shard's samples were yielded: consumers
+    commit nothing derived from a set until its iteration has finished."""
+    seen: set[str] = set()
+    for shard in shard_set.shards:
+        source = f"{store.uri(shard_set.location)}/{shard.name}"
+        with store.open(f"{shard_set.location}/{shard.name}") as raw:
+            reader = _HashingReader(raw)
+            yield from iter_tar(io.BufferedReader(reader, 2**20), source, seen)
+            reader.drain()
+        if reader.size != shard.size or reader.sha256.hexdigest() != shard.sha256:
+            raise ShardIntegrityError(f"{source}: sha256 {reader.sha256.hexdigest()[:16]}... ({reader.size} bytes) "
+                                      f"disagrees with the manifest's {shard.sha256[:16]}... ({shard.size} bytes)")

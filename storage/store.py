@@ -1,0 +1,213 @@
+"""A store: one root URL, content-addressed layout, atomic writes.
+
+Layout (the only place paths are built; see `Store.location`):
+  real/<dataset_fp>/{train,eval}/shard-000000.tar ... manifest.json
+  samples/<samples_fp>/shard-000000.tar ... manifest.json
+  classifiers/<classifier_fp>/model.pt, train_log.json
+  evaluations/<evaluation_fp>/metrics.json
+  results/{per_class,summary}/date=YYYY-MM-DD/run=<run_id>/part-0.parquet
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import uuid
+from typing import IO, Any, Literal
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+log = logging.getLogger("casflow.storage")
+
+Kind = Literal["real", "samples", "classifiers", "evaluations"]
+KINDS: tuple[str, ...] = ("real", "samples", "classifiers", "evaluations")
+TEMP_MARK = ".tmp-"  # local temporary files: `<name>.tmp-<uuid>`, renamed into place when complete
+
+
+class StoreError(OSError):
+    """The store cannot be reached or read; transient ones are worth a retry."""
+
+
+def s3_options(endpoint_url: str | None = None, region: str | None = None, key: str | None = None,
+               secret: str | None = None) -> dict[str, Any]:
+    """fsspec/s3fs options. Unset values fall back to the AWS_* environment variables (botocore's own lookup)."""
+    options: dict[str, Any] = {
+        "use_listings_cache": False,  # other processes write here too; a stale listing would hide their commits
+        "config_kwargs": {"connect_timeout": 5, "read_timeout": 60,
+                          "retries": {"max_attempts": 8, "mode": "standard"}},  # backoff over restarts and throttling
+    }
+    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        options["endpoint_url"] = endpoint
+    if region or os.environ.get("AWS_DEFAULT_REGION"):
+        options["client_kwargs"] = {"region_name": region or os.environ["AWS_DEFAULT_REGION"]}
+    if key:
+        options["key"], options["secret"] = key, secret
+    return options
+
+
+class Store:
+    def __init__(self, url: str, s3: dict[str, Any] | None = None):
+        self._s3 = s3 if s3 is not None else s3_options()
+        self.fs, self.root = self.filesystem(url)
+        self.url = url if self.is_remote else os.path.abspath(self.root)
+        self.root = self.root.rstrip("/")
+
+    def __repr__(self) -> str:  # never the credentials
+        return f"Store({self.url!r})"
+
+    @property
+    def is_remote(self) -> bool:
+        return not isinstance(self.fs, LocalFileSystem)
+
+    def filesystem(self, url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+        """The filesystem and path for any URL a config names (store root, checkpoints, sources)."""
+        if url.startswith("s3://") or url.startswith("s3a://"):
+            return fsspec.url_to_fs(url.replace("s3a://", "s3://", 1), **self._s3)
+        if "://" in url and not url.startswith("file://"):
+            return fsspec.url_to_fs(url)
+        fs = LocalFileSystem(auto_mkdir=True)
+        return fs, os.path.abspath(url.removeprefix("file://"))
+
+    # ------------------------------------------------------------ layout
+
+    def location(self, kind: Kind, fingerprint: str, *parts: str) -> str:
+        """Store-relative path of an artifact: `<kind>/<fingerprint>/<parts...>`."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown artifact kind {kind!r}")
+        if len(fingerprint) < 16 or not all(c in "0123456789abcdef" for c in fingerprint):
+            raise ValueError(f"not a fingerprint: {fingerprint!r}")
+        return "/".join((kind, fingerprint, *parts))
+
+    def results_location(self, table: str, date: str, run_id: str) -> str:
+        return f"results/{table}/date={date}/run={run_id}/part-0.parquet"
+
+    def results_root(self, table: str) -> str:
+        return f"results/{table}"
+
+    def path(self, relative: str) -> str:
+        """Filesystem path of a store-relative path."""
+        return f"{self.root}/{relative}" if relative else self.root
+
+    def uri(self, relative: str) -> str:
+        """What a user pastes into DuckDB or a shell: s3://... or an absolute local path."""
+        if self.is_remote:
+            protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+            return f"{protocol}://{self.path(relative)}"
+        return self.path(relative)
+
+    # ------------------------------------------------------------ reads
+
+    def exists(self, relative: str) -> bool:
+        return self.fs.exists(self.path(relative))
+
+    def read_bytes(self, relative: str) -> bytes:
+        return self.fs.cat_file(self.path(relative))
+
+    def open(self, relative: str) -> IO[bytes]:
+        """A streaming read; large objects are fetched block by block."""
+        return self.fs.open(self.path(relative), "rb", block_size=8 * 2**20)
+
+    def size(self, relative: str) -> int:
+        return int(self.fs.size(self.path(relative)))
+
+    def listdir(self, relative: str) -> list[str]:
+        """Names directly below a folder (empty if it does not exist)."""
+        full = self.path(relative)
+        try:
+            entries = self.fs.ls(full, detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+
+    # ------------------------------------------------------------ writes
+
+    def write_bytes(self, relative: str, data: bytes) -> None:
+        """All or nothing: readers see the old object, or none, or all of the new one.
+
+        Local: write a temporary file beside it, fsync, rename over. S3: one PUT
+        is atomic by itself."""
+        full = self.path(relative)
+        if not self.is_remote:
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            temp = f"{full}{TEMP_MARK}{uuid.uuid4().hex}"
+            with open(temp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, full)
+            return
+        self.fs.pipe_file(full, data)
+
+    def remove_debris(self, relative: str) -> int:
+        """Delete leftover temporary files of a crashed local write below a folder."""
+        if self.is_remote:
+            return 0
+        removed = 0
+        for name in self.listdir(relative):
+            if TEMP_MARK in name:
+                os.remove(self.path(f"{relative}/{name}"))
+                removed += 1
+        return removed
+
+    def remove(self, relative: str) -> None:
+        full = self.path(relative)
+        if self.fs.exists(full):
+            self.fs.rm(full, recursive=True)
+
+    # ------------------------------------------------------------ content digests of user files
+
+    def digest(self, url: str) -> str:
+        """Content identity of a file or folder a config names, for fingerprints.
+
+        Local: sha256 of the bytes (of every file, for a folder). Remote: the
+        ETag and size of each object, which the store computes for us."""
+        fs, path = self.filesystem(url)
+        if not fs.exists(path):
+            raise FileNotFoundError(url)
+        remote = not isinstance(fs, LocalFileSystem)
+        if fs.isdir(path):
+            files = sorted(fs.find(path))
+            h = hashlib.sha256()
+            for file in files:
+                rel = file[len(path.rstrip("/")) + 1 :]
+                h.update(f"{rel}\0{_file_identity(fs, file, remote)}\n".encode())
+            return f"tree:{len(files)}:{h.hexdigest()}"
+        return _file_identity(fs, path, remote)
+
+
+def _file_identity(fs: fsspec.AbstractFileSystem, path: str, remote: bool) -> str:
+    if remote:
+        info = fs.info(path)
+        etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+        return f"etag:{etag}:{info['size']}"
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            h.update(block)
+    return f"sha256:{h.hexdigest()}"
+
+
+_TRANSIENT_NAMES = {
+    "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+    "ClientConnectorError", "ClientOSError", "ServerDisconnectedError", "ServerTimeoutError",
+}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth a retry: the store was unreachable or slow, not wrong."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+        return True
+    return any(type(e).__name__ in _TRANSIENT_NAMES for e in _chain(exc))
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen

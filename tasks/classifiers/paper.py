@@ -1,0 +1,108 @@
+"""`paper`: a torchvision ResNet trained the textbook way, for users who
+compare with the CAS paper (Ravuri & Vinyals 2019 used ResNet-50 on
+ImageNet and ResNet-56 on CIFAR-10; torchvision has no ResNet-56, so the
+default is ResNet-18 with a CIFAR stem for images of 64 pixels or less).
+
+SGD with Nesterov momentum, linear warm-up then cosine decay, random flips
+and translations, no test-time augmentation by default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Literal
+
+import torch
+import torchvision
+from pydantic import ConfigDict
+from torch import nn
+
+from tasks.classifiers.common import EpochLog, Normalize, TrainLoader, autocast, total_steps
+
+VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Hyper:
+    __pydantic_config__ = ConfigDict(extra="forbid")
+    arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    epochs: float = 40.0
+    batch_size: int = 512
+    lr: float = 0.2  # at batch_size; scale linearly if you change it
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 2.0
+    label_smoothing: float = 0.0
+    flip: bool = True
+    translate: int = 4
+    cutout: int = 0
+    tta_level: int = 0
+
+
+class Net(nn.Module):
+    def __init__(self, hp: Hyper, image_shape: tuple[int, int, int], num_classes: int):
+        super().__init__()
+        height, width, channels = image_shape
+        self.normalize = Normalize(channels)
+        self.resnet = getattr(torchvision.models, hp.arch)(weights=None, num_classes=num_classes)
+        if channels != 3 or min(height, width) <= 64:
+            # CIFAR stem: a 3x3 stride-1 conv and no max pool keep small images from vanishing
+            self.resnet.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        if min(height, width) <= 64:
+            self.resnet.maxpool = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.resnet(self.normalize(x))
+
+
+def build(hp: Hyper, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    return Net(hp, image_shape, num_classes)
+
+
+def train(loader: TrainLoader, num_classes: int, hp: Hyper, device: torch.device, seed: int,
+          image_shape: tuple[int, int, int]) -> tuple[nn.Module, dict]:
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        net = build(hp, image_shape, num_classes)
+    net = net.to(device, memory_format=torch.channels_last)
+    with torch.no_grad():
+        net.normalize.fit(loader.whitening_sample())
+
+    steps = total_steps(loader, hp.epochs)
+    warmup = max(1, int(hp.warmup_epochs * len(loader)))
+    decay, no_decay = [], []
+    for name, p in net.named_parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on BatchNorm and biases
+    optimizer = torch.optim.SGD([dict(params=decay, weight_decay=hp.weight_decay), dict(params=no_decay, weight_decay=0.0)],
+                                lr=hp.lr, momentum=hp.momentum, nesterov=True)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
+
+    epochs = EpochLog(total_epochs=-(-steps // len(loader)), num_samples=loader.num_samples)
+    step = 0
+    for epoch in range(epochs.total_epochs):
+        epoch_start, seen = time.perf_counter(), 0
+        net.train()
+        for images, labels in loader.epoch(epoch):
+            factor = (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+            for group in optimizer.param_groups:
+                group["lr"] = hp.lr * factor
+            with autocast(device):
+                logits = net(images)
+                loss = loss_fn(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            seen += len(images)
+            if step >= steps:
+                break
+        accuracy = (logits.argmax(1) == labels).float().mean().item()
+        epochs.add(epoch, loss.item(), accuracy, time.perf_counter() - epoch_start, seen)
+        if step >= steps:
+            break
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return net, {"steps": step, "epochs": epochs.rows, "train_seconds": round(time.perf_counter() - started, 3)}

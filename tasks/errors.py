@@ -1,0 +1,21 @@
+"""Errors that name what a user must fix."""
+
+
+class InputError(ValueError):
+    """Bad input from a user: a model's samples, a dataset or a checkpoint.
+
+    Never retried: the message says which model, which file and what is wrong.
+    """
+
+    def __init__(self, problem: str, *, model: str | None = None, source: str | None = None):
+        self.problem = problem
+        self.model = model
+        self.source = source
+        where = " ".join(p for p in (f"model '{model}'" if model else "", source or "") if p)
+        super().__init__(f"{where}: {problem}" if where else problem)
+
+    def for_model(self, model: str) -> "InputError":
+        """The same error, naming the model (when the raiser did not know it)."""
+        if self.model:
+            return self
+        return InputError(self.problem, model=model, source=self.source)

@@ -1,0 +1,127 @@
+"""Samples already drawn, in the formats generative-model code writes.
+
+Each reader returns (uint8 NHWC images, int labels) and names the file in
+every error; budget selection and size checks follow in `tasks.samples`.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Iterable
+from typing import IO
+
+import numpy as np
+
+from tasks.errors import InputError
+from tasks.files import FileTree
+from tasks.images import IMAGE_EXTENSIONS, decode_many, stack_images
+
+
+def read_npz(file: IO[bytes], source: str, model: str) -> tuple[np.ndarray, np.ndarray]:
+    """ADM / guided-diffusion `sample.py` output: arr_0 uint8 (N, H, W, C), arr_1 int labels (N,)."""
+    try:
+        with np.load(file, allow_pickle=False) as npz:
+            keys = set(npz.files)
+            if "arr_0" not in keys:
+                raise InputError(f"no arr_0 (images) in the npz; it holds {sorted(keys)}", model=model, source=source)
+            if "arr_1" not in keys:
+                raise InputError("no arr_1 (labels) in the npz: was it sampled class-conditionally?", model=model, source=source)
+            images, labels = npz["arr_0"], npz["arr_1"]
+    except InputError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        raise InputError(f"truncated or corrupt npz ({type(exc).__name__}: {exc})", model=model, source=source) from None
+    if images.ndim != 4:
+        raise InputError(f"arr_0 has shape {images.shape}, expected (N, H, W, C)", model=model, source=source)
+    if len(images) != len(labels):
+        raise InputError(f"arr_0 has {len(images)} images but arr_1 {len(labels)} labels", model=model, source=source)
+    return images, labels
+
+
+def match_class_folders(folders: Iterable[str], class_names: tuple[str, ...], *, model: str, source: str) -> dict[str, int]:
+    """Folder name -> class index, by the dataset's class name, or by index for integer names ('3', '003')."""
+    index = {name: i for i, name in enumerate(class_names)}
+    mapping, unknown = {}, []
+    for folder in sorted(set(folders)):
+        if folder in index:
+            mapping[folder] = index[folder]
+        elif folder.isdigit() and int(folder) < len(class_names):
+            mapping[folder] = int(folder)
+        else:
+            unknown.append(folder)
+    if unknown:
+        raise InputError(f"folder(s) {', '.join(unknown[:5])} match no class of the dataset "
+                         f"({', '.join(class_names[:10])}{' ...' if len(class_names) > 10 else ''})", model=model, source=source)
+    claimed: dict[int, str] = {}
+    for folder, c in mapping.items():
+        if c in claimed:
+            raise InputError(f"folders {claimed[c]} and {folder} both map to class {c} ({class_names[c]})", model=model, source=source)
+        claimed[c] = folder
+    return mapping
+
+
+def read_class_folders(tree: FileTree, class_names: tuple[str, ...], model: str) -> tuple[np.ndarray, np.ndarray]:
+    """<root>/<class>/<image>: one subfolder per class, matched to the dataset's class names."""
+    files = [p for p in tree.paths() if "/" in p and p.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS]
+    if not files:
+        raise InputError("no images in class subfolders", model=model, source=tree.name)
+    mapping = match_class_folders((p.split("/", 1)[0] for p in files), class_names, model=model, source=tree.name)
+    labels = np.array([mapping[p.split("/", 1)[0]] for p in files], dtype=np.int64)
+    return _decode(tree, files, model), labels
+
+
+def read_dataset_json(tree: FileTree, model: str) -> tuple[np.ndarray, np.ndarray]:
+    """StyleGAN2-ADA / EDM layout: dataset.json {"labels": [[relative_path, int], ...]} beside the images."""
+    paths = set(tree.paths())
+    if "dataset.json" not in paths:
+        raise InputError("no dataset.json at the top level", model=model, source=tree.name)
+    try:
+        entries = json.loads(tree.read("dataset.json"))["labels"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"dataset.json is not {{\"labels\": [[path, int], ...]}} ({exc})", model=model, source=tree.name) from None
+    if not entries:
+        raise InputError("dataset.json has no labels (an unconditional model?)", model=model, source=tree.name)
+    files, labels = [], []
+    for entry in entries:
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str) and isinstance(entry[1], int)):
+            raise InputError(f"dataset.json entry {str(entry)[:80]} is not [path, int]", model=model, source=tree.name)
+        if entry[0] not in paths:
+            raise InputError(f"dataset.json lists {entry[0]}, which is not in the archive", model=model, source=tree.name)
+        files.append(entry[0])
+        labels.append(entry[1])
+    return _decode(tree, files, model), np.array(labels, dtype=np.int64)
+
+
+def read_webdataset(samples: Iterable[tuple[str, dict[str, bytes]]], source: str, model: str) -> tuple[np.ndarray, np.ndarray]:
+    """WebDataset samples with `.cls` and one image extension each."""
+    blobs, labels, sources = [], [], []
+    for key, parts in samples:
+        where = f"{source} key {key}"
+        image_ext = next((e for e in IMAGE_EXTENSIONS if e in parts), None)
+        if image_ext is None:
+            raise InputError(f"no image ({', '.join(IMAGE_EXTENSIONS)}) in sample; it has {sorted(parts)}", model=model, source=where)
+        if "cls" not in parts:
+            raise InputError("no .cls label in sample", model=model, source=where)
+        try:
+            labels.append(int(parts["cls"].decode().strip()))
+        except (ValueError, UnicodeDecodeError):
+            raise InputError(f"label {parts['cls'][:20]!r} is not an integer", model=model, source=where) from None
+        blobs.append(parts[image_ext])
+        sources.append(where)
+    if not blobs:
+        raise InputError("no samples in the shards", model=model, source=source)
+    images = _stack(decode_many(blobs, sources), sources, model)
+    return images, np.array(labels, dtype=np.int64)
+
+
+def _decode(tree: FileTree, files: list[str], model: str) -> np.ndarray:
+    sources = [f"{tree.name}/{p}" for p in files]
+    return _stack(decode_many([tree.read(p) for p in files], sources), sources, model)
+
+
+def _stack(images: list[np.ndarray], sources: list[str], model: str) -> np.ndarray:
+    try:
+        return stack_images(images, sources)
+    except InputError as exc:
+        raise exc.for_model(model) from None

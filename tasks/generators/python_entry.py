@@ -1,0 +1,127 @@
+"""A user's model behind a Python entry point `package.module:factory`.
+
+    factory(checkpoint, device, **options) -> object with sample(labels, seed)
+
+`checkpoint` is what casflow loaded from the configured file (a state dict,
+say), with `torch.load(weights_only=True)` unless the config allows unsafe
+loading; None when no checkpoint is configured; the local file path when
+`load_checkpoint: false`. `sample(labels, seed)` gets an int64 numpy array
+of labels and an int seed, and returns images for exactly those labels, in
+order: a numpy array or torch tensor, uint8 or float in the declared range,
+NHWC or NCHW as declared. It runs under torch.inference_mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import io
+import pickle
+import re
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from tasks.errors import InputError
+from tasks.fingerprint import derive_seed
+from tasks.images import to_uint8
+from tasks.samples import conform_images, label_schedule
+
+
+def load_factory(entry_point: str, model: str) -> Callable[..., Any]:
+    module_name, _, attr = entry_point.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # a user's module can raise anything at import
+        raise InputError(f"entry point {entry_point}: cannot import {module_name} ({type(exc).__name__}: {exc})",
+                         model=model) from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise InputError(f"entry point {entry_point}: module {module_name} has no callable '{attr}'", model=model)
+    return factory
+
+
+def code_digest(entry_point: str, model: str) -> str:
+    """sha256 of the source file that defines the factory: editing it redraws the samples."""
+    factory = load_factory(entry_point, model)
+    module = sys.modules[factory.__module__]
+    try:
+        path = inspect.getsourcefile(module)
+        with open(path, "rb") as f:  # type: ignore[arg-type]
+            return hashlib.sha256(f.read()).hexdigest()
+    except (TypeError, OSError):
+        return f"module:{module.__name__}:{getattr(module, '__version__', 'unversioned')}"
+
+
+def load_checkpoint(data: bytes, name: str, *, allow_unsafe: bool, device: str, model: str) -> Any:
+    """Deserialise a checkpoint: safetensors, or torch.load with weights_only=True unless allowed."""
+    import torch
+
+    if name.endswith(".safetensors"):
+        try:
+            from safetensors.torch import load
+        except ImportError:
+            raise InputError("reading .safetensors needs the safetensors package", model=model, source=name) from None
+        try:
+            return load(data)
+        except Exception as exc:
+            raise InputError(f"unreadable safetensors checkpoint ({exc})", model=model, source=name) from None
+    try:
+        return torch.load(io.BytesIO(data), map_location=device, weights_only=not allow_unsafe)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found or "allowed global" in str(exc):
+            what = found.group(1) if found else "a Python object"
+            raise InputError(f"unsafe checkpoint: it pickles {what}, which weights_only loading refuses; set "
+                             "allow_unsafe_checkpoint: true only if you trust the file", model=model, source=name) from None
+        raise InputError("unreadable checkpoint (not a torch checkpoint, or corrupt)", model=model, source=name) from None
+    except Exception as exc:  # torch's zip reader: "failed finding central directory" and the like
+        raise InputError(f"unreadable checkpoint ({str(exc).splitlines()[0][:160]})", model=model, source=name) from None
+
+
+def make_sampler(factory: Callable[..., Any], checkpoint: Any, device: str, options: dict[str, Any], *,
+                 entry_point: str, model: str) -> Any:
+    try:
+        sampler = factory(checkpoint, device=device, **options)
+    except Exception as exc:
+        raise InputError(f"factory {entry_point} raised {type(exc).__name__}: {exc}", model=model) from None
+    if not callable(getattr(sampler, "sample", None)):
+        raise InputError(f"factory {entry_point} returned {type(sampler).__name__}, which has no sample(labels, seed)",
+                         model=model)
+    return sampler
+
+
+def draw(sampler: Any, budget: Sequence[int], *, seed: int, batch_size: int, output_range: str, layout: str,
+         image_shape: tuple[int, int, int], resize_filter: str | None, model: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(uint8 NHWC images, labels) per batch of the class-balanced label schedule.
+
+    Batch b is drawn with seed derive_seed(seed, b): the samples depend on
+    the seed and the batch size, both fingerprinted."""
+    import torch
+
+    schedule = label_schedule(budget)
+    for batch, start in enumerate(range(0, len(schedule), batch_size)):
+        labels = schedule[start : start + batch_size]
+        where = f"sample() batch {batch}"
+        try:
+            with torch.inference_mode():
+                out = sampler.sample(labels.copy(), derive_seed(seed, batch))
+        except Exception as exc:
+            raise InputError(f"sample() raised {type(exc).__name__}: {exc}", model=model, source=where) from None
+        if isinstance(out, torch.Tensor):
+            out = out.detach().cpu()
+            out = out.float().numpy() if out.dtype in (torch.bfloat16, torch.float16) else out.numpy()
+        if not isinstance(out, np.ndarray):
+            raise InputError(f"sample() returned {type(out).__name__}, expected a numpy array or torch tensor",
+                             model=model, source=where)
+        if out.ndim != 4:
+            raise InputError(f"sample() returned shape {out.shape}, expected 4 dimensions ({layout})", model=model, source=where)
+        if len(out) != len(labels):
+            raise InputError(f"sample() returned {len(out)} images for {len(labels)} labels", model=model, source=where)
+        if layout == "NCHW":
+            out = out.transpose(0, 2, 3, 1)
+        images = to_uint8(np.ascontiguousarray(out), output_range, model=model, source=where)
+        yield conform_images(images, image_shape, resize_filter=resize_filter, model=model, source=where), labels

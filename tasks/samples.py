@@ -1,0 +1,94 @@
+"""The sample budget and everything that checks samples before they are stored.
+
+CAS protocol: one synthetic sample per real training image, same label, so
+the synthetic set has the real train split's size and class balance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from tasks.errors import InputError
+from tasks.images import encode_png, resize
+
+SAMPLES_CODE_VERSION = 1  # bump when the stored samples change for the same inputs
+
+
+def label_schedule(budget: Sequence[int]) -> np.ndarray:
+    """Labels to draw, round-robin over classes until each has its budget (0,1,2,..,0,1,2,..).
+
+    Every batch cut from it is close to class-balanced, and it needs no seed."""
+    remaining = list(budget)
+    out = []
+    while any(remaining):
+        for c, left in enumerate(remaining):
+            if left:
+                out.append(c)
+                remaining[c] -= 1
+    return np.array(out, dtype=np.int64)
+
+
+def select_for_budget(labels: np.ndarray, budget: Sequence[int], *, seed: int, allow_shortfall: bool,
+                      model: str, source: str) -> np.ndarray:
+    """Indices meeting the budget per class.
+
+    More samples than the budget: a seeded subset (a permutation with
+    numpy's default_rng(seed) per class, first `budget` taken), kept in
+    source order. Fewer: an error naming the class, unless allow_shortfall."""
+    rng = np.random.default_rng(seed)
+    chosen, short = [], []
+    for c, want in enumerate(budget):
+        members = np.flatnonzero(labels == c)
+        if len(members) < want:
+            short.append(f"class {c} has {len(members)} of {want}")
+            chosen.append(members)
+        else:
+            chosen.append(np.sort(rng.permutation(members)[:want]))
+    if short and not allow_shortfall:
+        raise InputError("too few samples: " + "; ".join(short[:5]) + (" ..." if len(short) > 5 else "")
+                         + " (set allow_shortfall: true to accept)", model=model, source=source)
+    return np.sort(np.concatenate(chosen))
+
+
+def check_labels(labels: np.ndarray, num_classes: int, *, model: str, source: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise InputError(f"labels must be one-dimensional, got shape {labels.shape}", model=model, source=source)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"labels must be integers, got dtype {labels.dtype}", model=model, source=source)
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        raise InputError(f"label {int(labels[bad][0])} outside the dataset's {num_classes} classes (0..{num_classes - 1})",
+                         model=model, source=source)
+    return labels.astype(np.int64)
+
+
+def conform_images(images: np.ndarray, image_shape: tuple[int, int, int], *, resize_filter: str | None,
+                   model: str, source: str) -> np.ndarray:
+    """uint8 NHWC at the dataset's size: resized only when the config asks, else a mismatch is an error."""
+    if images.dtype != np.uint8:
+        raise InputError(f"expected uint8 images, got dtype {images.dtype}", model=model, source=source)
+    if images.ndim != 4:
+        raise InputError(f"expected images of shape (N, H, W, C), got shape {images.shape}", model=model, source=source)
+    height, width, channels = image_shape
+    if images.shape[3] != channels:
+        raise InputError(f"images have {images.shape[3]} channels, the dataset has {channels}", model=model, source=source)
+    if images.shape[1:3] != (height, width):
+        if resize_filter is None:
+            raise InputError(f"images are {images.shape[1]}x{images.shape[2]}, the dataset's are {height}x{width} "
+                             "(set resize: bicubic, say, to resize)", model=model, source=source)
+        images = resize(images, height, width, resize_filter)
+    return images
+
+
+def check_class_count(num_source_classes: int, num_classes: int, *, model: str, source: str) -> None:
+    if num_source_classes != num_classes:
+        raise InputError(f"{num_source_classes} classes, the dataset has {num_classes}", model=model, source=source)
+
+
+def encode_samples(images: np.ndarray, labels: np.ndarray) -> Iterator[tuple[int, bytes]]:
+    """(label, PNG bytes) per sample, in order; storage assigns the keys."""
+    for image, label in zip(images, labels):
+        yield int(label), encode_png(image)

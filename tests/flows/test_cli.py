@@ -1,0 +1,60 @@
+"""The `cas` command as a user types it."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from flows import steps
+from flows.cli import main
+from tasks.report import RunInfo
+
+
+def test_bad_config_exits_2_naming_the_key(tiny_config, capsys):
+    path = tiny_config([{"name": "g", "generator": {"kind": "gaussian", "temprature": 0.5}}])
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "models.0.generator.temprature" in err and "config.yaml" in err
+    assert main(["run", "/no/such/config.yaml"]) == 2
+
+
+def test_results_prints_the_latest_run(tmp_path, tiny_config, capsys):
+    from datetime import datetime, timezone
+
+    from tasks.metrics import ClassCounts
+    from tasks.report import ModelOutcome
+
+    store = steps.open_store(steps.read_config(str(tiny_config([{"name": "g", "generator": {"kind": "real"}}]))).store)
+    counts = ClassCounts((2, 2), (2, 1), (2, 2), ((2, 0), (1, 1)))
+    ok = ModelOutcome("real", "real", counts=counts, n_train_per_class=(5, 5), samples_cached=True,
+                      classifier_cached=True, evaluation_cached=True)
+    bad = ModelOutcome("broken", "npz", error="model 'broken' x.npz: no arr_1 (labels)")
+    for i, run_id in enumerate(["20261122T000000Z-old", "20261123T000000Z-new"]):
+        run = RunInfo(run_id, datetime(2026, 11, 22 + i, tzinfo=timezone.utc), None, "digits", "d" * 64, ("cat", "dog"), "fast", 0)
+        steps.write_results(store, run, [ok, bad], "real")
+    assert main(["results", "--store", store.url, "--per-class"]) == 0
+    out = capsys.readouterr().out
+    assert "run 20261123T000000Z-new" in out
+    assert "real" in out and " 75.00%" in out and "dog (50.00%)" in out and "yes" in out
+    assert "broken: model 'broken' x.npz: no arr_1 (labels)" in out
+    assert "1 dog" in out and "50.00%" in out
+    assert main(["results", "--store", store.url, "--list"]) == 0
+    assert capsys.readouterr().out.split() == ["20261122T000000Z-old", "20261123T000000Z-new"]
+    assert main(["results", "--store", str(tmp_path / "empty")]) == 1
+
+
+@pytest.mark.slow
+def test_cas_demo_twice_second_run_all_cached(tmp_path):
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect"))
+    command = [sys.executable, "-m", "flows.cli", "demo", "--store", str(tmp_path / "store")]
+    first = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    table = second.stdout.split("cached")[1].split("results:")[0]
+    rows = [line.split() for line in table.strip().splitlines()[1:]]
+    assert [r[0] for r in rows] == ["real", "gaussian-pca32", "gaussian-pca32-t0.3", "gaussian-pca4", "shuffled-labels"]
+    assert all(r[-1] == "yes" for r in rows)
+    assert "training fast classifier" not in second.stdout + second.stderr
+    assert "training fast classifier" in first.stdout + first.stderr

@@ -1,0 +1,94 @@
+"""The Prefect flow itself, under one temporary Prefect server for the module."""
+
+import textwrap
+
+import duckdb
+import pytest
+
+from flows.pipeline import cas_evaluation
+from tasks import training
+
+MODELS = [
+    {"name": "gauss", "generator": {"kind": "gaussian", "components": 16}},
+    {"name": "shuffled", "generator": {"kind": "real-shuffled"}},
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture
+def train_calls(monkeypatch):
+    calls = []
+    original = training.train
+    monkeypatch.setattr(training, "train", lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls
+
+
+def summary(store_dir, run_id):
+    relation = duckdb.sql(f"SELECT * FROM read_parquet('{store_dir}/results/summary/**/*.parquet', hive_partitioning=true) "
+                          f"WHERE run_id = '{run_id}'")
+    rows = [dict(zip(relation.columns, values)) for values in relation.fetchall()]
+    return {row["model"]: row for row in rows}
+
+
+def test_flow_end_to_end_then_everything_cached(tiny_config, tmp_path, train_calls):
+    path = tiny_config(MODELS)
+    state = cas_evaluation(str(path), return_state=True)
+    assert state.is_completed(), state.message
+    first = state.result()
+    assert first["models"] == {"real": "ok", "gauss": "ok", "shuffled": "ok"}
+    rows = summary(tmp_path / "store", first["run_id"])
+    assert set(rows) == {"real", "gauss", "shuffled"}
+    assert rows["real"]["cas_ratio_top1"] == pytest.approx(1.0)
+    assert rows["gauss"]["real_top1"] == rows["real"]["cas_top1"]
+    assert not any(r["cached"] for r in rows.values())
+    assert len(train_calls) == 3
+    per_class = duckdb.sql(f"SELECT model, count(*) AS n, sum(n_eval) AS eval FROM read_parquet("
+                           f"'{tmp_path}/store/results/per_class/**/*.parquet', hive_partitioning=true) GROUP BY model").fetchall()
+    assert sorted(per_class) == [("gauss", 10, 359), ("real", 10, 359), ("shuffled", 10, 359)]
+
+    second = cas_evaluation(str(path))
+    rows = summary(tmp_path / "store", second["run_id"])
+    assert all(r["cached"] and r["samples_cached"] and r["classifier_cached"] for r in rows.values())
+    assert len(train_calls) == 3  # the rerun trained nothing
+    assert second["run_id"] != first["run_id"]
+
+
+def test_failing_model_is_isolated_and_the_run_fails(tiny_config, tmp_path, monkeypatch):
+    (tmp_path / "broken_gen.py").write_text(textwrap.dedent("""
+        def make(checkpoint, device):
+            class S:
+                def sample(self, labels, seed):
+                    raise RuntimeError("CUDA fell over")
+            return S()
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    models = MODELS[:1] + [{"name": "broken", "generator": {"kind": "python", "entry_point": "broken_gen:make"}}]
+    state = cas_evaluation(str(tiny_config(models)), return_state=True)
+    assert state.is_failed()
+    assert "1 of 3 models failed" in state.message and "broken" in state.message
+    report = state.result(raise_on_failure=False)
+    assert report["models"]["gauss"] == "ok"
+    assert "model 'broken'" in report["models"]["broken"] and "RuntimeError: CUDA fell over" in report["models"]["broken"]
+    rows = summary(tmp_path / "store", report["run_id"])
+    assert rows["broken"]["status"] == "failed" and "CUDA fell over" in rows["broken"]["error"]
+    assert rows["gauss"]["status"] == "ok" and rows["gauss"]["cas_top1"] > 0.5
+    assert len(list((tmp_path / "store" / "samples").iterdir())) == 1  # only gauss's samples were committed
+
+
+def test_artifacts_are_published(tiny_config):
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    cas_evaluation(str(tiny_config(MODELS[:1])))
+    with get_client(sync_client=True) as client:
+        table = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["cas-summary"])))
+        note = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["cas-worst-classes"])))
+    assert table and "gauss" in str(table[0].data)
+    assert note and "per_class" in note[0].data and "## gauss" in note[0].data

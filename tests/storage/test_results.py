@@ -1,0 +1,45 @@
+from datetime import datetime, timezone
+
+import duckdb
+import pytest
+
+from storage import results
+from storage.store import Store
+
+
+def _row(table, **values):
+    base = {"run_id": "r", "run_time": datetime(2026, 11, 23, 2, 0, tzinfo=timezone.utc), "flow_run_id": None,
+            "dataset": "digits", "dataset_fingerprint": "d", "model": "m", "generator_kind": "gaussian",
+            "recipe": "fast", "seed": 0, "samples_fingerprint": "s", "classifier_fingerprint": "c"}
+    if table == "per_class":
+        base |= {"class_index": 0, "class_name": "zero", "n_train": 10, "n_eval": 4, "top1": 0.5, "top5": 1.0,
+                 "top1_ci_low": 0.15, "top1_ci_high": 0.85, "cached": False}
+    else:
+        base |= {"status": "ok", "cached": False, "cas_top1": 0.5}
+    return base | values
+
+
+def test_duckdb_reads_results_with_hive_partitioning(tmp_path):
+    store = Store(str(tmp_path))
+    for run_id, day in (("20261122T020000Z-aaaa", 22), ("20261123T020000Z-bbbb", 23)):
+        when = datetime(2026, 11, day, 2, 0, tzinfo=timezone.utc)
+        results.write_table(store, "per_class", [_row("per_class", run_id=run_id, run_time=when, class_index=c) for c in range(3)],
+                            run_id, when)
+        results.write_table(store, "summary", [_row("summary", run_id=run_id, run_time=when)], run_id, when)
+    rows = duckdb.sql(f"SELECT * FROM read_parquet('{tmp_path}/results/per_class/**/*.parquet', hive_partitioning=true) "
+                      "ORDER BY run_id, class_index").fetchall()
+    assert len(rows) == 6
+    columns = duckdb.sql(f"SELECT * FROM read_parquet('{tmp_path}/results/summary/**/*.parquet', hive_partitioning=true)").columns
+    assert {"run_id", "run_time", "cas_top1", "cas_ratio_top1", "date", "run"} <= set(columns)
+    typed = duckdb.sql(f"SELECT typeof(run_time), typeof(top1), typeof(cached), typeof(class_index) "
+                       f"FROM read_parquet('{tmp_path}/results/per_class/**/*.parquet', hive_partitioning=true) LIMIT 1").fetchall()[0]
+    assert typed == ("TIMESTAMP WITH TIME ZONE", "DOUBLE", "BOOLEAN", "INTEGER")
+    assert results.run_ids(store) == ["20261122T020000Z-aaaa", "20261123T020000Z-bbbb"]
+    assert results.read_run(store, "summary", "20261122T020000Z-aaaa").num_rows == 1
+
+
+def test_rows_that_break_the_schema_are_refused(tmp_path):
+    store = Store(str(tmp_path))
+    with pytest.raises(Exception):
+        results.write_table(store, "per_class", [_row("per_class", n_eval="four")], "r", datetime.now(timezone.utc))
+    assert results.run_ids(store) == []

@@ -1,0 +1,100 @@
+import io
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from tasks import datasets
+from tasks.errors import InputError
+
+
+def test_digits_are_real_uint8_images():
+    data = datasets.digits()
+    assert data.images.shape == (1797, 8, 8, 1) and data.images.dtype == np.uint8
+    assert data.images.max() == 255 and data.images.min() == 0
+    assert data.class_names == tuple("0123456789")
+
+
+def test_stratified_split_is_deterministic_disjoint_and_balanced():
+    train, held_out = datasets.digits_splits(0.2, 0)
+    again_train, _ = datasets.digits_splits(0.2, 0)
+    assert np.array_equal(train.images, again_train.images)
+    assert len(train.labels) + len(held_out.labels) == 1797
+    eval_share = np.bincount(held_out.labels) / np.bincount(np.concatenate([train.labels, held_out.labels]))
+    assert np.all(np.abs(eval_share - 0.2) < 0.01)
+    other_train, _ = datasets.digits_splits(0.2, 1)
+    assert not np.array_equal(train.images, other_train.images)
+
+
+def test_subset_per_class_caps_each_class():
+    labels = np.repeat(np.arange(3), [5, 2, 9])
+    chosen = datasets.subset_per_class(labels, 3, seed=0)
+    assert list(np.bincount(labels[chosen])) == [3, 2, 3]
+    assert np.all(np.diff(chosen) > 0)
+
+
+def _png(value, size=4, mode="RGB"):
+    buffer = io.BytesIO()
+    Image.new(mode, (size, size), value).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _hf_table(blobs, labels, names=("cat", "dog")):
+    table = pa.table({
+        "image": pa.array([{"bytes": b, "path": f"img{i}.png"} for i, b in enumerate(blobs)],
+                          type=pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+        "label": pa.array(labels, type=pa.int64()),
+    })
+    meta = {"huggingface": '{"info": {"features": {"image": {"_type": "Image"}, "label": {"_type": "ClassLabel", "names": %s}}}}'
+            % str(list(names)).replace("'", '"')}
+    buffer = io.BytesIO()
+    pq.write_table(table.replace_schema_metadata(meta), buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def test_hf_parquet_reader_decodes_images_and_class_names():
+    data = datasets.read_hf_parquet(_hf_table([_png((10, 20, 30)), _png((200, 0, 0))], [1, 0]), "t.parquet")
+    assert data.class_names == ("cat", "dog")
+    assert data.images.shape == (2, 4, 4, 3)
+    assert tuple(data.images[0, 0, 0]) == (10, 20, 30)
+    assert list(data.labels) == [1, 0]
+
+
+def test_hf_parquet_reader_errors_name_the_row():
+    with pytest.raises(InputError, match="row 1"):
+        datasets.read_hf_parquet(_hf_table([_png(1), b"not an image"], [0, 1]), "t.parquet")
+    with pytest.raises(InputError, match="row 1 .*8x8"):
+        datasets.read_hf_parquet(_hf_table([_png(1), _png(1, size=8)], [0, 1]), "t.parquet")
+    with pytest.raises(InputError, match="label 5 outside"):
+        datasets.read_hf_parquet(_hf_table([_png(1)], [5]), "t.parquet")
+
+
+class DictTree:
+    def __init__(self, files, name="tree"):
+        self.files, self.name = files, name
+
+    def paths(self):
+        return sorted(self.files)
+
+    def read(self, path):
+        return self.files[path]
+
+
+def test_imagefolder_reader_sorts_class_names():
+    tree = DictTree({"zebra/1.png": _png(1, mode="L"), "ant/1.png": _png(2, mode="L"), "ant/2.png": _png(3, mode="L")})
+    data = datasets.read_imagefolder(tree)
+    assert data.class_names == ("ant", "zebra")
+    assert list(data.labels) == [0, 0, 1]
+    assert data.images.shape == (3, 4, 4, 1)
+
+
+@pytest.mark.slow
+def test_cifar10_parquet(cifar10_dir):
+    with open(cifar10_dir / "test.parquet", "rb") as f:
+        data = datasets.read_hf_parquet(f, "test.parquet")
+    assert data.images.shape == (10000, 32, 32, 3)
+    assert data.class_names[0] == "airplane" and data.class_names[9] == "truck"
+    assert data.counts() == (1000,) * 10
