@@ -2,6 +2,7 @@
 # make test   the whole test suite, S3 and Prefect-server tests included
 # make s3     a SeaweedFS S3 server on 127.0.0.1 for trying the S3 path by hand
 # make bench  storage throughput benchmark (local folder vs SeaweedFS)
+# make server / make deploy / make worker   the nightly Prefect deployment (README)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -9,7 +10,7 @@ BIN    := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: demo test s3 bench clean
+.PHONY: demo test s3 bench server deploy worker clean
 
 $(BIN)/cas: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,19 @@ s3: $(BIN)/cas
 
 bench: $(BIN)/cas
 	$(BIN)/python benchmarks/storage_throughput.py
+
+# the Prefect server `make server` starts; export PREFECT_API_URL yourself to use another
+deploy worker: export PREFECT_API_URL ?= http://127.0.0.1:4200/api
+
+server: $(BIN)/cas
+	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
+
+deploy: $(BIN)/cas
+	$(BIN)/prefect work-pool create casflow-local --type process --overwrite
+	CASFLOW_PROJECT_DIR=$(CURDIR) $(BIN)/prefect --no-prompt deploy --all
+
+worker: $(BIN)/cas
+	$(BIN)/prefect worker start --pool casflow-local --type process
 
 clean:
 	rm -rf casflow-store .pytest_cache

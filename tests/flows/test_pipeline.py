@@ -92,3 +92,33 @@ def test_artifacts_are_published(tiny_config):
         note = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["cas-worst-classes"])))
     assert table and "gauss" in str(table[0].data)
     assert note and "per_class" in note[0].data and "## gauss" in note[0].data
+
+
+def test_transient_store_error_is_retried_and_bad_input_is_not(tiny_config, tmp_path, monkeypatch):
+    from storage.store import Store
+
+    failures = []
+    original = Store.write_bytes
+
+    def flaky(self, relative, data):  # a fault a real store cannot produce on demand: one dropped connection
+        if relative.startswith("samples/") and not failures:
+            failures.append(relative)
+            raise ConnectionResetError("connection reset by peer")
+        return original(self, relative, data)
+
+    monkeypatch.setattr(Store, "write_bytes", flaky)
+    report = cas_evaluation(str(tiny_config(MODELS[:1])))
+    assert failures and report["models"]["gauss"] == "ok"
+
+    npz = tmp_path / "bad.npz"
+    npz.write_bytes(b"PK\x03\x04 truncated")
+    state = cas_evaluation(str(tiny_config([{"name": "bad", "generator": {"kind": "npz", "path": str(npz)}}])),
+                           return_state=True)
+    assert state.is_failed()
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    samples_run = next(r for r in runs if r.name == "samples-bad")
+    assert samples_run.run_count == 1  # bad input: no retry

@@ -1,0 +1,228 @@
+"""Operations against real servers: SeaweedFS for S3, `prefect server start`
+for Prefect, `cas` in subprocesses as users and workers run it.
+
+Faults: an S3 restart in the middle of a run, a SIGKILL in the middle of
+sharding, two runs at once on one store, a nightly deployment run twice.
+"""
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from helpers import REPO, prefect_command, write_config
+from storage.shards import iter_shard_set, load_shard_set
+from storage.store import Store
+
+GAUSSIANS = [
+    {"name": f"gauss-{k}", "generator": {"kind": "gaussian", "components": k}} for k in (4, 8, 16, 32)
+]
+
+
+def cas_env(tmp_path, prefect_api, s3=None, **extra) -> dict:
+    env = dict(os.environ, **prefect_api, CASFLOW_CACHE_DIR=str(tmp_path / "cache"), **extra)
+    if s3 is not None:
+        env.update(s3.env)
+    return env
+
+
+def start_cas(config: Path, env: dict, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(config)], env=env, cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> str:
+    out, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, out[-4000:]
+    return out
+
+
+def wait_for(condition, timeout: float = 120, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise TimeoutError(f"no {what} after {timeout} s")
+
+
+@contextlib.contextmanager
+def prefect_client(prefect_api: dict):
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: prefect_api["PREFECT_API_URL"]}):
+        with get_client(sync_client=True) as client:
+            yield client
+
+
+def summaries(store: Store) -> list[dict]:
+    connection = duckdb.connect()
+    connection.register_filesystem(store.fs)
+    relation = connection.sql(f"SELECT * FROM read_parquet('{store.uri('results/summary')}/**/*.parquet', "
+                              "hive_partitioning=true) ORDER BY run_id, model")
+    return [dict(zip(relation.columns, row)) for row in relation.fetchall()]
+
+
+def committed_sets(store: Store, kind: str = "samples") -> list:
+    return [load_shard_set(store, f"{kind}/{fp}") for fp in store.listdir(kind)]
+
+
+@pytest.mark.s3
+@pytest.mark.deployment
+def test_s3_restart_in_the_middle_of_a_run(tmp_path, s3, prefect_api):
+    config = write_config(tmp_path, GAUSSIANS, store_url=s3.store_url)
+    store = Store(s3.store_url)
+    process = start_cas(config, cas_env(tmp_path, prefect_api, s3), tmp_path)
+    wait_for(lambda: any(store.exists(f"samples/{fp}/manifest.json") for fp in store.listdir("samples")),
+             what="first committed sample set")
+    s3.restart(pause=2.0)  # about 4 s without a store
+    out = finish(process)
+    assert "gauss-32" in out
+    rows = summaries(store)
+    assert [r["status"] for r in rows] == ["ok"] * 5
+    for shard_set in committed_sets(store):
+        assert sum(1 for _ in iter_shard_set(store, shard_set)) == shard_set.num_samples  # sha256 checked too
+
+
+SLOW_GENERATOR = """
+import time
+import numpy as np
+
+class Slow:
+    num_classes = 10
+    def sample(self, labels, seed):
+        time.sleep(0.4)
+        rng = np.random.default_rng(seed)
+        means = np.linspace(0, 255, 10)[labels][:, None, None, None]
+        return np.clip(means + rng.normal(0, 20, (len(labels), 8, 8, 1)), 0, 255).astype(np.uint8)
+
+def make(checkpoint, device):
+    return Slow()
+"""
+
+
+@pytest.mark.deployment
+def test_sigkill_while_sharding_then_rerun(tmp_path, prefect_api):
+    (tmp_path / "slow_gen.py").write_text(textwrap.dedent(SLOW_GENERATOR))
+    models = [{"name": "slow", "generator": {"kind": "python", "entry_point": "slow_gen:make", "batch_size": 100}}]
+    config = write_config(tmp_path, models, store={"url": str(tmp_path / "store"), "shard_size": 100})
+    env = cas_env(tmp_path, prefect_api, PYTHONPATH=str(tmp_path))
+    store = Store(str(tmp_path / "store"))
+    process = start_cas(config, env, tmp_path)
+    folder = wait_for(lambda: next((fp for fp in store.listdir("samples") if "shard-000002.tar" in store.listdir(f"samples/{fp}")), None),
+                      what="third shard of the slow model")
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert "manifest.json" not in store.listdir(f"samples/{folder}")  # shards without a manifest: not committed
+    assert load_shard_set(store, f"samples/{folder}") is None
+    assert store.listdir("results/summary") == []  # no result of the killed run
+
+    finish(start_cas(config, env, tmp_path))
+    shard_set = load_shard_set(store, f"samples/{folder}")
+    assert shard_set is not None and len(shard_set.shards) == 15 and shard_set.num_samples == 1438
+    assert sum(1 for _ in iter_shard_set(store, shard_set)) == 1438
+    assert not [n for n in store.listdir(f"samples/{folder}") if ".tmp-" in n]
+    rows = summaries(store)
+    assert [(r["model"], r["status"]) for r in rows] == [("real", "ok"), ("slow", "ok")]
+
+
+@pytest.mark.s3
+@pytest.mark.deployment
+def test_two_runs_at_once_on_one_store(tmp_path, s3, prefect_api):
+    config = write_config(tmp_path, GAUSSIANS[:2], store_url=s3.store_url)
+    env = cas_env(tmp_path, prefect_api, s3)
+    first, second = start_cas(config, env, tmp_path), start_cas(config, env, tmp_path)
+    finish(first), finish(second)
+    store = Store(s3.store_url)
+    rows = summaries(store)
+    assert len(rows) == 6 and {r["status"] for r in rows} == {"ok"}
+    by_model = {}
+    for row in rows:
+        by_model.setdefault(row["model"], set()).add(round(row["cas_top1"], 10))
+    assert all(len(values) == 1 for values in by_model.values())  # both runs agree
+    sets = committed_sets(store)
+    assert len(sets) == 2 and all(s is not None for s in sets)
+    for shard_set in sets:
+        assert sum(1 for _ in iter_shard_set(store, shard_set)) == shard_set.num_samples
+
+
+@pytest.mark.s3
+@pytest.mark.deployment
+def test_secrets_stay_out_of_store_logs_and_artifacts(tmp_path, s3, prefect_api):
+    secret = s3.secret_key
+    config = write_config(tmp_path, GAUSSIANS[:1], store={
+        "url": s3.store_url, "endpoint_url": s3.endpoint_url,
+        "access_key_id": s3.access_key, "secret_access_key": secret})
+    env = cas_env(tmp_path, prefect_api, s3)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        env.pop(key)  # the config alone carries them
+    out = finish(start_cas(config, env, tmp_path))
+    assert secret not in out
+    store = Store(s3.store_url, s3={"key": s3.access_key, "secret": secret, "endpoint_url": s3.endpoint_url})
+    for path in store.fs.find(store.root):
+        assert secret.encode() not in store.fs.cat_file(path), path
+    with prefect_client(prefect_api) as client:
+        logs = client.read_logs()
+        artifacts = client.read_artifacts()
+    assert logs and artifacts
+    assert not [log.message for log in logs if secret in log.message]
+    assert not [a.key for a in artifacts if secret in json.dumps(a.data, default=str)]
+
+
+@pytest.mark.s3
+@pytest.mark.deployment
+def test_nightly_deployment_end_to_end(tmp_path, s3, prefect_api):
+    env = cas_env(tmp_path, prefect_api, s3, CASFLOW_PROJECT_DIR=str(REPO), PREFECT_CLI_PROMPT="false",
+                  PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="1")
+    prefect = prefect_command()
+
+    def cli(*args, timeout=180):
+        result = subprocess.run([prefect, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result.stdout
+
+    cli("work-pool", "create", "casflow-local", "--type", "process", "--overwrite")
+    cli("--no-prompt", "deploy", "--all")
+    _pause_schedules(prefect_api, "cas-evaluation/nightly-cas")
+    worker = subprocess.Popen([prefect, "worker", "start", "--pool", "casflow-local", "--type", "process", "--limit", "2"],
+                              env=env, cwd=tmp_path, stdout=open(tmp_path / "worker.log", "w"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        run = ["deployment", "run", "cas-evaluation/nightly-cas", "--param", f"store_url={s3.store_url}",
+               "--watch", "--watch-interval", "1", "--watch-timeout", "240"]
+        cli(*run, timeout=300)
+        store = Store(s3.store_url)
+        first = summaries(store)
+        assert {r["model"] for r in first} == {"real", "gaussian-pca32", "gaussian-pca32-t0.3"}
+        assert {r["status"] for r in first} == {"ok"} and not any(r["cached"] for r in first)
+        cli(*run, timeout=300)
+        rows = summaries(store)
+        second = [r for r in rows if r["run_id"] != first[0]["run_id"]]
+        assert len(second) == 3 and all(r["cached"] for r in second)  # nothing recomputed
+        assert [r["cas_top1"] for r in second] == [r["cas_top1"] for r in first]
+    finally:
+        worker.send_signal(signal.SIGINT)
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+    assert "casflow.steps" in (tmp_path / "worker.log").read_text()  # our progress lines reach the run logs
+
+
+def _pause_schedules(prefect_api: dict, name: str) -> None:
+    """The nightly schedule must not fire during a test."""
+    with prefect_client(prefect_api) as client:
+        deployment = client.read_deployment_by_name(name)
+        assert [s.schedule.cron for s in deployment.schedules] == ["0 2 * * *"]
+        for schedule in deployment.schedules:
+            client.update_deployment_schedule(deployment.id, schedule.id, active=False)

@@ -1,0 +1,38 @@
+"""Helpers shared by test modules (import them as `from helpers import ...`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+CIFAR10 = REPO.parent / "shared" / "datasets" / "cifar10"
+
+# The demo's recipe, smaller still: about a second per model on two CPU cores.
+TINY_CLASSIFIER = {
+    "recipe": "fast",
+    "options": {"widths": [32, 64, 64], "epochs": 6, "batch_size": 64, "flip": False, "translate": 1},
+    "device": "cpu",
+}
+
+
+def write_config(directory: Path, models: list[dict], *, store_url: str | None = None, name: str = "config.yaml",
+                 **sections) -> Path:
+    """A YAML config on digits with the tiny classifier; keyword sections replace the defaults."""
+    config = {
+        "store": {"url": store_url or str(directory / "store")},
+        "dataset": {"kind": "digits"},
+        "classifier": TINY_CLASSIFIER,
+        "seed": 0,
+        "models": models,
+    } | sections
+    path = directory / name
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def prefect_command() -> str:
+    """The `prefect` script of the Python running the tests."""
+    return str(Path(sys.executable).with_name("prefect"))
