@@ -13,7 +13,9 @@ def visible_devices(spec: str, cuda_count: int) -> list[str]:
         return [f"cuda:{i}" for i in range(cuda_count)] or ["cpu"]
     devices = []
     for part in (p.strip() for p in spec.split(",")):
-        name = "cuda:0" if part == "cuda" else part
+        if part == "auto":
+            raise ValueError("classifier.device: 'auto' stands alone, not in a list")
+        name = "cpu" if part == "cpu" else f"cuda:{int(part[5:] or 0)}"  # cuda, cuda:1, cuda:01
         if name.startswith("cuda:") and int(name[5:]) >= cuda_count:
             raise ValueError(f"classifier.device names {name}, but {cuda_count} GPU(s) are visible")
         devices.append(name)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from storage import decoded_cache, results, sources
-from storage.shards import ShardSet, iter_shard_set, load_shard_set, write_shard_set
+from storage.shards import ShardFormatError, ShardSet, iter_shard_set, load_shard_set, write_shard_set
 from storage.store import Store, s3_options
 from tasks import classifiers, datasets, training
 from tasks.config import Config, ModelConfig, StoreConfig, location_fields, parse_config
@@ -36,6 +36,7 @@ from tasks.samples import (
     SAMPLES_CODE_VERSION,
     check_class_count,
     check_labels,
+    class_interleaved,
     conform_images,
     encode_samples,
     label_schedule,
@@ -44,7 +45,7 @@ from tasks.samples import (
 
 log = logging.getLogger("casflow.steps")
 
-DATASET_CODE_VERSION = 1
+DATASET_CODE_VERSION = 2
 TRAIN_CODE_VERSION = 1
 LIMIT_PER_CLASS_SEED = 0  # the seeded per-class subset of `limit_per_class` datasets
 
@@ -119,12 +120,12 @@ def open_store(config: StoreConfig) -> Store:
 
 # ---------------------------------------------------------------- decoding shard sets
 
-def load_decoded(store: Store, shard_set: ShardSet) -> tuple[np.ndarray, np.ndarray]:
+def load_decoded(store: Store, shard_set: ShardSet, what: str) -> tuple[np.ndarray, np.ndarray]:
     """A shard set as uint8 images and labels, decoded once per manifest and cached locally."""
 
     def build() -> tuple[np.ndarray, np.ndarray]:
         images, labels = [], []
-        progress = Progress(f"decoding {shard_set.location}", shard_set.num_samples)
+        progress = Progress(f"{what}: decoding {shard_set.location}", shard_set.num_samples)
         for chunk_images, chunk_labels in _decoded_chunks(store, shard_set, shard_set.shards):
             images.append(chunk_images)
             labels.append(chunk_labels)
@@ -205,6 +206,7 @@ def prepare_dataset(config: Config, store: Store) -> DatasetRecord:
         return DatasetRecord(config.dataset.name, fp, committed["train"], committed["eval"], cached=True)
     train, held_out = _load_dataset(config, store)
     for split, data in (("train", train), ("eval", held_out)):
+        data = data.take(class_interleaved(data.labels))  # sources often come grouped by class
         if committed[split] is None:
             committed[split] = write_shard_set(
                 store, locations[split], encode_samples(data.images, data.labels),
@@ -224,12 +226,21 @@ def _source_digests(store: Store, model: ModelConfig) -> dict[str, str]:
             continue
         try:
             if generator.kind == "webdataset":
-                digests[field] = sha256_bytes("\n".join(store.digest(u) for u in sources.tar_urls(store, url)).encode())
+                shards = [_shard_digest(store, model, u) for u in sources.tar_urls(store, url)]
+                digests[field] = sha256_bytes("\n".join(shards).encode())
             else:
                 digests[field] = store.digest(url)
         except FileNotFoundError:
             raise InputError(f"{field} {url}: no such file or folder", model=model.name) from None
     return digests
+
+
+def _shard_digest(store: Store, model: ModelConfig, url: str) -> str:
+    """One shard of a webdataset source; a brace pattern can name a shard that is not there."""
+    try:
+        return store.digest(url)
+    except FileNotFoundError:
+        raise InputError("no such shard", model=model.name, source=url) from None
 
 
 def samples_inputs(config: Config, store: Store, model: ModelConfig, dataset: DatasetRecord) -> dict:
@@ -249,7 +260,7 @@ def samples_inputs(config: Config, store: Store, model: ModelConfig, dataset: Da
 
 
 def _real_train(store: Store, dataset: DatasetRecord) -> datasets.LabeledImages:
-    images, labels = load_decoded(store, dataset.train)
+    images, labels = load_decoded(store, dataset.train, f"{dataset.name} train split")
     return datasets.LabeledImages(images, labels, dataset.class_names)
 
 
@@ -263,7 +274,10 @@ def _read_drawn(store: Store, model: ModelConfig, class_names: tuple[str, ...]) 
         urls = sources.tar_urls(store, generator.url)
         if not urls:
             raise InputError("no .tar shards found", model=name, source=generator.url)
-        return (*files.read_webdataset(sources.iter_webdataset(store, urls), generator.url, name), generator.url)
+        try:
+            return (*files.read_webdataset(sources.iter_webdataset(store, urls), generator.url, name), generator.url)
+        except ShardFormatError as exc:  # duplicate keys, a truncated tar: the message names the shard
+            raise InputError(str(exc), model=name) from None
     try:
         tree = sources.open_tree(store, generator.path)
     except ValueError as exc:  # a corrupt zip
@@ -276,6 +290,8 @@ def _read_drawn(store: Store, model: ModelConfig, class_names: tuple[str, ...]) 
 
 def _python_samples(config: Config, store: Store, model: ModelConfig, dataset: DatasetRecord,
                     device: str) -> Iterator[tuple[int, bytes]]:
+    """The entry point, checkpoint and factory are checked now, before anything is written;
+    what sample() returns is checked batch by batch as the stream is consumed."""
     generator = model.generator
     factory = python_entry.load_factory(generator.entry_point, model.name)
     checkpoint = None
@@ -295,12 +311,17 @@ def _python_samples(config: Config, store: Store, model: ModelConfig, dataset: D
     if declared is not None:
         check_class_count(int(declared), len(dataset.class_names), model=model.name, source=generator.entry_point)
     budget = dataset.train.count_per_class
-    progress = Progress(f"model {model.name}: sampling", sum(budget))
-    for images, labels in python_entry.draw(
-            sampler, budget, seed=config.seed, batch_size=generator.batch_size, output_range=generator.output_range,
-            layout=generator.layout, image_shape=dataset.train.image_shape, resize_filter=generator.resize, model=model.name):
-        yield from encode_samples(images, labels)
-        progress.update(len(labels))
+
+    def stream() -> Iterator[tuple[int, bytes]]:
+        progress = Progress(f"model {model.name}: sampling", sum(budget))
+        for images, labels in python_entry.draw(
+                sampler, budget, seed=config.seed, batch_size=generator.batch_size, output_range=generator.output_range,
+                layout=generator.layout, image_shape=dataset.train.image_shape, resize_filter=generator.resize,
+                model=model.name):
+            yield from encode_samples(images, labels)
+            progress.update(len(labels))
+
+    return stream()
 
 
 def _local_copy(data: bytes, url: str) -> str:
@@ -402,7 +423,7 @@ def train_classifier(config: Config, store: Store, samples: SamplesRecord, datas
             spec.recipe, hp, _streamed_chunks(store, shard_set, config.seed), num_samples=shard_set.num_samples,
             image_shape=shard_set.image_shape, num_classes=num_classes, device=torch_device, seed=config.seed)
     else:
-        images, labels = load_decoded(store, shard_set)
+        images, labels = load_decoded(store, shard_set, f"model {samples.model}")
         net, train_log = training.train(spec.recipe, hp, images, labels, num_classes=num_classes,
                                         device=torch_device, seed=config.seed)
     store.write_bytes(weights_at, training.weights_bytes(net))
@@ -429,7 +450,7 @@ def evaluate_classifier(config: Config, store: Store, classifier: ClassifierReco
     torch_device = training.select_device(device)
     net = training.load_weights(spec.recipe, hp, store.read_bytes(store.location("classifiers", classifier.fingerprint, "model.pt")),
                                 image_shape=dataset.eval.image_shape, num_classes=len(dataset.class_names), device=torch_device)
-    images, labels = load_decoded(store, dataset.eval)
+    images, labels = load_decoded(store, dataset.eval, f"{dataset.name} eval split")
     counts = count_correct(training.predict(hp, net, images, torch_device), labels, len(dataset.class_names))
     payload = {"fingerprint_inputs": inputs, "counts": dataclasses.asdict(counts)}
     store.write_bytes(metrics_at, json.dumps(payload, sort_keys=True).encode())

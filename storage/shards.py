@@ -20,6 +20,7 @@ import posixpath
 import tarfile
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any
 
 import webdataset
@@ -99,27 +100,34 @@ def write_shard_set(store: Store, location: str, samples: Iterable[tuple[int, by
     counts = [0] * len(class_names)
     shards: list[ShardInfo] = []
     pending: list[dict[str, Any]] = []
-    started, written = time.perf_counter(), 0
+    started = time.perf_counter()
+    uploads = ThreadPoolExecutor(1)  # puts one shard while the next is encoded
+    in_flight: list[Future] = []
 
     def flush() -> None:
-        nonlocal written
         data = _tar_bytes(pending)
         name = shard_name(len(shards))
-        store.write_bytes(f"{location}/{name}", data)
         shards.append(ShardInfo(name, len(data), hashlib.sha256(data).hexdigest(), len(pending)))
-        written += len(pending)
-        elapsed = time.perf_counter() - started
-        log.info("%s: wrote %s (%d samples, %.1f MB); %d samples so far, %.0f samples/s",
-                 what, name, len(pending), len(data) / 1e6, written, written / max(elapsed, 1e-9))
+        while len(in_flight) >= 2:  # bounds memory to a few shards
+            in_flight.pop(0).result()
+        in_flight.append(uploads.submit(store.write_bytes, f"{location}/{name}", data))
+        written = sum(s.num_samples for s in shards)
+        log.info("%s: %s (%d samples, %.1f MB); %d samples so far, %.0f samples/s", what, name, len(pending),
+                 len(data) / 1e6, written, written / max(time.perf_counter() - started, 1e-9))
         pending.clear()
 
-    for index, (label, png) in enumerate(samples):
-        counts[label] += 1
-        pending.append({"__key__": sample_key(index), "cls": str(label).encode(), "png": png})
-        if len(pending) == shard_size:
+    try:
+        for index, (label, png) in enumerate(samples):
+            counts[label] += 1
+            pending.append({"__key__": sample_key(index), "cls": str(label).encode(), "png": png})
+            if len(pending) == shard_size:
+                flush()
+        if pending or not shards:
             flush()
-    if pending or not shards:
-        flush()
+        for future in in_flight:
+            future.result()  # every shard is in place before the manifest
+    finally:
+        uploads.shutdown(wait=True)
 
     manifest = {
         "format": FORMAT,
@@ -217,8 +225,9 @@ def iter_tar(stream: IO[bytes], source: str, seen_keys: set[str] | None = None) 
     makes them); a key seen twice is an error naming the shard and the key."""
     seen = seen_keys if seen_keys is not None else set()
     key, parts = None, {}
+    counted = _CountingReader(stream)
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
+        with tarfile.open(fileobj=counted, mode="r|") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -235,10 +244,33 @@ def iter_tar(stream: IO[bytes], source: str, seen_keys: set[str] | None = None) 
                 if ext in parts:
                     raise ShardFormatError(f"{source}: duplicate file {member.name}")
                 parts[ext] = tar.extractfile(member).read()
+            end = tar.offset  # where tarfile looked for the next header: the end-of-archive block in a whole tar
+        while counted.read(2**20):
+            pass
     except tarfile.TarError as exc:
         raise ShardFormatError(f"{source}: not a readable tar file ({exc})") from None
+    if counted.size < end + tarfile.BLOCKSIZE:  # tarfile ends quietly when a file stops at or inside a header
+        raise ShardFormatError(f"{source}: truncated tar file ({counted.size} bytes, cut at or inside the header "
+                               f"at byte {end}; samples after it are missing)")
     if key is not None:
         yield key, parts
+
+
+class _CountingReader(io.RawIOBase):
+    """Passes reads through, counting the bytes."""
+
+    def __init__(self, raw: IO[bytes]):
+        self.raw = raw
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.raw.read(len(buffer))
+        buffer[: len(data)] = data
+        self.size += len(data)
+        return len(data)
 
 
 def iter_shard_set(store: Store, shard_set: ShardSet) -> Iterator[tuple[str, dict[str, bytes]]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 from collections.abc import Iterator
 from typing import IO
 
@@ -36,9 +37,11 @@ class ZipTree:
         self.name = name
         try:
             self.zip = zipfile.ZipFile(io.BytesIO(data))
-            self.zip.testzip()
-        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+            bad = self.zip.testzip()  # reads every member: CRC errors show here, not later
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
             raise ValueError(f"{name}: truncated or corrupt zip ({exc})") from None
+        if bad is not None:
+            raise ValueError(f"{name}: corrupt zip (member {bad} fails its CRC check)")
 
     def paths(self) -> list[str]:
         return sorted(i.filename for i in self.zip.infolist() if not i.is_dir())
@@ -80,8 +83,8 @@ def tar_urls(store: Store, url: str) -> list[str]:
         raise FileNotFoundError(f"{url}: no such folder or file")
     if not fs.isdir(path):
         return [url]
-    base = url.rstrip("/")
-    names = sorted(p.rsplit("/", 1)[-1] for p in fs.find(path) if p.endswith(".tar"))
+    base, root = url.rstrip("/"), path.rstrip("/")
+    names = sorted(p[len(root) + 1 :] for p in fs.find(path) if p.endswith(".tar"))  # relative: subfolders too
     return [f"{base}/{n}" for n in names]
 
 

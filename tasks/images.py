@@ -54,6 +54,8 @@ def decode_image(data: bytes, source: str) -> np.ndarray:
             array = np.asarray(img, dtype=np.uint8)
     except InputError:
         raise
+    except Image.UnidentifiedImageError:  # its message shows a BytesIO's address, not the file
+        raise InputError("corrupt or unreadable image (no image format PIL knows)", source=source) from None
     except Exception as exc:  # PIL raises many types for broken files
         raise InputError(f"corrupt or unreadable image ({type(exc).__name__}: {exc})", source=source) from None
     return array[:, :, None] if array.ndim == 2 else array

@@ -57,6 +57,7 @@ def train_streaming(recipe_name: str, hp: Any, chunks: Callable[[int], Iterable[
 def _train(recipe_name: str, hp: Any, loader: ResidentLoader | StreamingLoader, num_classes: int,
            device: torch.device, seed: int, image_shape: tuple[int, ...]) -> tuple[torch.nn.Module, dict[str, Any]]:
     if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its kernels once
         torch.cuda.reset_peak_memory_stats(device)
     net, log = classifiers.recipe(recipe_name).train(loader, num_classes, hp, device, derive_seed(seed, "init"), image_shape)
     log["device"] = str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)

@@ -8,7 +8,7 @@ import dataclasses
 
 from tasks.classifiers import fast
 
-VERSION = 1
+VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
@@ -123,13 +124,16 @@ class ResidentLoader:
         if flip:
             self.images = random_flip(self.images, self.generator)
         self.padded = F.pad(self.images, (translate,) * 4, mode="reflect") if translate else None
-        self.fill = torch.zeros(self.images.shape[1], device=device)
+        self.sample_indices = torch.randperm(self.num_samples, device=device, generator=self.generator)[:WHITENING_SAMPLE]
+        # cutout blanks to the mean colour, which is zero after normalisation (as airbench)
+        self.fill = self.images[self.sample_indices].float().mean(dim=(0, 2, 3))
 
     def __len__(self) -> int:
         return max(1, self.num_samples // self.batch_size)
 
     def whitening_sample(self) -> torch.Tensor:
-        return self.images[:WHITENING_SAMPLE]
+        """A seeded random subset: stored order may be grouped by class."""
+        return self.images[self.sample_indices]
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         images = random_crop(self.padded, self.translate, self.generator) if self.translate else self.images
@@ -163,19 +167,24 @@ class StreamingLoader:
         self.buffer_size = buffer_batches * batch_size
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.rng = np.random.default_rng(seed)
+        self.fill = torch.full((1,), 0.5, device=device)  # replaced by the data's mean colour in whitening_sample()
 
     def __len__(self) -> int:
         return max(1, self.num_samples // self.batch_size)
 
     def whitening_sample(self) -> torch.Tensor:
+        """A seeded random draw from the first chunks of epoch 0 (reading everything would cost an epoch)."""
         taken, count = [], 0
         for images, _ in self.chunks(0):
-            taken.append(images[: WHITENING_SAMPLE - count])
-            count += len(taken[-1])
-            if count >= WHITENING_SAMPLE:
+            taken.append(images)
+            count += len(images)
+            if count >= 4 * WHITENING_SAMPLE:
                 break
-        batch = torch.from_numpy(np.concatenate(taken)).to(self.device)
-        return to_unit_float(batch, data_dtype(self.device))
+        pool = np.concatenate(taken)
+        chosen = np.sort(self.rng.permutation(len(pool))[:WHITENING_SAMPLE])
+        sample = to_unit_float(torch.from_numpy(pool[chosen]).to(self.device), data_dtype(self.device))
+        self.fill = sample.float().mean(dim=(0, 2, 3))
+        return sample
 
     def _augment(self, images_u8: np.ndarray) -> torch.Tensor:
         x = to_unit_float(torch.from_numpy(images_u8).to(self.device), data_dtype(self.device))
@@ -184,7 +193,7 @@ class StreamingLoader:
         if self.flip:
             x = random_flip(x, self.generator)
         if self.cutout_size:
-            x = cutout(x, self.cutout_size, torch.zeros(x.shape[1], device=self.device), self.generator)
+            x = cutout(x, self.cutout_size, self.fill, self.generator)
         return x
 
     def _shuffled(self, xs: list[np.ndarray], ys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -234,6 +243,14 @@ class Lookahead:
                 param.copy_(self.average[name])
 
 
+def seeded_on_device(build: Callable[[], nn.Module], seed: int, device: torch.device) -> nn.Module:
+    """`build()`'s network, initialised from `seed` without touching the global RNG, channels_last on the device."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        net = build()
+    return net.to(device, memory_format=torch.channels_last)
+
+
 def triangle(step: int, total: int, start: float, peak_at: float, end: float) -> float:
     """Piecewise-linear learning-rate factor: start -> 1 at peak_at * total -> end."""
     peak = max(1, int(peak_at * total))
@@ -247,17 +264,21 @@ def total_steps(loader: TrainLoader, epochs: float) -> int:
 
 
 class EpochLog:
-    """Collects per-epoch figures and logs a line with counts and rates for each epoch."""
+    """Collects per-epoch figures; logs the first and last epoch and one every few seconds between."""
 
-    def __init__(self, total_epochs: int, num_samples: int):
-        self.total_epochs, self.num_samples = total_epochs, num_samples
+    def __init__(self, total_epochs: int, num_samples: int, every_seconds: float = 5.0):
+        self.total_epochs, self.num_samples, self.every = total_epochs, num_samples, every_seconds
         self.rows: list[dict[str, float]] = []
+        self.last_logged = -math.inf
 
     def add(self, epoch: int, loss: float, accuracy: float, seconds: float, images: int) -> None:
         self.rows.append({"epoch": epoch, "loss": round(loss, 5), "train_accuracy": round(accuracy, 5),
                           "seconds": round(seconds, 3)})
-        log.info("epoch %d/%d: loss %.4f, batch accuracy %.3f, %d images in %.1f s (%.0f img/s)",
-                 epoch + 1, self.total_epochs, loss, accuracy, images, seconds, images / max(seconds, 1e-9))
+        now = time.monotonic()
+        if epoch in (0, self.total_epochs - 1) or now - self.last_logged >= self.every:
+            self.last_logged = now
+            log.info("epoch %d/%d: loss %.4f, batch accuracy %.3f, %d images in %.1f s (%.0f img/s)",
+                     epoch + 1, self.total_epochs, loss, accuracy, images, seconds, images / max(seconds, 1e-9))
 
 
 # ---------------------------------------------------------------- prediction

@@ -25,11 +25,12 @@ from tasks.classifiers.common import (
     Normalize,
     TrainLoader,
     autocast,
+    seeded_on_device,
     total_steps,
     triangle,
 )
 
-VERSION = 1
+VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +83,8 @@ class Conv(nn.Conv2d):
 
 
 class ConvGroup(nn.Module):
-    """conv -> pool -> BN -> GELU -> conv -> BN -> GELU [-> conv -> BN -> GELU + residual]."""
+    """conv -> pool -> BN -> GELU, then conv -> BN -> GELU once more (airbench94), or twice
+    with a residual connection around both (airbench96)."""
 
     def __init__(self, channels_in: int, channels_out: int, convs: int, bn_momentum: float, pool: bool):
         super().__init__()
@@ -93,13 +95,10 @@ class ConvGroup(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.gelu(self.norms[0](self.pool(self.convs[0](x))))
-        x = F.gelu(self.norms[1](self.convs[1](x)))
-        if self.residual:
-            skip = x
-            for conv, norm in zip(self.convs[2:], self.norms[2:]):
-                x = F.gelu(norm(conv(x)))
-            x = x + skip
-        return x
+        skip = x
+        for conv, norm in zip(self.convs[1:], self.norms[1:]):
+            x = F.gelu(norm(conv(x)))
+        return x + skip if self.residual else x
 
 
 class Net(nn.Module):
@@ -135,6 +134,7 @@ def init_from_data(net: Net, images: torch.Tensor, eps: float = 5e-4) -> None:
     """Fit the input statistics, then set the whitening filters to the eigenvectors
     of the patch covariance scaled by 1/sqrt(eigenvalue), with their negatives."""
     net.normalize.fit(images)
+    net.whiten.bias.zero_()
     x = net.normalize(images.float())
     k = net.whiten.kernel_size[0]
     c = x.shape[1]
@@ -151,10 +151,7 @@ def init_from_data(net: Net, images: torch.Tensor, eps: float = 5e-4) -> None:
 def train(loader: TrainLoader, num_classes: int, hp: Hyper, device: torch.device, seed: int,
           image_shape: tuple[int, int, int]) -> tuple[nn.Module, dict]:
     started = time.perf_counter()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        net = build(hp, image_shape, num_classes)
-    net = net.to(device, memory_format=torch.channels_last)
+    net = seeded_on_device(lambda: build(hp, image_shape, num_classes), seed, device)
     init_from_data(net, loader.whitening_sample())
 
     steps = total_steps(loader, hp.epochs)

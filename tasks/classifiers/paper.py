@@ -19,7 +19,7 @@ import torchvision
 from pydantic import ConfigDict
 from torch import nn
 
-from tasks.classifiers.common import EpochLog, Normalize, TrainLoader, autocast, total_steps
+from tasks.classifiers.common import EpochLog, Normalize, TrainLoader, autocast, seeded_on_device, total_steps
 
 VERSION = 1
 
@@ -64,10 +64,7 @@ def build(hp: Hyper, image_shape: tuple[int, int, int], num_classes: int) -> nn.
 def train(loader: TrainLoader, num_classes: int, hp: Hyper, device: torch.device, seed: int,
           image_shape: tuple[int, int, int]) -> tuple[nn.Module, dict]:
     started = time.perf_counter()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        net = build(hp, image_shape, num_classes)
-    net = net.to(device, memory_format=torch.channels_last)
+    net = seeded_on_device(lambda: build(hp, image_shape, num_classes), seed, device)
     with torch.no_grad():
         net.normalize.fit(loader.whitening_sample())
 

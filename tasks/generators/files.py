@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from collections.abc import Iterable
 from typing import IO
 
@@ -21,7 +22,11 @@ from tasks.images import IMAGE_EXTENSIONS, decode_many, stack_images
 def read_npz(file: IO[bytes], source: str, model: str) -> tuple[np.ndarray, np.ndarray]:
     """ADM / guided-diffusion `sample.py` output: arr_0 uint8 (N, H, W, C), arr_1 int labels (N,)."""
     try:
-        with np.load(file, allow_pickle=False) as npz:
+        loaded = np.load(file, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise InputError(f"not an npz archive (np.load gives a {type(loaded).__name__}); expected arr_0 images "
+                             "and arr_1 labels as np.savez writes them", model=model, source=source)
+        with loaded as npz:
             keys = set(npz.files)
             if "arr_0" not in keys:
                 raise InputError(f"no arr_0 (images) in the npz; it holds {sorted(keys)}", model=model, source=source)
@@ -30,10 +35,13 @@ def read_npz(file: IO[bytes], source: str, model: str) -> tuple[np.ndarray, np.n
             images, labels = npz["arr_0"], npz["arr_1"]
     except InputError:
         raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
         raise InputError(f"truncated or corrupt npz ({type(exc).__name__}: {exc})", model=model, source=source) from None
     if images.ndim != 4:
         raise InputError(f"arr_0 has shape {images.shape}, expected (N, H, W, C)", model=model, source=source)
+    if images.shape[1] in (1, 3) and images.shape[3] not in (1, 3):
+        raise InputError(f"arr_0 has shape {images.shape}, which looks (N, C, H, W); expected (N, H, W, C)",
+                         model=model, source=source)
     if len(images) != len(labels):
         raise InputError(f"arr_0 has {len(images)} images but arr_1 {len(labels)} labels", model=model, source=source)
     return images, labels
@@ -111,17 +119,17 @@ def read_webdataset(samples: Iterable[tuple[str, dict[str, bytes]]], source: str
         sources.append(where)
     if not blobs:
         raise InputError("no samples in the shards", model=model, source=source)
-    images = _stack(decode_many(blobs, sources), sources, model)
-    return images, np.array(labels, dtype=np.int64)
+    return _decode_stack(blobs, sources, model), np.array(labels, dtype=np.int64)
 
 
 def _decode(tree: FileTree, files: list[str], model: str) -> np.ndarray:
     sources = [f"{tree.name}/{p}" for p in files]
-    return _stack(decode_many([tree.read(p) for p in files], sources), sources, model)
+    return _decode_stack([tree.read(p) for p in files], sources, model)
 
 
-def _stack(images: list[np.ndarray], sources: list[str], model: str) -> np.ndarray:
+def _decode_stack(blobs: list[bytes], sources: list[str], model: str) -> np.ndarray:
+    """Decode and stack; errors name the model as well as the file."""
     try:
-        return stack_images(images, sources)
+        return stack_images(decode_many(blobs, sources), sources)
     except InputError as exc:
         raise exc.for_model(model) from None

@@ -79,7 +79,8 @@ def load_checkpoint(data: bytes, name: str, *, allow_unsafe: bool, device: str, 
                              "allow_unsafe_checkpoint: true only if you trust the file", model=model, source=name) from None
         raise InputError("unreadable checkpoint (not a torch checkpoint, or corrupt)", model=model, source=name) from None
     except Exception as exc:  # torch's zip reader: "failed finding central directory" and the like
-        raise InputError(f"unreadable checkpoint ({str(exc).splitlines()[0][:160]})", model=model, source=name) from None
+        first = str(exc).splitlines()[0].split(". ")[0][:160]  # torch appends paragraphs of advice
+        raise InputError(f"unreadable checkpoint ({first})", model=model, source=name) from None
 
 
 def make_sampler(factory: Callable[..., Any], checkpoint: Any, device: str, options: dict[str, Any], *,
@@ -121,6 +122,12 @@ def draw(sampler: Any, budget: Sequence[int], *, seed: int, batch_size: int, out
             raise InputError(f"sample() returned shape {out.shape}, expected 4 dimensions ({layout})", model=model, source=where)
         if len(out) != len(labels):
             raise InputError(f"sample() returned {len(out)} images for {len(labels)} labels", model=model, source=where)
+        channels = image_shape[2]
+        channel_axis, other_axis, other = (1, 3, "NHWC") if layout == "NCHW" else (3, 1, "NCHW")
+        if out.shape[channel_axis] != channels and out.shape[other_axis] == channels:  # the other layout, surely
+            raise InputError(f"sample() returned shape {tuple(out.shape)}, which looks {other}, but the config declares "
+                             f"layout: {layout} (the dataset has {channels} channel{'s' if channels != 1 else ''})",
+                             model=model, source=where)
         if layout == "NCHW":
             out = out.transpose(0, 2, 3, 1)
         images = to_uint8(np.ascontiguousarray(out), output_range, model=model, source=where)

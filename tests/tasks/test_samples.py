@@ -3,7 +3,7 @@ import pytest
 
 from tasks.errors import InputError
 from tasks.images import decode_image, encode_png, to_uint8
-from tasks.samples import check_labels, conform_images, label_schedule, select_for_budget
+from tasks.samples import check_labels, class_interleaved, conform_images, label_schedule, select_for_budget
 
 
 def test_label_schedule_is_round_robin_and_meets_the_budget():
@@ -12,14 +12,24 @@ def test_label_schedule_is_round_robin_and_meets_the_budget():
     assert list(np.bincount(label_schedule([142, 146, 0, 5]), minlength=4)) == [142, 146, 0, 5]
 
 
-def test_select_for_budget_takes_a_seeded_subset_in_source_order():
+def test_select_for_budget_takes_a_seeded_subset_classes_interleaved():
     labels = np.array([0, 1, 0, 1, 0, 1, 0])
     chosen = select_for_budget(labels, [2, 3], seed=0, allow_shortfall=False, model="m", source="s")
     assert list(np.bincount(labels[chosen])) == [2, 3]
-    assert np.all(np.diff(chosen) > 0)
+    assert list(labels[chosen]) == [0, 1, 0, 1, 1]
+    for c in (0, 1):  # source order within a class
+        assert np.all(np.diff(chosen[labels[chosen] == c]) > 0)
     assert np.array_equal(chosen, select_for_budget(labels, [2, 3], seed=0, allow_shortfall=False, model="m", source="s"))
     others = {tuple(select_for_budget(labels, [2, 3], seed=s, allow_shortfall=False, model="m", source="s")) for s in range(10)}
     assert len(others) > 1
+
+
+def test_class_interleaved_matches_the_label_schedule():
+    labels = np.repeat(np.arange(3), [4, 2, 3])  # grouped by class, as CIFAR-10's Parquet is
+    order = class_interleaved(labels)
+    assert list(labels[order]) == list(label_schedule([4, 2, 3]))
+    assert sorted(order) == list(range(9))
+    assert list(order[labels[order] == 0]) == [0, 1, 2, 3]
 
 
 def test_shortfall_is_an_error_unless_allowed():
@@ -27,7 +37,7 @@ def test_shortfall_is_an_error_unless_allowed():
     with pytest.raises(InputError, match="model 'm' s: too few samples: class 1 has 1 of 2"):
         select_for_budget(labels, [2, 2], seed=0, allow_shortfall=False, model="m", source="s")
     chosen = select_for_budget(labels, [2, 2], seed=0, allow_shortfall=True, model="m", source="s")
-    assert list(labels[chosen]) == [0, 0, 1]
+    assert list(labels[chosen]) == [0, 1, 0]
 
 
 def test_labels_outside_the_classes():

@@ -1,0 +1,55 @@
+"""The benchmark script's plumbing, on the CPU: `--smoke` runs it end to end
+on a tiny CIFAR-10 subset; without CUDA and without `--smoke` it refuses."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "benchmarks" / "cifar10_gpu.py"
+
+
+def run_script(*args: str, env_dir: Path, timeout: int) -> subprocess.CompletedProcess:
+    env = os.environ | {"CASFLOW_CACHE_DIR": str(env_dir / "cache")}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here: the script would run for real")
+def test_without_cuda_it_says_so_and_exits_2(tmp_path):
+    done = run_script("--out", str(tmp_path), env_dir=tmp_path, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "CUDA is not available" in done.stdout and "--smoke" in done.stdout
+    assert list(tmp_path.glob("*.md")) == []
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_its_table(cifar10_dir, tmp_path):
+    out = tmp_path / "results"
+    done = run_script("--smoke", "--data", str(cifar10_dir), "--out", str(out), env_dir=tmp_path, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "| trainer | runs | top-1 % mean" in done.stdout
+
+    (md,) = out.glob("cifar10_gpu-*-cpu-smoke.md")
+    text = md.read_text()
+    for name in ("fast: shards -> results, decode cold", "fast: shards -> results, decode warm",
+                 "accurate: recipe training loop only"):
+        assert f"| {name} | 1 |" in text
+    assert "| decode train+test shards to uint8, cache empty | 2 |" in text  # one per recipe
+    assert "airbench skipped (--smoke)" in text and "500 train / 500 test images" in text
+
+    report = json.loads(md.with_suffix(".json").read_text())
+    assert report["header"]["runs"] == 1 and report["header"]["torch"] == torch.__version__
+    assert len(report["header"]["git_commit"]) >= 7
+    assert report["config"]["recipes"]["fast"]["hyperparameters"]["widths"] == [8, 16, 16]
+    for recipe in ("fast", "accurate"):
+        (run,) = report["raw"][recipe]
+        for kind in ("cold", "warm"):
+            assert 0.0 <= run[kind]["top1"] <= 1.0 and run[kind]["wall_s"] > 0
+        assert run["decode_cold_s"] > run["decode_warm_s"] >= 0
+    assert "airbench94" not in report["raw"]
