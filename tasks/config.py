@@ -108,10 +108,10 @@ class GaussianGenerator(_Frozen):
 
 
 class PythonGenerator(_Frozen):
-    """A user's model: entry point `package.module:factory`."""
+    """A user's model: entry point `package.module:factory` or `path/to/file.py:factory`."""
 
     kind: Literal["python"]
-    entry_point: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    entry_point: str = Field(pattern=r"^([A-Za-z_][\w.]*|.+\.py):[A-Za-z_]\w*$")  # package.module:factory or file.py:factory
     checkpoint: str | None = None  # path or store URL; loaded by casflow, passed to the factory
     load_checkpoint: bool = True  # False: the factory gets a local path and loads it itself
     allow_unsafe_checkpoint: bool = False  # True: torch.load with weights_only=False (only for trusted files)

@@ -1,4 +1,5 @@
-"""A user's model behind a Python entry point `package.module:factory`.
+"""A user's model behind a Python entry point `package.module:factory` (or
+`path/to/file.py:factory`).
 
     factory(checkpoint, device, **options) -> object with sample(labels, seed)
 
@@ -15,12 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import inspect
 import io
+import os
 import pickle
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -32,9 +36,11 @@ from tasks.samples import conform_images, label_schedule
 
 
 def load_factory(entry_point: str, model: str) -> Callable[..., Any]:
-    module_name, _, attr = entry_point.partition(":")
+    """`package.module:factory` (installed, or found from the working directory as `python -m`
+    would) or `path/to/file.py:factory`."""
+    module_name, _, attr = entry_point.rpartition(":")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_file(module_name) if module_name.endswith(".py") else _import_module(module_name)
     except Exception as exc:  # a user's module can raise anything at import
         raise InputError(f"entry point {entry_point}: cannot import {module_name} ({type(exc).__name__}: {exc})",
                          model=model) from None
@@ -42,6 +48,29 @@ def load_factory(entry_point: str, model: str) -> Callable[..., Any]:
     if not callable(factory):
         raise InputError(f"entry point {entry_point}: module {module_name} has no callable '{attr}'", model=model)
     return factory
+
+
+def _import_module(name: str) -> ModuleType:
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())  # after installed packages, which win
+    return importlib.import_module(name)
+
+
+def _import_file(path: str) -> ModuleType:
+    """A module from a file path, once per process (a stable name derived from the absolute path)."""
+    path = os.path.abspath(path)
+    name = f"casflow_entry_{hashlib.sha256(path.encode()).hexdigest()[:12]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
 
 
 def code_digest(entry_point: str, model: str) -> str:

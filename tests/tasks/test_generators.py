@@ -107,3 +107,17 @@ def test_example_entry_point_runs():
     sampler = make_sampler(fit_digits(), device="cpu", noise=0.5)
     out = sampler.sample(np.array([0, 1, 2]), 0)
     assert out.shape == (3, 1, 8, 8) and float(out.min()) >= -1 and float(out.max()) <= 1
+
+
+def test_entry_point_by_file_path_and_from_the_working_directory(tmp_path, monkeypatch):
+    source = "def make(checkpoint, device):\n    return 'sampler'\n"
+    (tmp_path / "gen_by_path.py").write_text(source)
+    assert python_entry.load_factory(f"{tmp_path / 'gen_by_path.py'}:make", "m")(None, device="cpu") == "sampler"
+    digest = python_entry.code_digest(f"{tmp_path / 'gen_by_path.py'}:make", "m")
+    assert len(digest) == 64
+    (tmp_path / "gen_in_cwd.py").write_text(source)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path))])
+    assert python_entry.load_factory("gen_in_cwd:make", "m")(None, device="cpu") == "sampler"
+    with pytest.raises(InputError, match="cannot import .*missing.py"):
+        python_entry.load_factory(f"{tmp_path / 'missing.py'}:make", "m")
