@@ -187,27 +187,27 @@ def load_shard_set(store: Store, location: str) -> ShardSet | None:
     return shard_set
 
 
-class _HashingReader(io.RawIOBase):
-    """Passes reads through while computing sha256 and the byte count."""
+class _Tap(io.RawIOBase):
+    """Passes reads through, counting the bytes and, when asked, hashing them."""
 
-    def __init__(self, raw: IO[bytes]):
+    def __init__(self, raw: IO[bytes], sha256: bool = False):
         self.raw = raw
-        self.sha256 = hashlib.sha256()
         self.size = 0
+        self.sha256 = hashlib.sha256() if sha256 else None
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
         data = self.raw.read(len(buffer))
-        n = len(data)
-        buffer[:n] = data
-        self.sha256.update(data)
-        self.size += n
-        return n
+        buffer[: len(data)] = data
+        self.size += len(data)
+        if self.sha256 is not None:
+            self.sha256.update(data)
+        return len(data)
 
     def drain(self) -> None:
-        while self.readinto(bytearray(2**20)):
+        while self.read(2**20):
             pass
 
 
@@ -225,7 +225,7 @@ def iter_tar(stream: IO[bytes], source: str, seen_keys: set[str] | None = None) 
     makes them); a key seen twice is an error naming the shard and the key."""
     seen = seen_keys if seen_keys is not None else set()
     key, parts = None, {}
-    counted = _CountingReader(stream)
+    counted = _Tap(stream)
     try:
         with tarfile.open(fileobj=counted, mode="r|") as tar:
             for member in tar:
@@ -245,8 +245,7 @@ def iter_tar(stream: IO[bytes], source: str, seen_keys: set[str] | None = None) 
                     raise ShardFormatError(f"{source}: duplicate file {member.name}")
                 parts[ext] = tar.extractfile(member).read()
             end = tar.offset  # where tarfile looked for the next header: the end-of-archive block in a whole tar
-        while counted.read(2**20):
-            pass
+        counted.drain()
     except tarfile.TarError as exc:
         raise ShardFormatError(f"{source}: not a readable tar file ({exc})") from None
     if counted.size < end + tarfile.BLOCKSIZE:  # tarfile ends quietly when a file stops at or inside a header
@@ -254,23 +253,6 @@ def iter_tar(stream: IO[bytes], source: str, seen_keys: set[str] | None = None) 
                                f"at byte {end}; samples after it are missing)")
     if key is not None:
         yield key, parts
-
-
-class _CountingReader(io.RawIOBase):
-    """Passes reads through, counting the bytes."""
-
-    def __init__(self, raw: IO[bytes]):
-        self.raw = raw
-        self.size = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.raw.read(len(buffer))
-        buffer[: len(data)] = data
-        self.size += len(data)
-        return len(data)
 
 
 def iter_shard_set(store: Store, shard_set: ShardSet) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -282,9 +264,8 @@ def iter_shard_set(store: Store, shard_set: ShardSet) -> Iterator[tuple[str, dic
     for shard in shard_set.shards:
         source = f"{store.uri(shard_set.location)}/{shard.name}"
         with store.open(f"{shard_set.location}/{shard.name}") as raw:
-            reader = _HashingReader(raw)
-            yield from iter_tar(io.BufferedReader(reader, 2**20), source, seen)
-            reader.drain()
+            reader = _Tap(raw, sha256=True)
+            yield from iter_tar(io.BufferedReader(reader, 2**20), source, seen)  # reads the stream to its end
         if reader.size != shard.size or reader.sha256.hexdigest() != shard.sha256:
             raise ShardIntegrityError(f"{source}: sha256 {reader.sha256.hexdigest()[:16]}... ({reader.size} bytes) "
                                       f"disagrees with the manifest's {shard.sha256[:16]}... ({shard.size} bytes)")
