@@ -129,3 +129,22 @@ def test_pinned_numbers(tiny_config):
     top1 = {name: round(r[2].counts.top1, 4) for name, r in records.items()}
     for name, expected in PINNED_TOP1.items():
         assert top1[name] == pytest.approx(expected, abs=0.015), name
+
+
+def test_imagefolder_dataset_through_the_pipeline(tmp_path, tiny_config):
+    from tasks import datasets
+    from tasks.images import encode_png
+
+    train, held_out = datasets.digits_splits(0.2, 0)
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    for split, data in (("train", train), ("eval", held_out)):
+        for i, (image, label) in enumerate(zip(data.images, data.labels)):
+            folder = tmp_path / "digits" / split / names[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{i:04d}.png").write_bytes(encode_png(image))
+    dataset = {"kind": "imagefolder", "name": "digits-folders", "train": str(tmp_path / "digits" / "train"),
+               "eval": str(tmp_path / "digits" / "eval")}
+    record, records = run_all(tiny_config(MODELS[:2], dataset=dataset))
+    assert record.class_names == tuple(sorted(names))  # sorted folder names, as torchvision's ImageFolder
+    assert sum(record.train.count_per_class) == 1438 and sum(record.eval.count_per_class) == 359
+    assert records["real"][2].counts.top1 > 0.9 and records["gauss"][2].counts.top1 > 0.8
