@@ -165,6 +165,7 @@ def main() -> int:
     for key, value in server.env.items():
         print(f"  export {key}={value}")
     print(f"\n  cas run my-config.yaml --store s3://{args.bucket}/cas\n\nCtrl-C stops it.")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # weed runs in its own session: stop it on SIGTERM too
     try:
         signal.pause()
     except KeyboardInterrupt:
