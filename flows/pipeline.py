@@ -90,7 +90,7 @@ def _settle(config: Config, futures: dict[str, tuple[PrefectFuture, ...]]) -> li
                 error = steps.describe_failure(model.name, exc if isinstance(exc, BaseException) else RuntimeError(str(exc)))
             break  # a step that did not run because an earlier one failed
         records += [None] * (3 - len(records))
-        outcomes.append(steps.outcome(model, *records, error=error or (None if all(records) else "did not finish")))
+        outcomes.append(steps.outcome(model, *records, error=error or (None if all(records) else f"model '{model.name}': did not finish")))
     return outcomes
 
 
