@@ -6,14 +6,12 @@ the synthetic set has the real train split's size and class balance.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from tasks.errors import InputError
-from tasks.images import encode_png, resize
+from tasks.images import encode_many, resize
 
 SAMPLES_CODE_VERSION = 2  # bump when the stored samples change for the same inputs
 
@@ -22,14 +20,8 @@ def label_schedule(budget: Sequence[int]) -> np.ndarray:
     """Labels to draw, round-robin over classes until each has its budget (0,1,2,..,0,1,2,..).
 
     Every batch cut from it is close to class-balanced, and it needs no seed."""
-    remaining = list(budget)
-    out = []
-    while any(remaining):
-        for c, left in enumerate(remaining):
-            if left:
-                out.append(c)
-                remaining[c] -= 1
-    return np.array(out, dtype=np.int64)
+    grouped = np.repeat(np.arange(len(budget), dtype=np.int64), budget)
+    return grouped[class_interleaved(grouped)]
 
 
 def class_interleaved(labels: np.ndarray) -> np.ndarray:
@@ -106,9 +98,7 @@ def check_class_count(num_source_classes: int, num_classes: int, *, model: str, 
 def encode_samples(images: np.ndarray, labels: np.ndarray, chunk: int = 1024) -> Iterator[tuple[int, bytes]]:
     """(label, PNG bytes) per sample, in order; storage assigns the keys.
 
-    Encoded in threads (zlib releases the GIL), a chunk at a time to bound memory."""
-    workers = min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(workers) as pool:
-        for start in range(0, len(images), chunk):
-            pngs = pool.map(encode_png, images[start : start + chunk], chunksize=64)
-            yield from zip((int(label) for label in labels[start : start + chunk]), pngs)
+    Encoded on every core a chunk at a time, to bound memory."""
+    for start in range(0, len(images), chunk):
+        pngs = encode_many(images[start : start + chunk])
+        yield from zip((int(label) for label in labels[start : start + chunk]), pngs)
