@@ -1,5 +1,5 @@
 # make demo   CAS of five generators on the embedded digits data (creates .venv on first use)
-# make test   the whole test suite, S3 and Prefect-server tests included
+# make test   the linter (ruff), then the whole test suite, S3 and Prefect-server tests included
 # make s3     a SeaweedFS S3 server on 127.0.0.1 for trying the S3 path by hand
 # make bench  storage throughput benchmark (local folder vs SeaweedFS)
 # make server / make deploy / make worker   the nightly Prefect deployment (README)
@@ -22,10 +22,11 @@ demo: $(BIN)/cas
 	$(BIN)/cas demo
 
 test: $(BIN)/cas
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 s3: $(BIN)/cas
-	$(BIN)/python -m storage.local_s3
+	$(BIN)/python -m casflow.storage.local_s3
 
 bench: $(BIN)/cas
 	$(BIN)/python benchmarks/storage_throughput.py

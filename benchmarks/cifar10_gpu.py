@@ -37,15 +37,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from flows import steps  # noqa: E402
-from storage.store import Store  # noqa: E402
-from tasks import classifiers  # noqa: E402
-from tasks.config import Config  # noqa: E402
+from casflow.flows import steps  # noqa: E402
+from casflow.storage.store import Store  # noqa: E402
+from casflow.tasks import classifiers  # noqa: E402
+from casflow.tasks.config import Config  # noqa: E402
 
 PAIRS = {"fast": ("airbench94", "train94"), "accurate": ("airbench96", "train96")}
 WARMUP_EPOCHS = 1  # enough for cuDNN's kernel choices and the caching allocator to settle
@@ -125,7 +124,7 @@ def whole_path(config: Config, dataset: steps.DatasetRecord, base: Path, cache: 
     assert not (classifier.cached or evaluation.cached), "a timed pass hit a cache"
     shutil.rmtree(fresh)
     return {"top1": evaluation.counts.top1, "wall_s": wall, "train_s": classifier.train_seconds,
-            "eval_s": evaluation.seconds, "peak_gib": peak_gib()}  # since training began: tasks.training resets it
+            "eval_s": evaluation.seconds, "peak_gib": peak_gib()}  # since training began: classifiers.training resets it
 
 
 def decode_seconds(store: Store, dataset: steps.DatasetRecord, cache: Path) -> float:
@@ -155,7 +154,7 @@ def run_casflow(recipe: str, dataset: steps.DatasetRecord, base: Path, work: Pat
                          "decode_cold_s": decode_cold, "decode_warm_s": decode_warm})
             print(f"  {recipe} run {run}: top-1 {warm['top1']:.4f}, "
                   f"{cold['wall_s']:.2f} s cold, {warm['wall_s']:.2f} s warm")
-    hp = classifiers.hyperparameters(recipe, options)
+    hp = classifiers.resolve(recipe, options).hp
     return rows, {"options": options, "hyperparameters": dataclasses.asdict(hp),
                   "cudnn_benchmark": torch.backends.cudnn.benchmark}  # as casflow left it
 

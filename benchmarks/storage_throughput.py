@@ -27,24 +27,24 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from storage.local_s3 import LocalS3  # noqa: E402
-from storage.shards import iter_shard_set, write_shard_set  # noqa: E402
-from storage.store import Store, s3_options  # noqa: E402
-from tasks import datasets  # noqa: E402
-from tasks.images import decode_many  # noqa: E402
-from tasks.samples import encode_samples  # noqa: E402
+from casflow.storage.local_s3 import LocalS3  # noqa: E402
+from casflow.storage.shards import iter_shard_set, write_shard_set  # noqa: E402
+from casflow.storage.store import Store, s3_options  # noqa: E402
+from casflow.tasks.datasets.digits import digits  # noqa: E402
+from casflow.tasks.datasets.hf_parquet import read_hf_parquet  # noqa: E402
+from casflow.tasks.images import decode_many  # noqa: E402
+from casflow.tasks.samples import encode_samples  # noqa: E402
 
 
 def load_images(count: int) -> tuple[np.ndarray, np.ndarray, str]:
     cifar = REPO.parent / "shared" / "datasets" / "cifar10" / "test.parquet"
     if cifar.exists():
         with open(cifar, "rb") as f:
-            data = datasets.read_hf_parquet(f, str(cifar))
+            data = read_hf_parquet(f, str(cifar))
         name = "CIFAR-10 test (32x32x3)"
     else:
-        data = datasets.digits()
+        data = digits()
         name = "digits (8x8x1)"
     reps = -(-count // len(data.labels))
     return np.concatenate([data.images] * reps)[:count], np.concatenate([data.labels] * reps)[:count], name

@@ -55,7 +55,7 @@ def make_sampler(checkpoint, device="cpu", noise: float = 1.0) -> Sampler:
 
 
 def fit_digits() -> dict[str, torch.Tensor]:
-    from tasks.datasets import digits_splits
+    from casflow.tasks.datasets import digits_splits
 
     train, _ = digits_splits(0.2, 0)
     x = torch.from_numpy(train.images).permute(0, 3, 1, 2).float() / 127.5 - 1

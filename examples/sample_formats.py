@@ -26,11 +26,11 @@ import torch
 import webdataset
 import yaml
 
+from casflow.tasks.datasets import digits_splits
+from casflow.tasks.generators.builtin import GaussianPCA
+from casflow.tasks.images import encode_png
+from casflow.tasks.samples import label_schedule
 from examples.class_means import fit_digits
-from tasks.datasets import digits_splits
-from tasks.generators.builtin import GaussianPCA
-from tasks.images import encode_png
-from tasks.samples import label_schedule
 
 
 def draw(seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.steps import ResultsRecord
-from tasks.report import ModelOutcome
+from casflow.flows.steps import ResultsRecord
+from casflow.tasks.results import ModelOutcome, summary_cells
 
 WORST_CLASSES_SHOWN = 3
 
@@ -16,16 +16,7 @@ def _pct(value: float | None) -> str:
 
 
 def summary_table(record: ResultsRecord) -> list[dict[str, str]]:
-    return [{
-        "model": row["model"],
-        "status": row["status"],
-        "CAS top-1": _pct(row.get("cas_top1")),
-        "CAS top-5": _pct(row.get("cas_top5")),
-        "CAS / real": "-" if row.get("cas_ratio_top1") is None else f"{row['cas_ratio_top1']:.3f}",
-        "worst class": "-" if row.get("worst_class") is None else f"{row['worst_class']} ({_pct(row['worst_class_top1'])})",
-        "cached": "yes" if row["cached"] else "no",
-        "error": row.get("error") or "",
-    } for row in record.summary]
+    return [summary_cells(row) | {"error": row.get("error") or ""} for row in record.summary]
 
 
 def worst_classes_markdown(record: ResultsRecord, outcomes: list[ModelOutcome], class_names: tuple[str, ...]) -> str:

@@ -24,40 +24,33 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
-def _pct(value: Any) -> str:
-    return "-" if value is None else f"{100 * value:6.2f}%"
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+def _table(rows: list[dict[str, str]]) -> str:
+    """Rows of cells (column -> text) as aligned plain text; percentages aligned right."""
+    if not rows:
+        return ""
+    headers = list(rows[0])
+    widths = [max(len(h), *(len(r[h]) for r in rows)) for h in headers]
+    align = lambda c, w: c.rjust(w) if c.endswith("%") else c.ljust(w)  # noqa: E731
+    line = lambda cells: "  ".join(align(c, w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line([r[h] for h in headers]) for r in rows)])
 
 
 def render_summary(rows: list[dict[str, Any]]) -> str:
-    headers = ["model", "status", "top-1", "top-5", "CAS/real", "worst class", "samples", "cached"]
-    body = [[
-        r["model"], r["status"], _pct(r["cas_top1"]), _pct(r["cas_top5"]),
-        "-" if r["cas_ratio_top1"] is None else f"{r['cas_ratio_top1']:.3f}",
-        "-" if r["worst_class"] is None else f"{r['worst_class']} ({_pct(r['worst_class_top1']).strip()})",
-        "-" if r["n_samples"] is None else str(r["n_samples"]),
-        "yes" if r["cached"] else "no",
-    ] for r in rows]
-    text = _table(headers, body)
+    from casflow.tasks.results import summary_cells
+
     errors = [f"  {r['model']}: {r['error']}" for r in rows if r["status"] != "ok"]
-    return text + ("\n\nfailed:\n" + "\n".join(errors) if errors else "")
+    return _table([summary_cells(r) for r in rows]) + ("\n\nfailed:\n" + "\n".join(errors) if errors else "")
 
 
 def render_per_class(rows: list[dict[str, Any]]) -> str:
-    headers = ["model", "class", "n_train", "n_eval", "top-1", "95% interval", "top-5"]
-    body = [[r["model"], f"{r['class_index']} {r['class_name']}", str(r["n_train"]), str(r["n_eval"]), _pct(r["top1"]),
-             f"{_pct(r['top1_ci_low']).strip()} - {_pct(r['top1_ci_high']).strip()}", _pct(r["top5"])] for r in rows]
-    return _table(headers, body)
+    from casflow.tasks.results import per_class_cells
+
+    return _table([per_class_cells(r) for r in rows])
 
 
 def _open_store(args: argparse.Namespace):
-    from flows import steps
-    from storage.store import Store, s3_options
+    from casflow.flows import steps
+    from casflow.storage.store import Store, s3_options
 
     if args.config:
         return steps.open_store(steps.read_config(args.config, args.store).store)
@@ -65,7 +58,7 @@ def _open_store(args: argparse.Namespace):
 
 
 def show_results(store, run_id: str | None, per_class: bool, model: str | None) -> int:
-    from storage import results
+    from casflow.storage import results
 
     runs = results.run_ids(store)
     if not runs:
@@ -86,15 +79,15 @@ def show_results(store, run_id: str | None, per_class: bool, model: str | None) 
 
 
 def run(config_path: str, store_url: str | None) -> int:
-    from flows import steps
-    from tasks.config import ConfigError
+    from casflow.flows import steps
+    from casflow.tasks.config import ConfigError
 
     try:
         config = steps.read_config(config_path, store_url)  # fail before Prefect starts on a bad config
     except (ConfigError, OSError) as exc:
         print(f"cas: {exc}", file=sys.stderr)
         return 2
-    from flows.pipeline import cas_evaluation
+    from casflow.flows.pipeline import cas_evaluation
 
     state = cas_evaluation(config_path, store_url, return_state=True)
     report = state.result(raise_on_failure=False)
@@ -125,14 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "demo":
-        from flows.pipeline import DEMO_CONFIG
+        from casflow.flows.pipeline import DEMO_CONFIG
 
         return run(DEMO_CONFIG, args.store)
     if args.command == "run":
         return run(args.config, args.store)
     store = _open_store(args)
     if args.list:
-        from storage import results
+        from casflow.storage import results
 
         print("\n".join(results.run_ids(store)))
         return 0

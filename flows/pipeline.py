@@ -29,10 +29,11 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows import artifacts, placement, steps
-from storage.store import is_transient
-from tasks.config import Config
-from tasks.report import RunInfo
+from casflow.flows import artifacts, placement, steps
+from casflow.storage.store import is_transient
+from casflow.tasks.config import Config
+from casflow.tasks.devices import visible_devices
+from casflow.tasks.results import RunInfo
 
 # casflow's loggers reach Prefect's handlers through PREFECT_LOGGING_EXTRA_LOGGERS=casflow
 # (set by the `cas` command and in prefect.yaml); their level is ours to set.
@@ -105,7 +106,7 @@ def cas_evaluation(config_path: str = DEMO_CONFIG, store_url: str | None = None)
 
     dataset = prepare_dataset.submit(config, store).result()
     models = config.all_models
-    lanes = placement.assign_lanes([m.name for m in models], placement.visible_devices(config.classifier.device, _cuda_count()))
+    lanes = placement.assign_lanes([m.name for m in models], visible_devices(config.classifier.device, _cuda_count()))
     futures: dict[str, tuple[PrefectFuture, ...]] = {}
     lane_tail: dict[str, PrefectFuture] = {}
     for model in models:

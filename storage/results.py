@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage.store import Store
+from casflow.storage.store import Store
 
 _RUN_KEYS = [
     pa.field("run_id", pa.string(), nullable=False),

@@ -25,7 +25,7 @@ from typing import IO, Any
 
 import webdataset
 
-from storage.store import Store
+from casflow.storage.store import Store
 
 log = logging.getLogger("casflow.storage")
 
@@ -62,12 +62,6 @@ class ShardSet:
     image_shape: tuple[int, int, int]
     shards: tuple[ShardInfo, ...]
     manifest_sha256: str
-
-    @property
-    def decoded_bytes(self) -> int:
-        """Size of the whole set decoded to uint8."""
-        h, w, c = self.image_shape
-        return self.num_samples * h * w * c
 
 
 def sample_key(index: int) -> str:

@@ -1,27 +1,129 @@
-"""User files named in a config (datasets, checkpoints, samples), local or
-on a store, seen as bytes, streams and file trees."""
+"""User files named in a config (datasets, checkpoints, samples), local or on
+an object store, seen as bytes, streams and file trees: `Files` implements
+`casflow.tasks.files.SourceFiles`."""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import zipfile
 import zlib
 from collections.abc import Iterator
-from typing import IO
+from pathlib import Path
+from typing import IO, Any
 
 import braceexpand
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
-from storage.shards import iter_tar
-from storage.store import Store
+from casflow.storage import decoded_cache
+from casflow.storage.atomic import atomic_file
+from casflow.storage.shards import iter_tar
+from casflow.storage.store import filesystem, s3_options
+
+
+class Files:
+    """Files by name: a local path, or a URL (s3:// with the store's options, or any fsspec URL)."""
+
+    def __init__(self, s3: dict[str, Any] | None = None):
+        self._s3 = s3 if s3 is not None else s3_options()
+
+    def _fs(self, name: str) -> tuple[fsspec.AbstractFileSystem, str]:
+        return filesystem(name, self._s3)
+
+    def digest(self, name: str) -> str:
+        """Content identity of a file or folder, for fingerprints.
+
+        Local: sha256 of the bytes (of every file, for a folder). Remote: the
+        ETag and size of each object, which the store computes for us."""
+        fs, path = self._fs(name)
+        if not fs.exists(path):
+            raise FileNotFoundError(name)
+        if fs.isdir(path):
+            files = sorted(fs.find(path))
+            h = hashlib.sha256()
+            for file in files:
+                rel = file[len(path.rstrip("/")) + 1 :]
+                h.update(f"{rel}\0{_file_identity(fs, file)}\n".encode())
+            return f"tree:{len(files)}:{h.hexdigest()}"
+        return _file_identity(fs, path)
+
+    def open(self, name: str) -> IO[bytes]:
+        fs, path = self._fs(name)
+        if not fs.exists(path):
+            raise FileNotFoundError(f"{name}: no such file")
+        return fs.open(path, "rb", block_size=8 * 2**20)
+
+    def read_bytes(self, name: str) -> bytes:
+        fs, path = self._fs(name)
+        try:
+            return fs.cat_file(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{name}: no such file") from None
+
+    def tree(self, name: str) -> FolderTree | ZipTree:
+        fs, path = self._fs(name)
+        if not fs.exists(path):
+            raise FileNotFoundError(f"{name}: no such file or folder")
+        if fs.isdir(path):
+            return FolderTree(fs, path, name)
+        return ZipTree(fs.cat_file(path), name)
+
+    def tar_names(self, name: str) -> list[str]:
+        """Shards from a brace pattern (shard-{000000..000009}.tar) or a folder of .tar files (subfolders too)."""
+        if "{" in name:
+            return list(braceexpand.braceexpand(name))
+        fs, path = self._fs(name)
+        if not fs.exists(path):
+            raise FileNotFoundError(f"{name}: no such folder or file")
+        if not fs.isdir(path):
+            return [name]
+        base, root = name.rstrip("/"), path.rstrip("/")
+        relative = sorted(p[len(root) + 1 :] for p in fs.find(path) if p.endswith(".tar"))
+        return [f"{base}/{r}" for r in relative]
+
+    def iter_webdataset(self, names: list[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
+        """Samples of shards written by any WebDataset writer, streamed; keys must be unique across shards."""
+        seen: set[str] = set()
+        for name in names:
+            with self.open(name) as stream:
+                for key, parts in iter_tar(stream, name, seen):
+                    yield f"{name.rsplit('/', 1)[-1]}:{key}", parts
+
+    def local_path(self, name: str) -> str:
+        """The file itself when local, else a copy in the local cache named by its sha256."""
+        fs, path = self._fs(name)
+        if isinstance(fs, LocalFileSystem):
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"{name}: no such file")
+            return path
+        data = self.read_bytes(name)
+        copy = decoded_cache.cache_dir() / "checkpoints" / f"{hashlib.sha256(data).hexdigest()}{Path(path).suffix}"
+        if not copy.exists():
+            with atomic_file(copy) as f:
+                f.write(data)
+        return str(copy)
+
+
+def _file_identity(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    if not isinstance(fs, LocalFileSystem):
+        info = fs.info(path)
+        etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+        return f"etag:{etag}:{info['size']}"
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            h.update(block)
+    return f"sha256:{h.hexdigest()}"
 
 
 class FolderTree:
     """A folder (local or an object-store prefix) as relative paths -> bytes."""
 
-    def __init__(self, store: Store, url: str):
-        self.fs, self.root = store.filesystem(url)
-        self.root = self.root.rstrip("/")
-        self.name = url.rstrip("/")
+    def __init__(self, fs: fsspec.AbstractFileSystem, path: str, name: str):
+        self.fs, self.root = fs, path.rstrip("/")
+        self.name = name.rstrip("/")
 
     def paths(self) -> list[str]:
         return sorted(p[len(self.root) + 1 :] for p in self.fs.find(self.root))
@@ -48,50 +150,3 @@ class ZipTree:
 
     def read(self, path: str) -> bytes:
         return self.zip.read(path)
-
-
-def open_tree(store: Store, url: str) -> FolderTree | ZipTree:
-    fs, path = store.filesystem(url)
-    if not fs.exists(path):
-        raise FileNotFoundError(f"{url}: no such file or folder")
-    if fs.isdir(path):
-        return FolderTree(store, url)
-    return ZipTree(fs.cat_file(path), url)
-
-
-def read_bytes(store: Store, url: str) -> bytes:
-    fs, path = store.filesystem(url)
-    try:
-        return fs.cat_file(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{url}: no such file") from None
-
-
-def open_file(store: Store, url: str) -> IO[bytes]:
-    fs, path = store.filesystem(url)
-    if not fs.exists(path):
-        raise FileNotFoundError(f"{url}: no such file")
-    return fs.open(path, "rb", block_size=8 * 2**20)
-
-
-def tar_urls(store: Store, url: str) -> list[str]:
-    """Shard URLs from a brace pattern (shard-{000000..000009}.tar) or a folder of .tar files."""
-    if "{" in url:
-        return list(braceexpand.braceexpand(url))
-    fs, path = store.filesystem(url)
-    if not fs.exists(path):
-        raise FileNotFoundError(f"{url}: no such folder or file")
-    if not fs.isdir(path):
-        return [url]
-    base, root = url.rstrip("/"), path.rstrip("/")
-    names = sorted(p[len(root) + 1 :] for p in fs.find(path) if p.endswith(".tar"))  # relative: subfolders too
-    return [f"{base}/{n}" for n in names]
-
-
-def iter_webdataset(store: Store, urls: list[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Samples of shards written by any WebDataset writer, streamed; keys must be unique across shards."""
-    seen: set[str] = set()
-    for url in urls:
-        with open_file(store, url) as stream:
-            for key, parts in iter_tar(stream, url, seen):
-                yield f"{url.rsplit('/', 1)[-1]}:{key}", parts

@@ -10,24 +10,16 @@ Layout (the only place paths are built; see `Store.location`):
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import os
-import uuid
 from typing import IO, Any, Literal
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-log = logging.getLogger("casflow.storage")
+from casflow.storage.atomic import atomic_file, is_temporary
 
 Kind = Literal["real", "samples", "classifiers", "evaluations"]
 KINDS: tuple[str, ...] = ("real", "samples", "classifiers", "evaluations")
-TEMP_MARK = ".tmp-"  # local temporary files: `<name>.tmp-<uuid>`, renamed into place when complete
-
-
-class StoreError(OSError):
-    """The store cannot be reached or read; transient ones are worth a retry."""
 
 
 def s3_options(endpoint_url: str | None = None, region: str | None = None, key: str | None = None,
@@ -48,10 +40,22 @@ def s3_options(endpoint_url: str | None = None, region: str | None = None, key: 
     return options
 
 
+def filesystem(url: str, s3: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and path of a URL: a local path, file://, s3:// (with these options) or any fsspec URL."""
+    if url.startswith("s3://") or url.startswith("s3a://"):
+        return fsspec.url_to_fs(url.replace("s3a://", "s3://", 1), **s3)
+    if "://" in url and not url.startswith("file://"):
+        return fsspec.url_to_fs(url)
+    fs = LocalFileSystem(auto_mkdir=True)
+    return fs, os.path.abspath(url.removeprefix("file://"))
+
+
 class Store:
+    """casflow's own objects below one root URL. Every method takes a store-relative
+    key, built by `location` or `results_location`; `uri` turns one into the URL a user pastes."""
+
     def __init__(self, url: str, s3: dict[str, Any] | None = None):
-        self._s3 = s3 if s3 is not None else s3_options()
-        self.fs, self.root = self.filesystem(url)
+        self.fs, self.root = filesystem(url, s3 if s3 is not None else s3_options())
         self.url = url if self.is_remote else os.path.abspath(self.root)
         self.root = self.root.rstrip("/")
 
@@ -61,15 +65,6 @@ class Store:
     @property
     def is_remote(self) -> bool:
         return not isinstance(self.fs, LocalFileSystem)
-
-    def filesystem(self, url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-        """The filesystem and path for any URL a config names (store root, checkpoints, sources)."""
-        if url.startswith("s3://") or url.startswith("s3a://"):
-            return fsspec.url_to_fs(url.replace("s3a://", "s3://", 1), **self._s3)
-        if "://" in url and not url.startswith("file://"):
-            return fsspec.url_to_fs(url)
-        fs = LocalFileSystem(auto_mkdir=True)
-        return fs, os.path.abspath(url.removeprefix("file://"))
 
     # ------------------------------------------------------------ layout
 
@@ -130,16 +125,11 @@ class Store:
         Local: write a temporary file beside it, fsync, rename over. S3: one PUT
         is atomic by itself."""
         full = self.path(relative)
-        if not self.is_remote:
-            os.makedirs(os.path.dirname(full), exist_ok=True)
-            temp = f"{full}{TEMP_MARK}{uuid.uuid4().hex}"
-            with open(temp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temp, full)
+        if self.is_remote:
+            self.fs.pipe_file(full, data)
             return
-        self.fs.pipe_file(full, data)
+        with atomic_file(full) as f:
+            f.write(data)
 
     def remove_debris(self, relative: str) -> int:
         """Delete leftover temporary files of a crashed local write below a folder."""
@@ -147,7 +137,7 @@ class Store:
             return 0
         removed = 0
         for name in self.listdir(relative):
-            if TEMP_MARK in name:
+            if is_temporary(name):
                 os.remove(self.path(f"{relative}/{name}"))
                 removed += 1
         return removed
@@ -156,38 +146,6 @@ class Store:
         full = self.path(relative)
         if self.fs.exists(full):
             self.fs.rm(full, recursive=True)
-
-    # ------------------------------------------------------------ content digests of user files
-
-    def digest(self, url: str) -> str:
-        """Content identity of a file or folder a config names, for fingerprints.
-
-        Local: sha256 of the bytes (of every file, for a folder). Remote: the
-        ETag and size of each object, which the store computes for us."""
-        fs, path = self.filesystem(url)
-        if not fs.exists(path):
-            raise FileNotFoundError(url)
-        remote = not isinstance(fs, LocalFileSystem)
-        if fs.isdir(path):
-            files = sorted(fs.find(path))
-            h = hashlib.sha256()
-            for file in files:
-                rel = file[len(path.rstrip("/")) + 1 :]
-                h.update(f"{rel}\0{_file_identity(fs, file, remote)}\n".encode())
-            return f"tree:{len(files)}:{h.hexdigest()}"
-        return _file_identity(fs, path, remote)
-
-
-def _file_identity(fs: fsspec.AbstractFileSystem, path: str, remote: bool) -> str:
-    if remote:
-        info = fs.info(path)
-        etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
-        return f"etag:{etag}:{info['size']}"
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(2**20), b""):
-            h.update(block)
-    return f"sha256:{h.hexdigest()}"
 
 
 _TRANSIENT_NAMES = {

@@ -1,8 +1,11 @@
-"""What tasks need from a folder or archive of files, without knowing where it lives."""
+"""What tasks need from user files (datasets, checkpoints, samples), without
+knowing where they live. `casflow.storage.sources.Files` implements it for
+local paths and object-store URLs; to tasks a name is only a name."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Iterator
+from typing import IO, Protocol
 
 
 class FileTree(Protocol):
@@ -13,4 +16,33 @@ class FileTree(Protocol):
         ...
 
     def read(self, path: str) -> bytes:
+        ...
+
+
+class SourceFiles(Protocol):
+    def digest(self, name: str) -> str:
+        """Content identity of a file or folder (sha256, or the store's ETags); FileNotFoundError if absent."""
+        ...
+
+    def open(self, name: str) -> IO[bytes]:
+        """A streaming read; FileNotFoundError if absent."""
+        ...
+
+    def read_bytes(self, name: str) -> bytes:
+        ...
+
+    def tree(self, name: str) -> FileTree:
+        """A folder or a zip archive as relative paths -> bytes."""
+        ...
+
+    def tar_names(self, name: str) -> list[str]:
+        """The .tar shards a folder, prefix or brace pattern names, sorted."""
+        ...
+
+    def iter_webdataset(self, names: list[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
+        """(shard:key, {extension: bytes}) per sample of those shards, keys unique across them."""
+        ...
+
+    def local_path(self, name: str) -> str:
+        """A local file with the content of `name` (a copy, for remote files)."""
         ...

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
-from tasks.errors import InputError
+from casflow.tasks.errors import InputError
 
 T = TypeVar("T")
 

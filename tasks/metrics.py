@@ -39,11 +39,8 @@ class ClassCounts:
     def per_class_top1(self) -> list[float]:
         return [c / n if n else float("nan") for c, n in zip(self.top1_correct, self.n_eval)]
 
-    def per_class_top5(self) -> list[float]:
-        return [c / n if n else float("nan") for c, n in zip(self.top5_correct, self.n_eval)]
-
     @classmethod
-    def from_dict(cls, data: dict) -> "ClassCounts":
+    def from_dict(cls, data: dict) -> ClassCounts:
         """Inverse of dataclasses.asdict (JSON turns tuples into lists)."""
         return cls(n_eval=tuple(data["n_eval"]), top1_correct=tuple(data["top1_correct"]),
                    top5_correct=tuple(data["top5_correct"]), confusion=tuple(tuple(r) for r in data["confusion"]))

@@ -23,7 +23,3 @@ class Progress:
             rate = self.done / max(now - self.started, 1e-9)
             log.info("%s: %d/%d %s (%.0f%%), %.0f %s/s", self.what, self.done, self.total, self.unit,
                      100 * self.done / max(self.total, 1), rate, self.unit)
-
-    @property
-    def seconds(self) -> float:
-        return time.perf_counter() - self.started

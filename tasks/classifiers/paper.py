@@ -19,7 +19,7 @@ import torchvision
 from pydantic import ConfigDict
 from torch import nn
 
-from tasks.classifiers.common import EpochLog, Normalize, TrainLoader, autocast, seeded_on_device, total_steps
+from casflow.tasks.classifiers.common import EpochLog, Normalize, TrainLoader, autocast, seeded_on_device, total_steps
 
 VERSION = 1
 
@@ -71,7 +71,7 @@ def train(loader: TrainLoader, num_classes: int, hp: Hyper, device: torch.device
     steps = total_steps(loader, hp.epochs)
     warmup = max(1, int(hp.warmup_epochs * len(loader)))
     decay, no_decay = [], []
-    for name, p in net.named_parameters():
+    for p in net.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on BatchNorm and biases
     optimizer = torch.optim.SGD([dict(params=decay, weight_decay=hp.weight_decay), dict(params=no_decay, weight_decay=0.0)],
                                 lr=hp.lr, momentum=hp.momentum, nesterov=True)

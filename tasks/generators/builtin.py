@@ -1,12 +1,57 @@
-"""Reference generators that need nothing but the real train split."""
+"""Built-in sources that need nothing but the real train split: `real` (the
+baseline), `real-shuffled` (a negative control) and `gaussian` (a
+class-conditional Gaussian in PCA space)."""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
-from tasks.datasets import LabeledImages
+from casflow.tasks.datasets import LabeledImages
+from casflow.tasks.fingerprint import derive_seed
+from casflow.tasks.generators.common import DrawRequest, Samples, SampleSource, settings_and_files
+from casflow.tasks.samples import encode_samples, label_schedule
+from casflow.tasks.schema import Frozen
+
+
+class RealGenerator(Frozen):
+    """The real train split itself: the upper bound and the CAS baseline."""
+
+    kind: Literal["real"]
+
+
+class ShuffledRealGenerator(Frozen):
+    """Real train images with labels permuted under the seed: a negative control that scores near chance."""
+
+    kind: Literal["real-shuffled"]
+
+
+class GaussianGenerator(Frozen):
+    """A class-conditional Gaussian in PCA space, fitted on the real train split."""
+
+    kind: Literal["gaussian"]
+    components: int = Field(32, gt=0)  # PCA dimensions kept
+    temperature: float = Field(1.0, ge=0)  # scales the sampling std; < 1 trades diversity away, like truncation
+
+
+def draw_shuffled(spec: ShuffledRealGenerator, request: DrawRequest) -> Samples:
+    return encode_samples(*shuffled_labels(request.real_train(), derive_seed(request.seed, "shuffle")))
+
+
+def draw_gaussian(spec: GaussianGenerator, request: DrawRequest) -> Samples:
+    gaussian = GaussianPCA.fit(request.real_train(), spec.components)
+    labels = label_schedule(request.budget)
+    return encode_samples(gaussian.sample(labels, derive_seed(request.seed, "gaussian"), spec.temperature), labels)
+
+
+SOURCES = (
+    SampleSource(RealGenerator, settings_and_files, draw=None),  # its samples are the real train split's shards
+    SampleSource(ShuffledRealGenerator, settings_and_files, draw_shuffled),
+    SampleSource(GaussianGenerator, settings_and_files, draw_gaussian),
+)
 
 
 def shuffled_labels(train: LabeledImages, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -35,7 +80,7 @@ class GaussianPCA:
     image_shape: tuple[int, int, int]
 
     @classmethod
-    def fit(cls, train: LabeledImages, components: int) -> "GaussianPCA":
+    def fit(cls, train: LabeledImages, components: int) -> GaussianPCA:
         x = train.images.reshape(len(train.images), -1).astype(np.float32)
         pixel_mean = x.mean(axis=0, dtype=np.float64)
         centred = x - pixel_mean.astype(np.float32)

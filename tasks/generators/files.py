@@ -1,7 +1,10 @@
-"""Samples already drawn, in the formats generative-model code writes.
+"""Samples already drawn, in the formats generative-model code writes: `npz`
+(ADM / guided-diffusion), `imagefolder`, `dataset-json` (StyleGAN2-ADA, EDM)
+and `webdataset` shards.
 
 Each reader returns (uint8 NHWC images, int labels) and names the file in
-every error; budget selection and size checks follow in `tasks.samples`.
+every error; then the labels are checked, the seeded budget subset taken and
+the images conformed to the dataset's size, all before anything is written.
 """
 
 from __future__ import annotations
@@ -10,13 +13,130 @@ import json
 import zipfile
 import zlib
 from collections.abc import Iterable
-from typing import IO
+from typing import IO, Any, ClassVar, Literal
 
 import numpy as np
 
-from tasks.errors import InputError
-from tasks.files import FileTree
-from tasks.images import IMAGE_EXTENSIONS, decode_many, stack_images
+from casflow.tasks.errors import InputError
+from casflow.tasks.files import FileTree, SourceFiles
+from casflow.tasks.fingerprint import derive_seed, sha256_bytes
+from casflow.tasks.generators.common import DrawRequest, Samples, SampleSource, settings_and_files
+from casflow.tasks.images import IMAGE_EXTENSIONS, decode_many, stack_images
+from casflow.tasks.samples import check_labels, conform_images, encode_samples, select_for_budget
+from casflow.tasks.schema import Frozen, ResizeFilter
+
+
+class _FromFiles(Frozen):
+    """Options shared by generators whose samples are already drawn."""
+
+    resize: ResizeFilter | None = None  # resize to the dataset's size with this PIL filter; else a size mismatch is an error
+    allow_shortfall: bool = False  # accept fewer samples than the budget for a class (shows in the results)
+
+
+class NpzGenerator(_FromFiles):
+    """ADM / guided-diffusion sampler output: arr_0 uint8 NHWC, arr_1 int labels."""
+
+    kind: Literal["npz"]
+    path: str
+    LOCATION_FIELDS: ClassVar[tuple[str, ...]] = ("path",)
+
+
+class ImageFolderGenerator(_FromFiles):
+    """One subfolder per class, matched to the dataset's class names."""
+
+    kind: Literal["imagefolder"]
+    path: str
+    LOCATION_FIELDS: ClassVar[tuple[str, ...]] = ("path",)
+
+
+class DatasetJsonGenerator(_FromFiles):
+    """A zip or folder with dataset.json {"labels": [[relative_path, int], ...]} (StyleGAN2-ADA, EDM)."""
+
+    kind: Literal["dataset-json"]
+    path: str
+    LOCATION_FIELDS: ClassVar[tuple[str, ...]] = ("path",)
+
+
+class WebDatasetGenerator(_FromFiles):
+    """WebDataset shards already on a store: `<key>.cls` labels and a png/jpg/jpeg/webp/ppm/bmp image."""
+
+    kind: Literal["webdataset"]
+    url: str  # a folder or prefix of .tar files, or a brace pattern shard-{000000..000009}.tar
+    LOCATION_FIELDS: ClassVar[tuple[str, ...]] = ("url",)
+
+
+def draw_npz(spec: NpzGenerator, request: DrawRequest) -> Samples:
+    try:
+        file = request.files.open(spec.path)
+    except FileNotFoundError:
+        raise InputError("no such file", model=request.model, source=spec.path) from None
+    with file:
+        images, labels = read_npz(file, spec.path, request.model)
+    return _within_budget(images, labels, spec.path, spec, request)
+
+
+def draw_imagefolder(spec: ImageFolderGenerator, request: DrawRequest) -> Samples:
+    images, labels = read_class_folders(_tree(spec.path, request), request.class_names, request.model)
+    return _within_budget(images, labels, spec.path, spec, request)
+
+
+def draw_dataset_json(spec: DatasetJsonGenerator, request: DrawRequest) -> Samples:
+    images, labels = read_dataset_json(_tree(spec.path, request), request.model)
+    return _within_budget(images, labels, spec.path, spec, request)
+
+
+def draw_webdataset(spec: WebDatasetGenerator, request: DrawRequest) -> Samples:
+    names = request.files.tar_names(spec.url)
+    if not names:
+        raise InputError("no .tar shards found", model=request.model, source=spec.url)
+    try:
+        images, labels = read_webdataset(request.files.iter_webdataset(names), spec.url, request.model)
+    except ValueError as exc:  # duplicate keys, a truncated tar: the message names the shard
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(str(exc), model=request.model) from None
+    return _within_budget(images, labels, spec.url, spec, request)
+
+
+def webdataset_content(spec: WebDatasetGenerator, files: SourceFiles, model: str) -> dict[str, Any]:
+    """Each shard's digest: a brace pattern can name a shard that is not there, and that is an error."""
+    try:
+        names = files.tar_names(spec.url)
+    except FileNotFoundError:
+        raise InputError(f"url {spec.url}: no such file or folder", model=model) from None
+    digests = []
+    for name in names:
+        try:
+            digests.append(files.digest(name))
+        except FileNotFoundError:
+            raise InputError("no such shard", model=model, source=name) from None
+    return {"generator": spec.model_dump(exclude={"url"}), "sources": {"url": sha256_bytes("\n".join(digests).encode())}}
+
+
+SOURCES = (
+    SampleSource(NpzGenerator, settings_and_files, draw_npz),
+    SampleSource(ImageFolderGenerator, settings_and_files, draw_imagefolder),
+    SampleSource(DatasetJsonGenerator, settings_and_files, draw_dataset_json),
+    SampleSource(WebDatasetGenerator, webdataset_content, draw_webdataset),
+)
+
+
+def _within_budget(images: np.ndarray, labels: np.ndarray, where: str, spec: _FromFiles, request: DrawRequest) -> Samples:
+    """Labels checked, the seeded budget subset taken, images at the dataset's size; then encoded as they are stored."""
+    labels = check_labels(labels, len(request.class_names), model=request.model, source=where)
+    chosen = select_for_budget(labels, request.budget, seed=derive_seed(request.seed, "subset"),
+                               allow_shortfall=spec.allow_shortfall, model=request.model, source=where)
+    images = conform_images(images[chosen], request.image_shape, resize_filter=spec.resize, model=request.model, source=where)
+    return encode_samples(images, labels[chosen])
+
+
+def _tree(name: str, request: DrawRequest) -> FileTree:
+    try:
+        return request.files.tree(name)
+    except FileNotFoundError:
+        raise InputError("no such file or folder", model=request.model, source=name) from None
+    except ValueError as exc:  # a corrupt zip: the message names it
+        raise InputError(str(exc), model=request.model) from None
 
 
 def read_npz(file: IO[bytes], source: str, model: str) -> tuple[np.ndarray, np.ndarray]:

@@ -25,14 +25,77 @@ import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
 
-from tasks.errors import InputError
-from tasks.fingerprint import derive_seed
-from tasks.images import to_uint8
-from tasks.samples import conform_images, label_schedule
+from casflow.tasks.errors import InputError
+from casflow.tasks.files import SourceFiles
+from casflow.tasks.fingerprint import derive_seed
+from casflow.tasks.generators.common import DrawRequest, Samples, SampleSource, settings_and_files
+from casflow.tasks.images import to_uint8
+from casflow.tasks.progress import Progress
+from casflow.tasks.samples import check_class_count, conform_images, encode_samples, label_schedule
+from casflow.tasks.schema import Frozen, ResizeFilter
+
+
+class PythonGenerator(Frozen):
+    """A user's model: entry point `package.module:factory` or `path/to/file.py:factory`."""
+
+    kind: Literal["python"]
+    entry_point: str = Field(pattern=r"^([A-Za-z_][\w.]*|.+\.py):[A-Za-z_]\w*$")  # package.module:factory or file.py:factory
+    checkpoint: str | None = None  # path or store URL; loaded by casflow, passed to the factory
+    load_checkpoint: bool = True  # False: the factory gets a local path and loads it itself
+    allow_unsafe_checkpoint: bool = False  # True: torch.load with weights_only=False (only for trusted files)
+    options: dict[str, Any] = {}  # passed to the factory as keyword arguments
+    output_range: Literal["uint8", "0..1", "-1..1"] = "uint8"
+    layout: Literal["NHWC", "NCHW"] = "NHWC"
+    batch_size: int = Field(256, gt=0)  # labels per sample() call; changes the seeds, so fingerprinted
+    resize: ResizeFilter | None = None
+    LOCATION_FIELDS: ClassVar[tuple[str, ...]] = ("checkpoint",)
+
+
+def content(spec: PythonGenerator, files: SourceFiles, model: str) -> dict[str, Any]:
+    """The settings, the checkpoint's content and the factory's source file: editing it draws again."""
+    inputs = settings_and_files(spec, files, model)
+    inputs["generator"]["code"] = code_digest(spec.entry_point, model)
+    return inputs
+
+
+def draw_python(spec: PythonGenerator, request: DrawRequest) -> Samples:
+    """The entry point, checkpoint and factory are checked now, before anything is written;
+    what sample() returns is checked batch by batch as the stream is consumed."""
+    factory = load_factory(spec.entry_point, request.model)
+    checkpoint = None
+    if spec.checkpoint:
+        try:
+            if spec.load_checkpoint:
+                checkpoint = load_checkpoint(request.files.read_bytes(spec.checkpoint), spec.checkpoint,
+                                             allow_unsafe=spec.allow_unsafe_checkpoint, device=request.device,
+                                             model=request.model)
+            else:
+                checkpoint = request.files.local_path(spec.checkpoint)
+        except FileNotFoundError:
+            raise InputError(f"checkpoint {spec.checkpoint}: no such file", model=request.model) from None
+    sampler = make_sampler(factory, checkpoint, request.device, dict(spec.options), entry_point=spec.entry_point,
+                           model=request.model)
+    declared = getattr(sampler, "num_classes", None)
+    if declared is not None:
+        check_class_count(int(declared), len(request.class_names), model=request.model, source=spec.entry_point)
+
+    def stream() -> Samples:
+        progress = Progress(f"model {request.model}: sampling", sum(request.budget))
+        for images, labels in draw(sampler, request.budget, seed=request.seed, batch_size=spec.batch_size,
+                                   output_range=spec.output_range, layout=spec.layout, image_shape=request.image_shape,
+                                   resize_filter=spec.resize, model=request.model):
+            yield from encode_samples(images, labels)
+            progress.update(len(labels))
+
+    return stream()
+
+
+SOURCES = (SampleSource(PythonGenerator, content, draw_python),)
 
 
 def load_factory(entry_point: str, model: str) -> Callable[..., Any]:

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from flows import steps
-from flows.cli import main
-from tasks.report import RunInfo
+from casflow.flows import steps
+from casflow.flows.cli import main
+from casflow.tasks.results import RunInfo
 
 
 def test_bad_config_exits_2_naming_the_key(tiny_config, capsys):
@@ -22,8 +22,8 @@ def test_bad_config_exits_2_naming_the_key(tiny_config, capsys):
 def test_results_prints_the_latest_run(tmp_path, tiny_config, capsys):
     from datetime import datetime, timezone
 
-    from tasks.metrics import ClassCounts
-    from tasks.report import ModelOutcome
+    from casflow.tasks.metrics import ClassCounts
+    from casflow.tasks.results import ModelOutcome
 
     store = steps.open_store(steps.read_config(str(tiny_config([{"name": "g", "generator": {"kind": "real"}}]))).store)
     counts = ClassCounts((2, 2), (2, 1), (2, 2), ((2, 0), (1, 1)))
@@ -47,7 +47,7 @@ def test_results_prints_the_latest_run(tmp_path, tiny_config, capsys):
 @pytest.mark.slow
 def test_cas_demo_twice_second_run_all_cached(tmp_path):
     env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect"))
-    command = [sys.executable, "-m", "flows.cli", "demo", "--store", str(tmp_path / "store")]
+    command = [sys.executable, "-m", "casflow.flows.cli", "demo", "--store", str(tmp_path / "store")]
     first = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
     second = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)

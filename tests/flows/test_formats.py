@@ -31,15 +31,15 @@ import torch
 import webdataset
 from PIL import Image
 
-from flows import steps
+from casflow.flows import steps
+from casflow.storage import sources
+from casflow.tasks.classifiers import training
+from casflow.tasks.datasets import LabeledImages, digits_splits
+from casflow.tasks.errors import InputError
+from casflow.tasks.generators import files
+from casflow.tasks.images import encode_png
+from casflow.tasks.results import RunInfo, per_class_rows
 from helpers import write_config
-from storage import sources
-from tasks import training
-from tasks.datasets import LabeledImages, digits_splits
-from tasks.errors import InputError
-from tasks.generators import files
-from tasks.images import encode_png
-from tasks.report import RunInfo, per_class_rows
 
 GOOD = {"name": "gauss", "generator": {"kind": "gaussian", "components": 16}}
 GENS = "casflow_formats_gens"  # the test's Python generators (written below)
@@ -292,10 +292,10 @@ def test_webdataset_folder_finds_shards_in_subfolders(tmp_path, train):
     root = tmp_path / "shards"
     write_shards(root / "part-a", [wds_samples(train.images[:3], train.labels[:3], "png")])
     write_shards(root / "part-b", [wds_samples(train.images[3:5], train.labels[3:5], "jpg", start=3)])
-    store = steps.open_store(steps.StoreConfig(url=str(tmp_path / "store")))
-    urls = sources.tar_urls(store, str(root))
+    user_files = sources.Files()
+    urls = user_files.tar_names(str(root))
     assert urls == [f"{root}/part-a/shard-000000.tar", f"{root}/part-b/shard-000000.tar"]
-    images, labels = files.read_webdataset(sources.iter_webdataset(store, urls), str(root), "m")
+    images, labels = files.read_webdataset(user_files.iter_webdataset(urls), str(root), "m")
     assert images.shape == (5, 8, 8, 1) and list(labels) == list(train.labels[:5])
 
 
@@ -505,7 +505,8 @@ def python_checkpoint(write: Callable[[Path], None]) -> Callable:
     def build(root: Path, train: LabeledImages) -> tuple[dict, str]:
         root.mkdir(parents=True)
         write(root / "weights.pt")
-        return {"kind": "python", "entry_point": f"{GENS}:make", "output_range": "0..1", "checkpoint": str(root / "weights.pt")}, "weights.pt"
+        generator = {"kind": "python", "entry_point": f"{GENS}:make", "output_range": "0..1", "checkpoint": str(root / "weights.pt")}
+        return generator, "weights.pt"
     return build
 
 
@@ -558,7 +559,8 @@ BAD = [
         ("cannot import", "ModuleNotFoundError", "a_package_that_is_not_installed")),
     Bad("py-no-factory", python(entry=f"{GENS}:nope", where=f"{GENS}:nope"), ("has no callable 'nope'",)),
     Bad("py-factory-raises", python("factory", where=f"{GENS}:make"), ("raised RuntimeError: cannot build the network",)),
-    Bad("py-no-sample", python(entry=f"{GENS}:no_sample", where=f"{GENS}:no_sample"), ("returned object, which has no sample(labels, seed)",)),
+    Bad("py-no-sample", python(entry=f"{GENS}:no_sample", where=f"{GENS}:no_sample"),
+        ("returned object, which has no sample(labels, seed)",)),
     Bad("py-sample-raises", python("raises"), ("sample() raised RuntimeError: CUDA out of memory",)),
     Bad("py-wrong-count", python("count"), ("sample() returned 255 images for 256 labels",)),
     Bad("py-nan", python("nan"), ("1 NaN values",)),

@@ -18,9 +18,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from casflow.storage.shards import iter_shard_set, load_shard_set
+from casflow.storage.store import Store
 from helpers import REPO, prefect_command, write_config
-from storage.shards import iter_shard_set, load_shard_set
-from storage.store import Store
 
 GAUSSIANS = [
     {"name": f"gauss-{k}", "generator": {"kind": "gaussian", "components": k}} for k in (4, 8, 16, 32)
@@ -35,7 +35,7 @@ def cas_env(tmp_path, prefect_api, s3=None, **extra) -> dict:
 
 
 def start_cas(config: Path, env: dict, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(config)], env=env, cwd=cwd,
+    return subprocess.Popen([sys.executable, "-m", "casflow.flows.cli", "run", str(config)], env=env, cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 

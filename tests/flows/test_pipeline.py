@@ -5,8 +5,8 @@ import textwrap
 import duckdb
 import pytest
 
-from flows.pipeline import cas_evaluation
-from tasks import training
+from casflow.flows.pipeline import cas_evaluation
+from casflow.tasks.classifiers import training
 
 MODELS = [
     {"name": "gauss", "generator": {"kind": "gaussian", "components": 16}},
@@ -95,7 +95,7 @@ def test_artifacts_are_published(tiny_config):
 
 
 def test_transient_store_error_is_retried_and_bad_input_is_not(tiny_config, tmp_path, monkeypatch):
-    from storage.store import Store
+    from casflow.storage.store import Store
 
     failures = []
     original = Store.write_bytes

@@ -1,62 +1,17 @@
-"""GPU placement on the CPU: device lists as `classifier.device` names them,
-given a simulated number of visible GPUs, and the flow's lanes (one per
-device, one model at a time on each)."""
+"""GPU placement on the CPU: the flow's lanes (one per device, one model at a
+time on each), given a simulated number of visible GPUs."""
 
 import threading
 import time
 
 import pytest
 import torch
+
+from casflow.flows import pipeline
+from casflow.flows.placement import assign_lanes
+from casflow.tasks import devices
+from casflow.tasks.classifiers import training
 from helpers import TINY_CLASSIFIER
-
-from flows import pipeline
-from flows.placement import assign_lanes, visible_devices
-from tasks import training
-
-
-@pytest.mark.parametrize("cuda_count, expected", [
-    (0, ["cpu"]),
-    (1, ["cuda:0"]),
-    (4, ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]),
-])
-def test_auto_takes_every_visible_gpu_else_the_cpu(cuda_count, expected):
-    assert visible_devices("auto", cuda_count) == expected
-
-
-@pytest.mark.parametrize("spec, cuda_count, expected", [
-    ("cpu", 0, ["cpu"]),
-    ("cpu", 2, ["cpu"]),  # the CPU when asked for, GPUs or not
-    ("cuda", 1, ["cuda:0"]),  # bare cuda is the first GPU
-    ("cuda:1", 2, ["cuda:1"]),
-    ("cuda:0,cuda:1", 2, ["cuda:0", "cuda:1"]),
-    (" cuda:2 , cuda:0 ", 4, ["cuda:2", "cuda:0"]),  # spaces ignored, order kept
-    ("cuda:0,cuda:2", 4, ["cuda:0", "cuda:2"]),  # a subset of the visible GPUs
-    ("cpu,cuda:0", 1, ["cpu", "cuda:0"]),
-])
-def test_explicit_lists(spec, cuda_count, expected):
-    assert visible_devices(spec, cuda_count) == expected
-
-
-@pytest.mark.parametrize("spec, cuda_count", [
-    ("cuda", 0),
-    ("cuda:0", 0),
-    ("cuda:1", 1),
-    ("cuda:0,cuda:4", 4),
-])
-def test_a_gpu_that_is_not_visible_is_an_error(spec, cuda_count):
-    with pytest.raises(ValueError, match=rf"classifier.device names cuda:\d+, but {cuda_count} GPU\(s\) are visible"):
-        visible_devices(spec, cuda_count)
-
-
-def test_repeats_collapse_to_one_lane_in_first_seen_order():
-    assert visible_devices("cuda:1,cuda,cuda:0,cuda:1", 2) == ["cuda:1", "cuda:0"]
-    assert visible_devices("cuda:01,cuda:1", 2) == ["cuda:1"]  # one GPU, however it is written
-    assert visible_devices("cpu,cpu", 0) == ["cpu"]
-
-
-def test_auto_inside_a_list_is_an_error():
-    with pytest.raises(ValueError, match="'auto' stands alone"):
-        visible_devices("auto,cuda:0", 1)
 
 
 def test_lanes_deal_models_round_robin_in_config_order():
@@ -73,7 +28,7 @@ def test_lanes_deal_models_round_robin_in_config_order():
 def test_flow_trains_one_model_at_a_time_per_device(tiny_config, monkeypatch):
     """Two simulated GPUs, four models: each lane's trainings never overlap, and both lanes are used.
 
-    `select_device` hands out the CPU for any name and remembers, per thread, which lane asked;
+    `torch_device` hands out the CPU for any name and remembers, per thread, which lane asked;
     the wrapped `training.train` runs in that same task thread and records (lane, start, end)."""
     from prefect.testing.utilities import prefect_test_harness
 
@@ -81,7 +36,7 @@ def test_flow_trains_one_model_at_a_time_per_device(tiny_config, monkeypatch):
     spans: list[tuple[str, float, float]] = []
     original_train = training.train
 
-    def select_device(name: str) -> torch.device:
+    def torch_device(name: str) -> torch.device:
         lane.name = name
         return torch.device("cpu")
 
@@ -93,7 +48,7 @@ def test_flow_trains_one_model_at_a_time_per_device(tiny_config, monkeypatch):
             spans.append((lane.name, start, time.perf_counter()))
 
     monkeypatch.setattr(pipeline, "_cuda_count", lambda: 2)
-    monkeypatch.setattr(training, "select_device", select_device)
+    monkeypatch.setattr(devices, "torch_device", torch_device)
     monkeypatch.setattr(training, "train", recording_train)
     models = [
         {"name": "real", "generator": {"kind": "real"}},

@@ -1,12 +1,11 @@
 """The pipeline's steps on digits, without Prefect: caching by fingerprint,
 recomputation of exactly what changed, sanity controls and pinned numbers."""
 
-import numpy as np
 import pytest
 import yaml
 
-from flows import steps
-from tasks import training
+from casflow.flows import steps
+from casflow.tasks.classifiers import training
 
 MODELS = [
     {"name": "real", "generator": {"kind": "real"}},
@@ -132,8 +131,8 @@ def test_pinned_numbers(tiny_config):
 
 
 def test_imagefolder_dataset_through_the_pipeline(tmp_path, tiny_config):
-    from tasks import datasets
-    from tasks.images import encode_png
+    from casflow.tasks import datasets
+    from casflow.tasks.images import encode_png
 
     train, held_out = datasets.digits_splits(0.2, 0)
     names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]

@@ -3,8 +3,8 @@ from datetime import datetime, timezone
 import duckdb
 import pytest
 
-from storage import results
-from storage.store import Store
+from casflow.storage import results
+from casflow.storage.store import Store
 
 
 def _row(table, **values):
@@ -40,6 +40,6 @@ def test_duckdb_reads_results_with_hive_partitioning(tmp_path):
 
 def test_rows_that_break_the_schema_are_refused(tmp_path):
     store = Store(str(tmp_path))
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError):  # pyarrow's ArrowInvalid
         results.write_table(store, "per_class", [_row("per_class", n_eval="four")], "r", datetime.now(timezone.utc))
     assert results.run_ids(store) == []

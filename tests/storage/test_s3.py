@@ -4,9 +4,10 @@ import duckdb
 import numpy as np
 import pytest
 
-from storage.shards import iter_shard_set, load_shard_set, write_shard_set
-from storage.store import Store, s3_options
-from tasks.samples import encode_samples
+from casflow.storage.shards import iter_shard_set, load_shard_set, write_shard_set
+from casflow.storage.sources import Files
+from casflow.storage.store import Store, s3_options
+from casflow.tasks.samples import encode_samples
 
 pytestmark = pytest.mark.s3
 FP = "0f" * 32
@@ -21,7 +22,7 @@ def test_objects_round_trip(s3):
     assert store.size("a/b.bin") == 7
     with store.open("a/b.bin") as f:
         assert f.read() == b"payload"
-    assert store.digest(f"{s3.store_url}/a/b.bin").startswith("etag:")
+    assert Files(s3_options()).digest(f"{s3.store_url}/a/b.bin").startswith("etag:")
 
 
 def test_shards_on_s3_are_byte_identical_to_local(s3, tmp_path):
@@ -49,7 +50,7 @@ def test_credentials_from_config_and_wrong_ones_refused(s3, monkeypatch):
 def test_duckdb_reads_results_on_s3_through_fsspec(s3):
     from datetime import datetime, timezone
 
-    from storage import results
+    from casflow.storage import results
 
     store = Store(s3.store_url)
     when = datetime(2026, 11, 23, tzinfo=timezone.utc)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import webdataset
 
-from storage.shards import (
+from casflow.storage.shards import (
     ShardFormatError,
     ShardIntegrityError,
     iter_shard_set,
@@ -14,9 +14,9 @@ from storage.shards import (
     load_shard_set,
     write_shard_set,
 )
-from storage.store import Store
-from tasks.images import decode_image
-from tasks.samples import encode_samples
+from casflow.storage.store import Store
+from casflow.tasks.images import decode_image
+from casflow.tasks.samples import encode_samples
 
 FP = "0f" * 32
 

@@ -2,7 +2,8 @@ import os
 
 import pytest
 
-from storage.store import Store, is_transient
+from casflow.storage.sources import Files
+from casflow.storage.store import Store, is_transient
 
 
 def test_layout_is_built_in_one_place(tmp_path):
@@ -35,7 +36,7 @@ def test_debris_of_a_crashed_write_is_removed(tmp_path):
 
 
 def test_digest_follows_content_not_location(tmp_path):
-    store = Store(str(tmp_path / "s"))
+    store = Files()
     (tmp_path / "a.bin").write_bytes(b"payload")
     (tmp_path / "b.bin").write_bytes(b"payload")
     assert store.digest(str(tmp_path / "a.bin")) == store.digest(str(tmp_path / "b.bin"))

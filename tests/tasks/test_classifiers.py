@@ -2,9 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from tasks import classifiers, datasets, training
-from tasks.classifiers.common import ResidentLoader, cutout, predict_logits, random_crop
-from tasks.metrics import count_correct
+from casflow.tasks import classifiers, datasets
+from casflow.tasks.classifiers import training
+from casflow.tasks.classifiers.common import ResidentLoader, cutout, predict_logits, random_crop
+from casflow.tasks.classifiers.training import InMemorySamples
+from casflow.tasks.metrics import count_correct
 
 CPU = torch.device("cpu")
 TINY = {"widths": [32, 64, 64], "epochs": 6, "batch_size": 64, "flip": False, "translate": 1}
@@ -15,30 +17,36 @@ def digits():
     return datasets.digits_splits(0.2, 0)
 
 
-def _accuracy(recipe, hp, net, held_out):
-    logits = training.predict(hp, net, held_out.images, CPU)
+def _train(recipe, data, seed=0, resident_limit_gb=16.0):
+    return training.train(recipe, InMemorySamples(data.images, data.labels), num_classes=10, device=CPU, seed=seed,
+                          resident_limit_gb=resident_limit_gb)
+
+
+def _accuracy(recipe, net, held_out):
+    logits = training.predict(recipe, net, held_out.images, CPU)
     return count_correct(logits, held_out.labels, 10).top1
 
 
-def test_hyperparameters_apply_options_and_reject_unknown():
-    hp = classifiers.hyperparameters("fast", {"epochs": 3, "widths": [8, 8, 8]})
-    assert hp.epochs == 3 and hp.widths == (8, 8, 8) and hp.batch_size == 1024
+def test_recipes_resolve_with_options_and_reject_unknown():
+    recipe = classifiers.resolve("fast", {"epochs": 3, "widths": [8, 8, 8]})
+    assert recipe.hp.epochs == 3 and recipe.hp.widths == (8, 8, 8) and recipe.hp.batch_size == 1024
+    assert recipe.version == recipe.module.VERSION and recipe.fingerprint_inputs()["hyperparameters"]["epochs"] == 3
     with pytest.raises(ValueError, match="options.epoch: not a hyperparameter"):
-        classifiers.hyperparameters("fast", {"epoch": 3})
+        classifiers.resolve("fast", {"epoch": 3})
     with pytest.raises(ValueError, match="options.widths"):
-        classifiers.hyperparameters("fast", {"widths": [1, 2]})
-    assert classifiers.hyperparameters("accurate", {}).convs_per_group == 3
+        classifiers.resolve("fast", {"widths": [1, 2]})
+    assert classifiers.resolve("accurate", {}).hp.convs_per_group == 3
     with pytest.raises(ValueError, match="unknown classifier recipe"):
-        classifiers.recipe("tiny")
+        classifiers.resolve("tiny", {})
 
 
 def test_training_is_reproducible_with_the_seed(digits):
     train, held_out = digits
-    hp = classifiers.hyperparameters("fast", TINY | {"epochs": 2})
-    first, _ = training.train("fast", hp, train.images, train.labels, num_classes=10, device=CPU, seed=0)
-    second, _ = training.train("fast", hp, train.images, train.labels, num_classes=10, device=CPU, seed=0)
-    other, _ = training.train("fast", hp, train.images, train.labels, num_classes=10, device=CPU, seed=1)
-    a, b, c = (training.predict(hp, n, held_out.images, CPU) for n in (first, second, other))
+    recipe = classifiers.resolve("fast", TINY | {"epochs": 2})
+    first, _ = _train(recipe, train)
+    second, _ = _train(recipe, train)
+    other, _ = _train(recipe, train, seed=1)
+    a, b, c = (training.predict(recipe, n, held_out.images, CPU) for n in (first, second, other))
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
 
@@ -50,38 +58,43 @@ def test_training_is_reproducible_with_the_seed(digits):
 ])
 def test_every_recipe_learns_digits_on_the_cpu(digits, recipe, options):
     train, held_out = digits
-    hp = classifiers.hyperparameters(recipe, options)
-    net, log = training.train(recipe, hp, train.images, train.labels, num_classes=10, device=CPU, seed=0)
-    assert _accuracy(recipe, hp, net, held_out) > 0.8
+    recipe = classifiers.resolve(recipe, options)
+    net, log = _train(recipe, train)
+    assert _accuracy(recipe, net, held_out) > 0.8
     assert log["device"] == "cpu" and log["steps"] > 0 and len(log["epochs"]) >= 1
 
 
 def test_weights_round_trip(digits):
     train, held_out = digits
-    hp = classifiers.hyperparameters("fast", TINY | {"epochs": 1})
-    net, _ = training.train("fast", hp, train.images, train.labels, num_classes=10, device=CPU, seed=0)
-    loaded = training.load_weights("fast", hp, training.weights_bytes(net), image_shape=(8, 8, 1), num_classes=10, device=CPU)
-    assert np.array_equal(training.predict(hp, net, held_out.images, CPU), training.predict(hp, loaded, held_out.images, CPU))
+    recipe = classifiers.resolve("fast", TINY | {"epochs": 1})
+    net, _ = _train(recipe, train)
+    loaded = training.load_weights(recipe, training.weights_bytes(net), image_shape=(8, 8, 1), num_classes=10, device=CPU)
+    assert np.array_equal(training.predict(recipe, net, held_out.images, CPU), training.predict(recipe, loaded, held_out.images, CPU))
+
+
+def test_data_path_follows_the_resident_limit():
+    assert training.data_path(1000, (32, 32, 3), resident_limit_gb=16) == "resident"
+    assert training.data_path(1000, (32, 32, 3), resident_limit_gb=3.072e-3) == "resident"  # exactly the limit
+    assert training.data_path(1001, (32, 32, 3), resident_limit_gb=3.072e-3) == "streaming"
+
+
+class StreamOnly(InMemorySamples):
+    def decoded(self):
+        raise AssertionError("a set over the resident limit must not be loaded whole")
 
 
 def test_streaming_training_learns_as_well(digits):
     train, held_out = digits
-    hp = classifiers.hyperparameters("fast", TINY)
-
-    def chunks(epoch):
-        order = np.random.default_rng(epoch).permutation(len(train.labels) // 100 + 1)
-        for i in order:
-            yield train.images[i * 100 : (i + 1) * 100], train.labels[i * 100 : (i + 1) * 100]
-
-    net, log = training.train_streaming("fast", hp, chunks, num_samples=len(train.labels), image_shape=(8, 8, 1),
-                                        num_classes=10, device=CPU, seed=0)
-    assert _accuracy("fast", hp, net, held_out) > 0.8
+    recipe = classifiers.resolve("fast", TINY)
+    net, log = training.train(recipe, StreamOnly(train.images, train.labels, chunk_size=100), num_classes=10,
+                              device=CPU, seed=0, resident_limit_gb=1e-6)
+    assert _accuracy(recipe, net, held_out) > 0.8
 
 
 def test_prediction_does_not_depend_on_its_batch_size(digits):
     train, held_out = digits
-    hp = classifiers.hyperparameters("fast", TINY | {"epochs": 1, "tta_level": 2})
-    net, _ = training.train("fast", hp, train.images, train.labels, num_classes=10, device=CPU, seed=0)
+    recipe = classifiers.resolve("fast", TINY | {"epochs": 1, "tta_level": 2})
+    net, _ = _train(recipe, train)
     whole = predict_logits(net, held_out.images, CPU, tta_level=2, flip=True, batch_size=1000)
     pieces = predict_logits(net, held_out.images, CPU, tta_level=2, flip=True, batch_size=7)
     np.testing.assert_allclose(whole, pieces, rtol=1e-4, atol=1e-5)

@@ -1,6 +1,7 @@
 import pytest
+from pydantic import ValidationError
 
-from tasks.config import ConfigError, parse_config
+from casflow.tasks.config import ConfigError, parse_config
 
 GOOD = """
 models:
@@ -26,7 +27,7 @@ def test_explicit_real_model_is_the_baseline():
 
 def test_config_is_frozen():
     config = parse_config(GOOD)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         config.seed = 3
 
 

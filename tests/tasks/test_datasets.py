@@ -1,4 +1,5 @@
 import io
+import json
 
 import numpy as np
 import pyarrow as pa
@@ -6,12 +7,15 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tasks import datasets
-from tasks.errors import InputError
+from casflow.tasks import datasets
+from casflow.tasks.datasets.digits import digits
+from casflow.tasks.datasets.hf_parquet import read_hf_parquet
+from casflow.tasks.datasets.imagefolder import read_imagefolder
+from casflow.tasks.errors import InputError
 
 
 def test_digits_are_real_uint8_images():
-    data = datasets.digits()
+    data = digits()
     assert data.images.shape == (1797, 8, 8, 1) and data.images.dtype == np.uint8
     assert data.images.max() == 255 and data.images.min() == 0
     assert data.class_names == tuple("0123456789")
@@ -47,8 +51,8 @@ def _hf_table(blobs, labels, names=("cat", "dog")):
                           type=pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
         "label": pa.array(labels, type=pa.int64()),
     })
-    meta = {"huggingface": '{"info": {"features": {"image": {"_type": "Image"}, "label": {"_type": "ClassLabel", "names": %s}}}}'
-            % str(list(names)).replace("'", '"')}
+    features = {"image": {"_type": "Image"}, "label": {"_type": "ClassLabel", "names": list(names)}}
+    meta = {"huggingface": json.dumps({"info": {"features": features}})}
     buffer = io.BytesIO()
     pq.write_table(table.replace_schema_metadata(meta), buffer)
     buffer.seek(0)
@@ -56,7 +60,7 @@ def _hf_table(blobs, labels, names=("cat", "dog")):
 
 
 def test_hf_parquet_reader_decodes_images_and_class_names():
-    data = datasets.read_hf_parquet(_hf_table([_png((10, 20, 30)), _png((200, 0, 0))], [1, 0]), "t.parquet")
+    data = read_hf_parquet(_hf_table([_png((10, 20, 30)), _png((200, 0, 0))], [1, 0]), "t.parquet")
     assert data.class_names == ("cat", "dog")
     assert data.images.shape == (2, 4, 4, 3)
     assert tuple(data.images[0, 0, 0]) == (10, 20, 30)
@@ -65,11 +69,11 @@ def test_hf_parquet_reader_decodes_images_and_class_names():
 
 def test_hf_parquet_reader_errors_name_the_row():
     with pytest.raises(InputError, match="row 1"):
-        datasets.read_hf_parquet(_hf_table([_png(1), b"not an image"], [0, 1]), "t.parquet")
+        read_hf_parquet(_hf_table([_png(1), b"not an image"], [0, 1]), "t.parquet")
     with pytest.raises(InputError, match="row 1 .*8x8"):
-        datasets.read_hf_parquet(_hf_table([_png(1), _png(1, size=8)], [0, 1]), "t.parquet")
+        read_hf_parquet(_hf_table([_png(1), _png(1, size=8)], [0, 1]), "t.parquet")
     with pytest.raises(InputError, match="label 5 outside"):
-        datasets.read_hf_parquet(_hf_table([_png(1)], [5]), "t.parquet")
+        read_hf_parquet(_hf_table([_png(1)], [5]), "t.parquet")
 
 
 class DictTree:
@@ -85,7 +89,7 @@ class DictTree:
 
 def test_imagefolder_reader_sorts_class_names():
     tree = DictTree({"zebra/1.png": _png(1, mode="L"), "ant/1.png": _png(2, mode="L"), "ant/2.png": _png(3, mode="L")})
-    data = datasets.read_imagefolder(tree)
+    data = read_imagefolder(tree)
     assert data.class_names == ("ant", "zebra")
     assert list(data.labels) == [0, 0, 1]
     assert data.images.shape == (3, 4, 4, 1)
@@ -94,7 +98,13 @@ def test_imagefolder_reader_sorts_class_names():
 @pytest.mark.slow
 def test_cifar10_parquet(cifar10_dir):
     with open(cifar10_dir / "test.parquet", "rb") as f:
-        data = datasets.read_hf_parquet(f, "test.parquet")
+        data = read_hf_parquet(f, "test.parquet")
     assert data.images.shape == (10000, 32, 32, 3)
     assert data.class_names[0] == "airplane" and data.class_names[9] == "truck"
     assert data.counts() == (1000,) * 10
+
+
+def test_the_registry_lists_every_kind_with_its_config():
+    assert set(datasets.SOURCES) == {"digits", "hf-parquet", "imagefolder"}
+    for kind, source in datasets.SOURCES.items():
+        assert source.config.model_fields["kind"].annotation.__args__ == (kind,)

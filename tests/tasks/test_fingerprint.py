@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from tasks.fingerprint import canonical_json, derive_seed, fingerprint
+from casflow.tasks.fingerprint import canonical_json, derive_seed, fingerprint
 
 
 def test_canonical_json_ignores_key_order():

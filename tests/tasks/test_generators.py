@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from tasks import datasets
-from tasks.errors import InputError
-from tasks.generators import builtin, python_entry
-from tasks.samples import label_schedule
+from casflow.tasks import datasets
+from casflow.tasks.errors import InputError
+from casflow.tasks.generators import builtin, python_entry
+from casflow.tasks.samples import label_schedule
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,8 @@ def test_unsafe_checkpoint_refused_unless_allowed(tmp_path):
         python_entry.load_checkpoint(b"not a checkpoint", "c.pt", allow_unsafe=False, device="cpu", model="m")
     safe = io.BytesIO()
     torch.save({"w": torch.ones(2)}, safe)
-    assert torch.equal(python_entry.load_checkpoint(safe.getvalue(), "c.pt", allow_unsafe=False, device="cpu", model="m")["w"], torch.ones(2))
+    loaded = python_entry.load_checkpoint(safe.getvalue(), "c.pt", allow_unsafe=False, device="cpu", model="m")
+    assert torch.equal(loaded["w"], torch.ones(2))
 
 
 def test_example_entry_point_runs():
@@ -121,3 +122,16 @@ def test_entry_point_by_file_path_and_from_the_working_directory(tmp_path, monke
     assert python_entry.load_factory("gen_in_cwd:make", "m")(None, device="cpu") == "sampler"
     with pytest.raises(InputError, match="cannot import .*missing.py"):
         python_entry.load_factory(f"{tmp_path / 'missing.py'}:make", "m")
+
+
+def test_the_registry_lists_every_kind_with_its_config_and_draw():
+    from casflow.tasks import generators
+    from casflow.tasks.config import parse_config
+
+    assert set(generators.SOURCES) == {"real", "real-shuffled", "gaussian", "python", "npz", "imagefolder",
+                                       "dataset-json", "webdataset"}
+    for kind, source in generators.SOURCES.items():
+        assert source.kind == kind and callable(source.content)
+        assert (source.draw is None) == (kind == "real")  # only `real` draws nothing: its samples are the train split
+    config = parse_config("models: [{name: n, generator: {kind: npz, path: x.npz, resize: box}}]\n")
+    assert type(config.models[0].generator) is generators.SOURCES["npz"].config

@@ -16,9 +16,12 @@ import pytest
 import torch
 from torch import nn
 
-from tasks import classifiers, datasets, training
-from tasks.classifiers.common import ResidentLoader, StreamingLoader, autocast, data_dtype, to_unit_float
-from tasks.metrics import count_correct
+from casflow.tasks import classifiers, datasets
+from casflow.tasks.classifiers import training
+from casflow.tasks.classifiers.common import ResidentLoader, StreamingLoader, autocast, data_dtype, to_unit_float
+from casflow.tasks.classifiers.training import InMemorySamples
+from casflow.tasks.datasets.hf_parquet import read_hf_parquet
+from casflow.tasks.metrics import count_correct
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -52,7 +55,7 @@ def record_conv_calls(monkeypatch, recipe_name: str) -> list[tuple[torch.dtype, 
 
     Hooks go in through the `build` that the recipe's train() calls: `accurate` reuses `fast.train`,
     which looks `build` up in the fast module, so patch the module train() was defined in."""
-    module = importlib.import_module(classifiers.recipe(recipe_name).train.__module__)
+    module = importlib.import_module(classifiers.resolve(recipe_name, {}).module.train.__module__)
     original, calls = module.build, []
 
     def hook(conv: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
@@ -73,9 +76,10 @@ def record_conv_calls(monkeypatch, recipe_name: str) -> list[tuple[torch.dtype, 
 @pytest.mark.parametrize("recipe", sorted(FEW_STEPS))
 def test_each_recipe_trains_a_few_steps_in_bf16_and_channels_last(recipe, cuda, monkeypatch):
     images, labels = synthetic(2048)
-    hp = classifiers.hyperparameters(recipe, FEW_STEPS[recipe])
-    calls = record_conv_calls(monkeypatch, recipe)
-    net, log = training.train(recipe, hp, images, labels, num_classes=10, device=cuda, seed=0)
+    recipe = classifiers.resolve(recipe, FEW_STEPS[recipe])
+    calls = record_conv_calls(monkeypatch, recipe.name)
+    net, log = training.train(recipe, InMemorySamples(images, labels), num_classes=10, device=cuda, seed=0,
+                              resident_limit_gb=16)
 
     assert log["steps"] == 8 and log["device"] == torch.cuda.get_device_name(cuda)
     assert log["peak_gpu_memory_bytes"] > images.nbytes  # the resident data alone is this big
@@ -89,7 +93,7 @@ def test_each_recipe_trains_a_few_steps_in_bf16_and_channels_last(recipe, cuda, 
         assert p.device.type == "cuda" and p.dtype == torch.float32, name  # master weights stay fp32
         if p.ndim == 4:
             assert p.is_contiguous(memory_format=torch.channels_last), name
-    logits = training.predict(hp, net, images[:500], cuda)
+    logits = training.predict(recipe, net, images[:500], cuda)
     assert logits.shape == (500, 10) and logits.dtype == np.float32 and np.isfinite(logits).all()
 
 
@@ -170,11 +174,12 @@ def test_streaming_loader_yields_device_batches(cuda):
 
 def test_same_seed_twice_on_cuda_gives_the_same_accuracy(cuda):
     train, held_out = datasets.digits_splits(0.2, 0)
-    hp = classifiers.hyperparameters("fast", DIGITS_OPTIONS)
+    recipe = classifiers.resolve("fast", DIGITS_OPTIONS)
     top1 = []
     for _ in range(2):
-        net, _ = training.train("fast", hp, train.images, train.labels, num_classes=10, device=cuda, seed=0)
-        top1.append(count_correct(training.predict(hp, net, held_out.images, cuda), held_out.labels, 10).top1)
+        net, _ = training.train(recipe, InMemorySamples(train.images, train.labels), num_classes=10, device=cuda, seed=0,
+                                resident_limit_gb=16)
+        top1.append(count_correct(training.predict(recipe, net, held_out.images, cuda), held_out.labels, 10).top1)
     assert min(top1) > 0.8, top1
     assert abs(top1[0] - top1[1]) <= SAME_SEED_TOLERANCE, top1
 
@@ -186,7 +191,7 @@ def cifar10(cifar10_dir):
     splits = []
     for name in ("train", "test"):
         with open(cifar10_dir / f"{name}.parquet", "rb") as f:
-            splits.append(datasets.read_hf_parquet(f, str(cifar10_dir / f"{name}.parquet")))
+            splits.append(read_hf_parquet(f, str(cifar10_dir / f"{name}.parquet")))
     return splits
 
 
@@ -195,8 +200,9 @@ def cifar10(cifar10_dir):
 def test_recipe_accuracy_on_real_cifar10(cifar10, recipe, floor, cuda):
     train, test = cifar10
     assert len(train.labels) == 50_000 and len(test.labels) == 10_000
-    hp = classifiers.hyperparameters(recipe, {})  # the recipe's own defaults: airbench's CIFAR-10 settings
-    net, log = training.train(recipe, hp, train.images, train.labels, num_classes=10, device=cuda, seed=0)
-    top1 = count_correct(training.predict(hp, net, test.images, cuda), test.labels, 10).top1
-    print(f"{recipe}: top-1 {top1:.4f} in {log['train_seconds']:.1f} s on {log['device']}")
-    assert top1 >= floor, f"{recipe}: top-1 {top1:.4f} < {floor} ({log['train_seconds']:.1f} s on {log['device']})"
+    recipe = classifiers.resolve(recipe, {})  # the recipe's own defaults: airbench's CIFAR-10 settings
+    net, log = training.train(recipe, InMemorySamples(train.images, train.labels), num_classes=10, device=cuda, seed=0,
+                              resident_limit_gb=16)
+    top1 = count_correct(training.predict(recipe, net, test.images, cuda), test.labels, 10).top1
+    print(f"{recipe.name}: top-1 {top1:.4f} in {log['train_seconds']:.1f} s on {log['device']}")
+    assert top1 >= floor, f"{recipe.name}: top-1 {top1:.4f} < {floor} ({log['train_seconds']:.1f} s on {log['device']})"

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tasks.metrics import ClassCounts, count_correct, wilson_interval
+from casflow.tasks.metrics import ClassCounts, count_correct, wilson_interval
 
 
 def test_count_correct_per_class_top1_top5_and_confusion():

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from tasks.errors import InputError
-from tasks.images import decode_image, encode_png, to_uint8
-from tasks.samples import check_labels, class_interleaved, conform_images, label_schedule, select_for_budget
+from casflow.tasks.errors import InputError
+from casflow.tasks.images import decode_image, encode_png, to_uint8
+from casflow.tasks.samples import check_labels, class_interleaved, conform_images, label_schedule, select_for_budget
 
 
 def test_label_schedule_is_round_robin_and_meets_the_budget():

@@ -1,4 +1,5 @@
-"""Result rows for the Parquet hand-off, from each model's step records.
+"""Result rows for the Parquet hand-off, from each model's step records, and
+how a summary row is shown (the `cas` command and the Prefect artifacts).
 
 CAS is the held-out real accuracy of a classifier trained only on a
 model's samples; the CAS ratio divides it by the same recipe's accuracy
@@ -10,7 +11,7 @@ import dataclasses
 from datetime import datetime
 from typing import Any
 
-from tasks.metrics import ClassCounts, wilson_interval
+from casflow.tasks.metrics import ClassCounts, wilson_interval
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,3 +108,32 @@ def summary_row(run: RunInfo, outcome: ModelOutcome, baseline: ModelOutcome | No
                 "cas_ratio_top1": counts.top1 / real1 if real1 else None,
                 "cas_ratio_top5": counts.top5 / real5 if real5 else None}
     return row
+
+
+# ---------------------------------------------------------------- display
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def summary_cells(row: dict[str, Any]) -> dict[str, str]:
+    """A summary row as the cells people read, column name -> text."""
+    return {
+        "model": row["model"],
+        "status": row["status"],
+        "top-1": _pct(row.get("cas_top1")),
+        "top-5": _pct(row.get("cas_top5")),
+        "CAS/real": "-" if row.get("cas_ratio_top1") is None else f"{row['cas_ratio_top1']:.3f}",
+        "worst class": "-" if row.get("worst_class") is None else f"{row['worst_class']} ({_pct(row['worst_class_top1'])})",
+        "samples": "-" if row.get("n_samples") is None else str(row["n_samples"]),
+        "cached": "yes" if row["cached"] else "no",
+    }
+
+
+def per_class_cells(row: dict[str, Any]) -> dict[str, str]:
+    """A per-class row as the cells people read."""
+    return {
+        "model": row["model"], "class": f"{row['class_index']} {row['class_name']}", "n_train": str(row["n_train"]),
+        "n_eval": str(row["n_eval"]), "top-1": _pct(row["top1"]),
+        "95% interval": f"{_pct(row['top1_ci_low'])} - {_pct(row['top1_ci_high'])}", "top-5": _pct(row["top5"]),
+    }

@@ -1,0 +1,50 @@
+"""`digits`: scikit-learn's bundled digits (UCI optical digits), 1,797 real 8x8
+grey images in 10 classes, split into train and eval by a seeded stratified
+split. The embedded default: nothing to download."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from casflow.tasks.datasets.common import DatasetSource, LabeledImages, Splits, content_digest, stratified_split
+from casflow.tasks.files import SourceFiles
+from casflow.tasks.schema import Frozen
+
+
+class DigitsDataset(Frozen):
+    """scikit-learn's bundled digits: 1,797 real 8x8 grey images, 10 classes."""
+
+    kind: Literal["digits"] = "digits"
+    name: str = "digits"
+    eval_fraction: float = Field(0.2, gt=0, lt=1)  # stratified held-out split
+    split_seed: int = 0
+
+
+def digits() -> LabeledImages:
+    """All 1,797 images; pixel values 0..16 map to uint8 by round(v * 255 / 16)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.rint(bunch.images * (255 / 16)).astype(np.uint8)[:, :, :, None]
+    return LabeledImages(images, bunch.target.astype(np.int64), tuple(str(n) for n in bunch.target_names))
+
+
+def digits_splits(eval_fraction: float, split_seed: int) -> Splits:
+    data = digits()
+    train, held_out = stratified_split(data.labels, eval_fraction, split_seed)
+    return data.take(train), data.take(held_out)
+
+
+def load(spec: DigitsDataset, files: SourceFiles) -> Splits:
+    return digits_splits(spec.eval_fraction, spec.split_seed)
+
+
+def content(spec: DigitsDataset, files: SourceFiles) -> dict[str, str]:
+    train, held_out = load(spec, files)
+    return {"train": content_digest(train), "eval": content_digest(held_out)}
+
+
+SOURCE = DatasetSource(DigitsDataset, content, load)
