@@ -116,7 +116,7 @@ def whole_path(config: Config, dataset: steps.DatasetRecord, base: Path, cache: 
     sync_and_reset_peak()
     started = time.perf_counter()
     samples = steps.draw_samples(config, store, config.models[0], dataset, device)  # `real`: the train shards
-    classifier = steps.train_classifier(config, store, samples, dataset, device)
+    classifier = steps.train_classifier(config, store, samples, dataset, device, config.seed)
     evaluation = steps.evaluate_classifier(config, store, classifier, dataset, device)
     if cuda:
         torch.cuda.synchronize()

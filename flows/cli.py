@@ -1,11 +1,18 @@
 """The `cas` command.
 
-  cas demo [--store URL]             five generators on the embedded digits
-  cas run CONFIG [--store URL]       evaluate the models of a config
+  cas demo [--store URL]                    five generators on the embedded digits
+  cas run CONFIG [--store URL] [--fail-on-regression]
+                                            evaluate the models of a config
   cas results [--config CONFIG | --store URL] [--run ID] [--per-class] [--model NAME] [--list]
+  cas compare [RUN_A] [RUN_B] [--model NAME] [--per-class] [--fail-on-regression]
+                                            paired comparison of two runs (default: the latest two)
+  cas report [--run ID] [--out FILE]        the run's HTML report (default: the latest run)
 
-Exit status: 0 when every model finished, 1 when any failed (the others are
-still written), 2 for a bad config or command line.
+Exit status: 0 when everything finished; 1 when a model failed (the others
+are still written) or a report or results could not be read; 2 for a bad
+config or command line, unknown run ids, or runs that cannot be compared;
+3 with --fail-on-regression when a model got significantly worse (overall or
+in a class), and nothing failed.
 """
 
 from __future__ import annotations
@@ -78,7 +85,7 @@ def show_results(store, run_id: str | None, per_class: bool, model: str | None) 
     return 0
 
 
-def run(config_path: str, store_url: str | None) -> int:
+def run(config_path: str, store_url: str | None, fail_on_regression: bool = False) -> int:
     from casflow.flows import steps
     from casflow.tasks.config import ConfigError
 
@@ -94,10 +101,116 @@ def run(config_path: str, store_url: str | None) -> int:
     if not isinstance(report, dict):
         print(f"cas: the run failed before writing results: {report}", file=sys.stderr)
         return 1
+    store = steps.open_store(config.store)
     print()
-    show_results(steps.open_store(config.store), report["run_id"], per_class=False, model=None)
-    print(f"\nresults: {report['summary']}\n         {report['per_class']}")
-    return 0 if state.is_completed() else 1
+    show_results(store, report["run_id"], per_class=False, model=None)
+    changes = [r for r in _read_changes(store, report["run_id"]) if r["class_index"] is None or r["significant"]]
+    if changes:
+        print("\nchanges since each model's previous run (paired on the same eval images; points):")
+        print(render_changes(changes))
+    print(f"\nresults: {report['summary']}\n         {report['per_class']}\n         {report['changes']}")
+    if report.get("report"):
+        print(f"report:  {report['report']}")
+    if not state.is_completed():
+        return 1
+    if fail_on_regression and report["regressions"]:
+        print(f"cas: significantly worse: {', '.join(report['regressions'])}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def render_changes(rows: list[dict[str, Any]]) -> str:
+    from casflow.tasks.results import change_cells
+
+    return _table([change_cells(r) for r in rows])
+
+
+def _read_changes(store, run_id: str) -> list[dict[str, Any]]:
+    from casflow.storage import results
+
+    try:
+        return results.read_run(store, "changes", run_id).to_pylist()
+    except FileNotFoundError:
+        return []
+
+
+class CommandError(Exception):
+    """A bad command line: unknown runs, runs that cannot be compared (exit 2)."""
+
+
+def _pick_runs(store, run_a: str | None, run_b: str | None) -> tuple[str, str]:
+    """(before, after): the two given, one given and the latest, or the latest two."""
+    from casflow.storage import results
+
+    runs = results.run_ids(store)
+    for run_id in (run_a, run_b):
+        if run_id and run_id not in runs:
+            raise CommandError(f"no run {run_id} in {store.url} (`cas results --list` lists them)")
+    if run_a and run_b:
+        return run_a, run_b
+    if run_a:
+        if run_a == runs[-1]:
+            raise CommandError(f"{run_a} is the latest run; name the run to compare it with")
+        return run_a, runs[-1]
+    if len(runs) < 2:
+        raise CommandError(f"{store.url} has {len(runs)} run(s); a comparison needs two")
+    return runs[-2], runs[-1]
+
+
+def compare_command(store, run_a: str | None, run_b: str | None, model: str | None, per_class: bool,
+                    fail_on_regression: bool) -> int:
+    from casflow.flows import steps
+    from casflow.storage import results
+    from casflow.tasks.compare import ComparisonError
+    from casflow.tasks.results import change_rows, regressions
+
+    try:
+        before_id, after_id = _pick_runs(store, run_a, run_b)
+    except CommandError as exc:
+        print(f"cas: {exc}", file=sys.stderr)
+        return 2
+    before = {r["model"]: r for r in results.read_run(store, "summary", before_id).to_pylist() if r["status"] == "ok"}
+    after = {r["model"]: r for r in results.read_run(store, "summary", after_id).to_pylist() if r["status"] == "ok"}
+    names = [m for m in after if m in before and (model is None or m == model)]
+    if not names:
+        print(f"cas: no model{' ' + repr(model) if model else ''} finished in both {before_id} and {after_id}", file=sys.stderr)
+        return 2
+    per_class_rows = results.read_run(store, "per_class", after_id).to_pylist()
+    class_names = tuple(name for _, name in sorted({(r["class_index"], r["class_name"]) for r in per_class_rows}))
+    rows, problems = [], []
+    for name in names:
+        try:
+            rows += change_rows(class_names, before[name], after[name], steps.compare_runs(store, before[name], after[name], class_names))
+        except ComparisonError as exc:
+            problems.append(str(exc))
+    print(f"{before_id} -> {after_id}  store {store.url}")
+    if rows:
+        print(render_changes([r for r in rows if per_class or r["class_index"] is None or r["significant"]]))
+    for problem in problems:
+        print(f"cas: {problem}", file=sys.stderr)
+    if problems:
+        return 2
+    return 3 if fail_on_regression and regressions(rows) else 0
+
+
+def report_command(store, run_id: str | None, out: str | None) -> int:
+    from casflow.flows import steps
+    from casflow.storage import results
+
+    runs = results.run_ids(store)
+    if run_id and run_id not in runs:
+        print(f"cas: no run {run_id} in {store.url} (`cas results --list` lists them)", file=sys.stderr)
+        return 2
+    if not runs:
+        print(f"cas: no results in {store.url}", file=sys.stderr)
+        return 1
+    uri, page = steps.write_report(store, run_id or runs[-1])
+    if out:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(page)
+        print(out)
+    print(uri)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,13 +221,29 @@ def main(argv: list[str] | None = None) -> int:
     run_cmd = sub.add_parser("run", help="evaluate the models of a config file")
     run_cmd.add_argument("config")
     run_cmd.add_argument("--store", help="override store.url")
+    run_cmd.add_argument("--fail-on-regression", action="store_true",
+                         help="exit 3 when a model got significantly worse than its previous run")
+
+    def where(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--config", help="read the store URL and credentials from this config")
+        command.add_argument("--store", help="store URL (default ./casflow-store)")
+
     res = sub.add_parser("results", help="print a run's results (default: the latest)")
-    res.add_argument("--config", help="read the store URL and credentials from this config")
-    res.add_argument("--store", help="store URL (default ./casflow-store)")
+    where(res)
     res.add_argument("--run", help="run id (default: the latest)")
     res.add_argument("--per-class", action="store_true", help="also print per-class accuracy")
     res.add_argument("--model", help="only this model")
     res.add_argument("--list", action="store_true", help="list run ids, oldest first")
+    cmp = sub.add_parser("compare", help="paired comparison of two runs (default: the latest two)")
+    where(cmp)
+    cmp.add_argument("runs", nargs="*", metavar="RUN", help="RUN_A RUN_B (before, after); one: it against the latest")
+    cmp.add_argument("--model", help="only this model")
+    cmp.add_argument("--per-class", action="store_true", help="every class, not only those that changed significantly")
+    cmp.add_argument("--fail-on-regression", action="store_true", help="exit 3 when a model got significantly worse")
+    rep = sub.add_parser("report", help="write a run's HTML report to the store (and to --out)")
+    where(rep)
+    rep.add_argument("--run", help="run id (default: the latest)")
+    rep.add_argument("--out", help="also write the page to this file")
     args = parser.parse_args(argv)
 
     if args.command == "demo":
@@ -122,14 +251,20 @@ def main(argv: list[str] | None = None) -> int:
 
         return run(DEMO_CONFIG, args.store)
     if args.command == "run":
-        return run(args.config, args.store)
+        return run(args.config, args.store, args.fail_on_regression)
     store = _open_store(args)
-    if args.list:
-        from casflow.storage import results
-
-        print("\n".join(results.run_ids(store)))
-        return 0
     try:
+        if args.command == "compare":
+            if len(args.runs) > 2:
+                parser.error("compare takes at most two runs")
+            return compare_command(store, *(args.runs + [None, None])[:2], args.model, args.per_class, args.fail_on_regression)
+        if args.command == "report":
+            return report_command(store, args.run, args.out)
+        if args.list:
+            from casflow.storage import results
+
+            print("\n".join(results.run_ids(store)))
+            return 0
         return show_results(store, args.run, args.per_class, args.model)
     except FileNotFoundError as exc:
         print(f"cas: {exc}", file=sys.stderr)

@@ -33,7 +33,7 @@ from casflow.flows import artifacts, placement, steps
 from casflow.storage.store import is_transient
 from casflow.tasks.config import Config
 from casflow.tasks.devices import visible_devices
-from casflow.tasks.results import RunInfo
+from casflow.tasks.results import RunInfo, regressions
 
 # casflow's loggers reach Prefect's handlers through PREFECT_LOGGING_EXTRA_LOGGERS=casflow
 # (set by the `cas` command and in prefect.yaml); their level is ours to set.
@@ -64,10 +64,12 @@ def _step(fn, name: str, retries: int = 3, run_name: str | None = None):
 
 prepare_dataset = _step(steps.prepare_dataset, "prepare-dataset")
 draw_samples = _step(steps.draw_samples, "draw-samples", run_name="samples-{model.name}")
-train_classifier = _step(steps.train_classifier, "train-classifier", run_name="train-{samples.model}")
-evaluate_classifier = _step(steps.evaluate_classifier, "evaluate", run_name="evaluate-{classifier.model}")
+train_classifier = _step(steps.train_classifier, "train-classifier", run_name="train-{samples.model}-seed{seed}")
+evaluate_classifier = _step(steps.evaluate_classifier, "evaluate", run_name="evaluate-{classifier.model}-seed{classifier.seed}")
 write_results = task(name="write-results", retries=3, retry_delay_seconds=RETRY_DELAYS,
                      retry_condition_fn=_retry_if_transient, cache_policy=NO_CACHE)(steps.write_results)
+write_report = task(name="write-report", retries=3, retry_delay_seconds=RETRY_DELAYS,
+                    retry_condition_fn=_retry_if_transient, cache_policy=NO_CACHE)(steps.write_report)
 
 
 def _cuda_count() -> int:
@@ -76,8 +78,9 @@ def _cuda_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _settle(config: Config, futures: dict[str, tuple[PrefectFuture, ...]]) -> list:
-    """Each model's outcome: its records, or the first step's error, named."""
+def _settle(config: Config, futures: dict[str, list[PrefectFuture]]) -> list:
+    """Each model's outcome: its records (samples, then a classifier and an evaluation per seed),
+    or the first step's error, named."""
     outcomes = []
     for model in config.all_models:
         records, error = [], None
@@ -90,8 +93,10 @@ def _settle(config: Config, futures: dict[str, tuple[PrefectFuture, ...]]) -> li
                 exc = future.result(raise_on_failure=False)
                 error = steps.describe_failure(model.name, exc if isinstance(exc, BaseException) else RuntimeError(str(exc)))
             break  # a step that did not run because an earlier one failed
-        records += [None] * (3 - len(records))
-        outcomes.append(steps.outcome(model, *records, error=error or (None if all(records) else f"model '{model.name}': did not finish")))
+        if error is None and len(records) < len(futures[model.name]):
+            error = f"model '{model.name}': did not finish"
+        samples = records[0] if records else None
+        outcomes.append(steps.outcome(model, samples, records[1::2], records[2::2], error=error))
     return outcomes
 
 
@@ -107,24 +112,31 @@ def cas_evaluation(config_path: str = DEMO_CONFIG, store_url: str | None = None)
     dataset = prepare_dataset.submit(config, store).result()
     models = config.all_models
     lanes = placement.assign_lanes([m.name for m in models], visible_devices(config.classifier.device, _cuda_count()))
-    futures: dict[str, tuple[PrefectFuture, ...]] = {}
+    futures: dict[str, list[PrefectFuture]] = {}
     lane_tail: dict[str, PrefectFuture] = {}
-    for model in models:
+    for model in models:  # within a lane, one step after another: each device works on one model at a time
         device = lanes[model.name]
         after = [allow_failure(lane_tail[device])] if device in lane_tail else []
-        samples = draw_samples.submit(config, store, model, dataset, device, wait_for=after)
-        classifier = train_classifier.submit(config, store, samples, dataset, device)
-        evaluation = evaluate_classifier.submit(config, store, classifier, dataset, device)
-        futures[model.name] = (samples, classifier, evaluation)
-        lane_tail[device] = evaluation
+        chain = [draw_samples.submit(config, store, model, dataset, device, wait_for=after)]
+        for seed in config.classifier_seeds:
+            classifier = train_classifier.submit(config, store, chain[0], dataset, device, seed, wait_for=chain[-1:])
+            chain += [classifier, evaluate_classifier.submit(config, store, classifier, dataset, device)]
+        futures[model.name] = chain
+        lane_tail[device] = chain[-1]
 
     outcomes = _settle(config, futures)
+    recipe = config.classifier.resolved
     run = RunInfo(run_id, started, flow_run_id, dataset.name, dataset.fingerprint, dataset.class_names,
-                  config.classifier.recipe, config.seed)
+                  recipe.name, recipe.fingerprint, config.seed, config.classifier_seeds)
     record = write_results(store, run, outcomes, config.baseline.name)
-    artifacts.publish(record, outcomes, dataset.class_names)
+    report_state = write_report(store, run_id, return_state=True)  # the results are whole without it
+    report_uri = report_state.result()[0] if report_state.is_completed() else None
+    artifacts.publish(record, outcomes, dataset.class_names, report_uri)
     report = {"run_id": run_id, "store": store.url, "summary": record.summary_uri, "per_class": record.per_class_uri,
-              "models": {o.model: ("ok" if o.ok else o.error) for o in outcomes}}
+              "changes": record.changes_uri, "report": report_uri,
+              "models": {o.model: ("ok" if o.ok else o.error) for o in outcomes},
+              "regressions": [f"{r['model']}" + ("" if r["class_index"] is None else f" class {r['class_name']}")
+                              for r in regressions(record.changes)]}
     failed = [o for o in outcomes if not o.ok]
     if failed:
         return Failed(message=f"{len(failed)} of {len(outcomes)} models failed: "

@@ -3,8 +3,10 @@
   prepare_dataset      the real train and eval splits -> shards
   draw_samples         a model's samples -> shards (the source its kind registers)
   train_classifier     the recipe on those shards -> weights
-  evaluate_classifier  per-class counts on the real eval split
-  write_results        per-class and summary Parquet
+  evaluate_classifier  per-class counts and per-image predictions on the real eval split
+  write_results        per-class, changes (against each model's previous run) and summary Parquet
+
+A model gets one classifier and one evaluation per classifier seed.
 
 Each step computes its fingerprint, asks the store whether that output is
 already committed (a cache hit), and otherwise computes it with tasks/ and
@@ -19,22 +21,24 @@ import itertools
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
 
 import numpy as np
+import pyarrow.compute as pc
 
 from casflow.storage import artifacts, decoded_cache, results
-from casflow.storage.shards import ShardInfo, ShardSet, iter_shard_set, load_shard_set, write_shard_set
+from casflow.storage.shards import ShardInfo, ShardSet, iter_shard_set, load_shard_set, sample_key, write_shard_set
 from casflow.storage.sources import Files
 from casflow.storage.store import Store, s3_options
-from casflow.tasks import datasets, devices, generators
+from casflow.tasks import compare, datasets, devices, generators, report
 from casflow.tasks.classifiers import training
 from casflow.tasks.config import Config, ModelConfig, StoreConfig, parse_config
 from casflow.tasks.errors import InputError
 from casflow.tasks.fingerprint import derive_seed, fingerprint
 from casflow.tasks.images import decode_many, stack_images
-from casflow.tasks.metrics import EVALUATION_CODE_VERSION, ClassCounts, count_correct
+from casflow.tasks.metrics import EVALUATION_CODE_VERSION, ClassCounts, count_correct, top_predictions
 from casflow.tasks.progress import Progress
-from casflow.tasks.results import ModelOutcome, RunInfo, per_class_rows, summary_row
+from casflow.tasks.results import ModelOutcome, RunInfo, change_rows, per_class_rows, summary_row
 from casflow.tasks.samples import SAMPLES_CODE_VERSION, class_interleaved, encode_samples
 
 log = logging.getLogger("casflow.steps")
@@ -70,6 +74,7 @@ class SamplesRecord:
 class ClassifierRecord:
     model: str
     fingerprint: str
+    seed: int
     samples: SamplesRecord
     cached: bool
     train_seconds: float
@@ -90,8 +95,10 @@ class EvaluationRecord:
 class ResultsRecord:
     run_id: str
     per_class_uri: str
+    changes_uri: str
     summary_uri: str
     summary: list[dict]
+    changes: list[dict]
 
 
 # ---------------------------------------------------------------- config and store
@@ -159,7 +166,7 @@ def draw_samples(config: Config, store: Store, model: ModelConfig, dataset: Data
         log.info("model %s: samples cached (%s)", model.name, fp[:12])
         return SamplesRecord(model.name, committed, cached=True, seconds=0.0)
     request = generators.DrawRequest(
-        model=model.name, seed=config.seed, budget=dataset.train.count_per_class, class_names=dataset.class_names,
+        model=model.name, seed=config.samples_seed(model), budget=dataset.train.count_per_class, class_names=dataset.class_names,
         image_shape=dataset.train.image_shape, device=device, files=files, real_train=lambda: real_train(store, dataset))
     try:
         shard_set = write_shard_set(
@@ -179,7 +186,7 @@ def samples_inputs(config: Config, files: Files, model: ModelConfig, dataset: Da
     return content | {
         "dataset": dataset.fingerprint,
         "budget": list(dataset.train.count_per_class),
-        "seed": config.seed,
+        "seed": config.samples_seed(model),
         "shard_size": config.store.shard_size,
     }
 
@@ -192,34 +199,34 @@ def real_train(store: Store, dataset: DatasetRecord) -> datasets.LabeledImages:
 
 # ---------------------------------------------------------------- step 3: a classifier per model
 
-def train_classifier(config: Config, store: Store, samples: SamplesRecord, dataset: DatasetRecord,
-                     device: str) -> ClassifierRecord:
-    """Train (or find) the classifier for one model's samples."""
-    inputs = classifier_inputs(config, samples.shard_set, len(dataset.class_names))
+def train_classifier(config: Config, store: Store, samples: SamplesRecord, dataset: DatasetRecord, device: str,
+                     seed: int) -> ClassifierRecord:
+    """Train (or find) the classifier for one model's samples and one classifier seed."""
+    inputs = classifier_inputs(config, samples.shard_set, len(dataset.class_names), seed)
     fp = fingerprint("classifier", TRAIN_CODE_VERSION, inputs)
     train_log = artifacts.read_train_log(store, fp)
     if train_log is not None:
-        log.info("model %s: classifier cached (%s)", samples.model, fp[:12])
-        return ClassifierRecord(samples.model, fp, samples, True, train_log["train_seconds"], train_log["device"])
+        log.info("model %s: classifier (seed %d) cached (%s)", samples.model, seed, fp[:12])
+        return ClassifierRecord(samples.model, fp, seed, samples, True, train_log["train_seconds"], train_log["device"])
 
     recipe, torch_device = config.classifier.resolved, devices.torch_device(device)
-    log.info("model %s: training %s classifier on %d samples on %s", samples.model, recipe.name,
+    log.info("model %s: training %s classifier (seed %d) on %d samples on %s", samples.model, recipe.name, seed,
              samples.shard_set.num_samples, torch_device)
     net, train_log = training.train(
-        recipe, StoredSamples(store, samples.shard_set, f"model {samples.model}", config.seed),
-        num_classes=len(dataset.class_names), device=torch_device, seed=config.seed,
+        recipe, StoredSamples(store, samples.shard_set, f"model {samples.model}", seed),
+        num_classes=len(dataset.class_names), device=torch_device, seed=seed,
         resident_limit_gb=config.classifier.resident_limit_gb)
     train_log["fingerprint_inputs"] = inputs
     artifacts.write_classifier(store, fp, training.weights_bytes(net), train_log)
-    return ClassifierRecord(samples.model, fp, samples, False, train_log["train_seconds"], train_log["device"])
+    return ClassifierRecord(samples.model, fp, seed, samples, False, train_log["train_seconds"], train_log["device"])
 
 
-def classifier_inputs(config: Config, samples: ShardSet, num_classes: int) -> dict:
+def classifier_inputs(config: Config, samples: ShardSet, num_classes: int, seed: int) -> dict:
     spec = config.classifier
     return spec.resolved.fingerprint_inputs() | {
         "samples": samples.manifest_sha256,
         "num_classes": num_classes,
-        "seed": config.seed,
+        "seed": seed,
         "data_path": training.data_path(samples.num_samples, samples.image_shape, spec.resident_limit_gb),
     }
 
@@ -268,45 +275,156 @@ def evaluate_classifier(config: Config, store: Store, classifier: ClassifierReco
                                 image_shape=dataset.eval.image_shape, num_classes=len(dataset.class_names),
                                 device=torch_device)
     images, labels = load_decoded(store, dataset.eval, f"{dataset.name} eval split")
-    counts = count_correct(training.predict(recipe, net, images, torch_device), labels, len(dataset.class_names))
-    artifacts.write_evaluation(store, fp, {"fingerprint_inputs": inputs, "counts": dataclasses.asdict(counts)})
+    logits = training.predict(recipe, net, images, torch_device)
+    counts = count_correct(logits, labels, len(dataset.class_names))
+    top5, p_true = top_predictions(logits, labels)
+    artifacts.write_evaluation(store, fp, {"fingerprint_inputs": inputs, "counts": dataclasses.asdict(counts)},
+                               keys=[sample_key(i) for i in range(len(labels))], labels=labels, top5=top5, p_true=p_true)
     log.info("model %s: top-1 %.4f, top-5 %.4f on %d real eval images", classifier.model, counts.top1, counts.top5,
              sum(counts.n_eval))
     return EvaluationRecord(classifier.model, fp, classifier, counts, cached=False,
                             seconds=round(time.perf_counter() - started, 3))
 
 
-# ---------------------------------------------------------------- step 5: results
+# ---------------------------------------------------------------- step 5: results, judged against the previous run
 
 def write_results(store: Store, run: RunInfo, outcomes: list[ModelOutcome], baseline: str) -> ResultsRecord:
-    """Append this run's per-class and summary tables (one Parquet file each)."""
+    """Append this run's per-class, changes and summary tables (one Parquet file each).
+
+    Each model is compared with its previous run (`compare.previous_run`): the changes
+    table gets the overall change and one per class, the summary row the verdict."""
     base = next((o for o in outcomes if o.model == baseline), None)
     per_class = list(itertools.chain.from_iterable(per_class_rows(run, o) for o in outcomes))
     summary = [summary_row(run, o, base) for o in outcomes]
+    history = results.read_all(store, "summary").to_pylist()
+    changes = []
+    for row in summary:
+        previous = compare.previous_run(history, row) if row["status"] == "ok" else None
+        if previous is None:
+            continue
+        try:
+            model_changes = compare_runs(store, previous, row, run.class_names)
+        except compare.ComparisonError as exc:  # its predictions were deleted, say: report, do not fail the run
+            log.warning("model %s: not compared with run %s: %s", row["model"], previous["run_id"], exc)
+            continue
+        changes += change_rows(run.class_names, previous, row, model_changes)
+        overall = model_changes[0]
+        row |= {"previous_run_id": previous["run_id"], "change": overall.direction, "delta_top1": overall.delta,
+                "change_p_value": overall.p_value}
     per_class_uri = results.write_table(store, "per_class", per_class, run.run_id, run.run_time)
+    changes_uri = results.write_table(store, "changes", changes, run.run_id, run.run_time)
     summary_uri = results.write_table(store, "summary", summary, run.run_id, run.run_time)  # last: a run with a summary is whole
-    return ResultsRecord(run.run_id, per_class_uri, summary_uri, summary)
+    return ResultsRecord(run.run_id, per_class_uri, changes_uri, summary_uri, summary, changes)
 
 
-def outcome(model: ModelConfig, samples: SamplesRecord | None, classifier: ClassifierRecord | None,
-            evaluation: EvaluationRecord | None, error: str | None) -> ModelOutcome:
-    """What one model's steps produced, for the result rows."""
+def compare_runs(store: Store, before: dict, after: dict, class_names: tuple[str, ...]) -> list[compare.Change]:
+    """One model's change between two of its summary rows, paired on the same eval images:
+    overall first, then one per class."""
+    for key, what in (("dataset_fingerprint", "datasets"), ("recipe_fingerprint", "classifier recipes"),
+                      ("classifier_seeds", "classifier seeds")):
+        if before.get(key) != after.get(key):
+            raise compare.ComparisonError(
+                f"model '{after['model']}': runs {before['run_id']} and {after['run_id']} used different {what} "
+                f"({before.get(key)} vs {after.get(key)}); only runs on the same dataset, recipe and seeds compare")
+    (b, labels_before), (a, labels_after) = (correctness(store, row) for row in (before, after))
+    if not np.array_equal(labels_before, labels_after):
+        raise compare.ComparisonError(f"model '{after['model']}': the two runs were scored on different eval images")
+    return compare.compare(b, a, labels_after, len(class_names))
+
+
+def correctness(store: Store, row: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(seeds x images top-1 correctness, labels) of one model's run, from its stored predictions, by key order."""
+    fingerprints = row.get("evaluation_fingerprints") or []
+    tables = [artifacts.read_predictions(store, fp) for fp in fingerprints]
+    if not tables or any(t is None for t in tables):
+        raise compare.ComparisonError(
+            f"model '{row['model']}' in run {row['run_id']}: no per-image predictions stored (the run is older than "
+            "casflow's predictions, or its evaluations were deleted); rerun it to compare")
+    labels = tables[0].column("label").to_numpy()
+    top1 = [pc.list_element(t.column("top5"), 0).to_numpy() for t in tables]
+    return np.stack([t == labels for t in top1]).astype(np.float64), labels
+
+
+def write_report(store: Store, run_id: str) -> tuple[str, str]:
+    """The run's HTML report, written to the store; returns (its URI, the HTML)."""
+    page = build_report(store, run_id)
+    location = store.report_location(run_id)
+    store.write_bytes(location, page.encode())
+    return store.uri(location), page
+
+
+def build_report(store: Store, run_id: str) -> str:
+    """Everything the report shows, read from the store: results, evaluations, shards."""
+    summary = results.read_run(store, "summary", run_id).to_pylist()
+    per_class = results.read_run(store, "per_class", run_id).to_pylist()
+    try:
+        changes = results.read_run(store, "changes", run_id).to_pylist()
+    except FileNotFoundError:  # a run from before changes were kept
+        changes = []
+    class_names = tuple(name for _, name in sorted({(r["class_index"], r["class_name"]) for r in per_class}))
+    confusion, samples = {}, {}
+    for row in (r for r in summary if r["status"] == "ok"):
+        metrics = [artifacts.read_evaluation(store, fp) for fp in row["evaluation_fingerprints"] or [row["evaluation_fingerprint"]]]
+        if all(metrics):
+            confusion[row["model"]] = np.sum([np.array(m["counts"]["confusion"]) for m in metrics], axis=0)
+        if row["generator_kind"] == "real":  # its samples are the real train split, shown once below
+            continue
+        shard_set = load_shard_set(store, store.location("samples", row["samples_fingerprint"]))
+        if shard_set is not None:
+            samples[row["model"]] = grid(store, shard_set, len(class_names))
+    real = load_shard_set(store, store.location("real", summary[0]["dataset_fingerprint"], "train")) if summary else None
+    return report.render(report.ReportData(
+        run_id=run_id, store_url=store.url, class_names=class_names, summary=summary, per_class=per_class,
+        changes=changes, history=results.read_all(store, "summary").to_pylist(), confusion=confusion, samples=samples,
+        real_samples=grid(store, real, len(class_names)) if real else None, generated=datetime.now(timezone.utc)))
+
+
+def grid(store: Store, shard_set: ShardSet, num_classes: int) -> report.SampleGrid:
+    return report.sample_grid(*first_per_class(store, shard_set, report.GRID_PER_CLASS), num_classes)
+
+
+def first_per_class(store: Store, shard_set: ShardSet, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `per_class` images of each class in stored order, decoding only those."""
+    wanted = dict.fromkeys(range(len(shard_set.class_names)), per_class)
+    for c, n in enumerate(shard_set.count_per_class):
+        wanted[c] = min(wanted[c], n)
+    blobs, labels, sources = [], [], []
+    samples = iter_shard_set(store, shard_set)
+    try:
+        for key, parts in samples:
+            label = int(parts["cls"])
+            if wanted.get(label, 0) > 0:
+                wanted[label] -= 1
+                blobs.append(parts["png"])
+                labels.append(label)
+                sources.append(f"{store.uri(shard_set.location)} key {key}")
+            if not any(wanted.values()):
+                break
+    finally:
+        samples.close()
+    return stack_images(decode_many(blobs, sources), sources), np.array(labels, dtype=np.int64)
+
+
+def outcome(model: ModelConfig, samples: SamplesRecord | None, classifiers: Sequence[ClassifierRecord],
+            evaluations: Sequence[EvaluationRecord], error: str | None) -> ModelOutcome:
+    """What one model's steps produced (a classifier and an evaluation per seed), for the result rows."""
+    complete = error is None and samples is not None and len(evaluations) == len(classifiers) > 0
     return ModelOutcome(
         model=model.name,
         generator_kind=model.generator.kind,
         error=error,
         samples_fingerprint=samples.shard_set.fingerprint if samples else None,
-        classifier_fingerprint=classifier.fingerprint if classifier else None,
-        evaluation_fingerprint=evaluation.fingerprint if evaluation else None,
+        classifier_fingerprints=tuple(c.fingerprint for c in classifiers),
+        evaluation_fingerprints=tuple(e.fingerprint for e in evaluations),
         n_train_per_class=samples.shard_set.count_per_class if samples else None,
-        counts=evaluation.counts if evaluation and not error else None,
+        counts=tuple(e.counts for e in evaluations) if complete else (),
         sample_seconds=samples.seconds if samples else None,
-        train_seconds=classifier.train_seconds if classifier else None,
-        eval_seconds=evaluation.seconds if evaluation else None,
-        device=classifier.device if classifier else None,
+        train_seconds=round(sum(c.train_seconds for c in classifiers), 3) if classifiers else None,
+        eval_seconds=round(sum(e.seconds for e in evaluations), 3) if evaluations else None,
+        device=classifiers[0].device if classifiers else None,
         samples_cached=samples.cached if samples else None,
-        classifier_cached=classifier.cached if classifier else None,
-        evaluation_cached=evaluation.cached if evaluation else None,
+        classifier_cached=all(c.cached for c in classifiers) if classifiers else None,
+        evaluation_cached=all(e.cached for e in evaluations) if evaluations else None,
     )
 
 

@@ -1,9 +1,12 @@
 """Results as Parquet, appended per run and partitioned hive-style:
   results/per_class/date=YYYY-MM-DD/run=<run_id>/part-0.parquet
-  results/summary/date=YYYY-MM-DD/run=<run_id>/part-0.parquet
-Long form: one row per (run, model, class) and per (run, model). Accuracies
-are fractions in [0, 1]; durations are seconds. Run ids start with the UTC
-time, so they sort in run order.
+  results/changes/date=YYYY-MM-DD/run=<run_id>/part-0.parquet
+  results/summary/date=YYYY-MM-DD/run=<run_id>/part-0.parquet   (written last: a run with a summary is whole)
+Long form: one row per (run, model, class), per (run, model, class or overall)
+change since the model's previous run, and per (run, model). Accuracies are
+fractions in [0, 1]; durations are seconds. Run ids start with the UTC time,
+so they sort in run order. Columns are only ever added: read the tables with
+DuckDB's `union_by_name=true` so that older runs' files line up.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ PER_CLASS_SCHEMA = pa.schema(_RUN_KEYS + [
     pa.field("top1_ci_low", pa.float64(), nullable=False),  # Wilson 95% interval
     pa.field("top1_ci_high", pa.float64(), nullable=False),
     pa.field("cached", pa.bool_(), nullable=False),  # every step of this model came from the store
+    pa.field("top1_seed_std", pa.float64()),  # spread of top1 across classifier seeds; null with one seed
 ])
 
 SUMMARY_SCHEMA = pa.schema(_RUN_KEYS + [
@@ -68,9 +72,46 @@ SUMMARY_SCHEMA = pa.schema(_RUN_KEYS + [
     pa.field("classifier_cached", pa.bool_()),
     pa.field("evaluation_cached", pa.bool_()),
     pa.field("cached", pa.bool_(), nullable=False),
+    pa.field("recipe_fingerprint", pa.string()),  # recipe and hyperparameters: runs compare only under the same one
+    pa.field("classifier_seeds", pa.list_(pa.int64())),  # one classifier per seed; cas_* are means over them
+    pa.field("classifier_fingerprints", pa.list_(pa.string())),  # per seed; classifier_fingerprint is the first
+    pa.field("evaluation_fingerprints", pa.list_(pa.string())),
+    pa.field("cas_top1_seed_std", pa.float64()),  # spread of cas_top1 across seeds; null with one seed
+    pa.field("previous_run_id", pa.string()),  # the run this model was compared with (results/changes)
+    pa.field("change", pa.string()),  # better | worse | same; null without a comparable previous run
+    pa.field("delta_top1", pa.float64()),  # cas_top1 minus the previous run's, on the same eval images
+    pa.field("change_p_value", pa.float64()),  # exact McNemar (sign) test of that change
 ])
 
-TABLES = {"per_class": PER_CLASS_SCHEMA, "summary": SUMMARY_SCHEMA}
+CHANGES_SCHEMA = pa.schema([
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("run_time", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("previous_run_id", pa.string(), nullable=False),
+    pa.field("dataset", pa.string(), nullable=False),
+    pa.field("dataset_fingerprint", pa.string(), nullable=False),
+    pa.field("recipe", pa.string(), nullable=False),
+    pa.field("model", pa.string(), nullable=False),
+    pa.field("samples_fingerprint_before", pa.string(), nullable=False),
+    pa.field("samples_fingerprint_after", pa.string(), nullable=False),
+    pa.field("class_index", pa.int32()),  # null: the model overall
+    pa.field("class_name", pa.string()),
+    pa.field("n_eval", pa.int64(), nullable=False),
+    pa.field("top1_before", pa.float64(), nullable=False),
+    pa.field("top1_after", pa.float64(), nullable=False),
+    pa.field("delta", pa.float64(), nullable=False),  # top1_after - top1_before
+    pa.field("delta_ci_low", pa.float64(), nullable=False),  # 95%, paired on the same images
+    pa.field("delta_ci_high", pa.float64(), nullable=False),
+    pa.field("n_better", pa.int64(), nullable=False),  # images now scored better (seed-averaged)
+    pa.field("n_worse", pa.int64(), nullable=False),
+    pa.field("p_value", pa.float64(), nullable=False),  # exact McNemar (sign) test
+    pa.field("p_adjusted", pa.float64(), nullable=False),  # Holm across the classes; overall: p_value
+    pa.field("seed_spread", pa.float64()),  # std of top1 across seeds (the larger run's); null with one seed
+    pa.field("seed_noise", pa.float64()),  # the change that retraining alone makes likely; null unless both runs have seeds
+    pa.field("significant", pa.bool_(), nullable=False),
+    pa.field("direction", pa.string(), nullable=False),  # better | worse | same
+])
+
+TABLES = {"per_class": PER_CLASS_SCHEMA, "changes": CHANGES_SCHEMA, "summary": SUMMARY_SCHEMA}
 _RUN_DIR = re.compile(r"^run=(.+)$")
 
 
@@ -104,3 +145,12 @@ def read_run(store: Store, table: str, run_id: str) -> pa.Table:
         if store.exists(location):
             return pq.read_table(io.BytesIO(store.read_bytes(location)), schema=TABLES[table])
     raise FileNotFoundError(f"no {table} results for run {run_id} in {store.uri(root)}")
+
+
+def read_all(store: Store, table: str) -> pa.Table:
+    """Every run's rows of a table, oldest run first (columns a run's file lacks read as null)."""
+    root = store.results_root(table)
+    locations = [f"{root}/{date_dir}/{run_dir}/part-0.parquet" for date_dir in store.listdir(root)
+                 for run_dir in store.listdir(f"{root}/{date_dir}") if _RUN_DIR.match(run_dir)]
+    tables = [pq.read_table(io.BytesIO(data), schema=TABLES[table]) for data in store.read_many(locations)]
+    return pa.concat_tables(tables).sort_by("run_id") if tables else TABLES[table].empty_table()

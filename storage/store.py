@@ -4,8 +4,9 @@ Layout (the only place paths are built; see `Store.location`):
   real/<dataset_fp>/{train,eval}/shard-000000.tar ... manifest.json
   samples/<samples_fp>/shard-000000.tar ... manifest.json
   classifiers/<classifier_fp>/model.pt, train_log.json
-  evaluations/<evaluation_fp>/metrics.json
-  results/{per_class,summary}/date=YYYY-MM-DD/run=<run_id>/part-0.parquet
+  evaluations/<evaluation_fp>/predictions.parquet, metrics.json
+  results/{per_class,changes,summary}/date=YYYY-MM-DD/run=<run_id>/part-0.parquet
+  reports/<run_id>/index.html
 """
 
 from __future__ import annotations
@@ -82,6 +83,11 @@ class Store:
     def results_root(self, table: str) -> str:
         return f"results/{table}"
 
+    def report_location(self, run_id: str) -> str:
+        if not run_id or "/" in run_id or run_id.startswith("."):
+            raise ValueError(f"not a run id: {run_id!r}")
+        return f"reports/{run_id}/index.html"
+
     def path(self, relative: str) -> str:
         """Filesystem path of a store-relative path."""
         return f"{self.root}/{relative}" if relative else self.root
@@ -100,6 +106,14 @@ class Store:
 
     def read_bytes(self, relative: str) -> bytes:
         return self.fs.cat_file(self.path(relative))
+
+    def read_many(self, relatives: list[str]) -> list[bytes]:
+        """Several objects at once (concurrent requests on an object store), in the order asked."""
+        if not relatives:
+            return []
+        paths = [self.path(r) for r in relatives]
+        fetched = self.fs.cat(paths)
+        return [fetched[p] for p in paths]
 
     def open(self, relative: str) -> IO[bytes]:
         """A streaming read; large objects are fetched block by block."""

@@ -49,6 +49,8 @@ class ClassifierConfig(Frozen):
     options: dict[str, Any] = {}  # overrides of the recipe's hyperparameters
     device: str = "auto"  # auto (every visible GPU, else cpu), cpu, cuda, or a list: cuda:0,cuda:1
     resident_limit_gb: float = Field(16.0, gt=0)  # sample sets up to this size (decoded uint8) train from device memory; larger ones stream
+    seeds: list[Annotated[int, Field(ge=0, lt=2**32)]] | None = Field(None, min_length=1)  # one classifier per seed
+    # per model; default: the run's seed. Results carry the mean and spread across seeds.
 
     @functools.cached_property
     def resolved(self) -> classifiers.Recipe:
@@ -60,6 +62,13 @@ class ClassifierConfig(Frozen):
         _ = self.resolved  # resolving raises naming the unknown recipe, or the unknown or bad option
         return self
 
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_unique(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError(f"seeds must be distinct, got {value}")
+        return value
+
     @field_validator("device")
     @classmethod
     def _device_form(cls, value: str) -> str:
@@ -70,6 +79,7 @@ class ClassifierConfig(Frozen):
 class ModelConfig(Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     generator: GeneratorConfig
+    seed: int | None = Field(None, ge=0, lt=2**32)  # this model's samples only; default: the run's seed
 
 
 class Config(Frozen):
@@ -86,6 +96,14 @@ class Config(Frozen):
         if repeated:
             raise ValueError(f"model names must be unique; repeated: {', '.join(repeated)}")
         return self
+
+    @property
+    def classifier_seeds(self) -> tuple[int, ...]:
+        """The seeds each model's classifiers train with: `classifier.seeds`, else the run's seed."""
+        return tuple(self.classifier.seeds or [self.seed])
+
+    def samples_seed(self, model: ModelConfig) -> int:
+        return self.seed if model.seed is None else model.seed
 
     @property
     def baseline(self) -> ModelConfig:

@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 WILSON_Z = 1.959963984540054  # two-sided 95%
-EVALUATION_CODE_VERSION = 1
+EVALUATION_CODE_VERSION = 2  # 2: per-image predictions stored beside the counts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,10 +45,6 @@ class ClassCounts:
         return cls(n_eval=tuple(data["n_eval"]), top1_correct=tuple(data["top1_correct"]),
                    top5_correct=tuple(data["top5_correct"]), confusion=tuple(tuple(r) for r in data["confusion"]))
 
-    def worst_class(self) -> int:
-        scores = [c / n if n else math.inf for c, n in zip(self.top1_correct, self.n_eval)]
-        return int(np.argmin(scores))
-
 
 def count_correct(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> ClassCounts:
     k = min(5, num_classes)
@@ -65,7 +61,18 @@ def count_correct(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> C
     )
 
 
-def wilson_interval(successes: int, n: int, z: float = WILSON_Z) -> tuple[float, float]:
+def top_predictions(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: the (up to) 5 highest-scoring classes, best first (int32, N x k), and the
+    probability of the true class (float32), a softmax of the logits (after TTA averaging).
+    Ties in the logits go to the lower class index, as in `count_correct`."""
+    k = min(5, logits.shape[1])
+    top = np.argsort(-logits, axis=1, kind="stable")[:, :k].astype(np.int32)
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    return top, probabilities[np.arange(len(labels)), labels].astype(np.float32)
+
+
+def wilson_interval(successes: float, n: int, z: float = WILSON_Z) -> tuple[float, float]:
     if n == 0:
         return 0.0, 1.0
     p = successes / n

@@ -8,9 +8,13 @@ when trained on the real train split (the `real` model)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from datetime import datetime
 from typing import Any
 
+import numpy as np
+
+from casflow.tasks.compare import Change
 from casflow.tasks.metrics import ClassCounts, wilson_interval
 
 
@@ -23,21 +27,24 @@ class RunInfo:
     dataset_fingerprint: str
     class_names: tuple[str, ...]
     recipe: str
+    recipe_fingerprint: str  # the recipe and its hyperparameters: runs compare only under the same one
     seed: int
+    classifier_seeds: tuple[int, ...]
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelOutcome:
-    """What one model's steps produced; error is set when a step failed."""
+    """What one model's steps produced, one classifier and evaluation per classifier seed; error is set
+    when a step failed."""
 
     model: str
     generator_kind: str
     error: str | None = None
     samples_fingerprint: str | None = None
-    classifier_fingerprint: str | None = None
-    evaluation_fingerprint: str | None = None
+    classifier_fingerprints: tuple[str, ...] = ()
+    evaluation_fingerprints: tuple[str, ...] = ()
     n_train_per_class: tuple[int, ...] | None = None
-    counts: ClassCounts | None = None
+    counts: tuple[ClassCounts, ...] = ()  # per seed, in the order of RunInfo.classifier_seeds
     sample_seconds: float | None = None
     train_seconds: float | None = None
     eval_seconds: float | None = None
@@ -48,11 +55,65 @@ class ModelOutcome:
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.counts is not None
+        return self.error is None and bool(self.counts)
 
     @property
     def cached(self) -> bool:
         return bool(self.samples_cached and self.classifier_cached and self.evaluation_cached)
+
+    @property
+    def scores(self) -> SeedScores:
+        return SeedScores(self.counts)
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedScores:
+    """Accuracies over one or more classifier seeds scored on the same eval images: means, and the
+    spread across seeds (sample standard deviation; None with one seed). Intervals are Wilson 95%
+    on the mean correct count: they describe the eval set's noise, the spread the seeds'."""
+
+    counts: tuple[ClassCounts, ...]
+
+    @property
+    def n_eval(self) -> tuple[int, ...]:
+        return self.counts[0].n_eval
+
+    @property
+    def top1_correct(self) -> np.ndarray:  # per class, mean over seeds
+        return np.mean([c.top1_correct for c in self.counts], axis=0)
+
+    @property
+    def top5_correct(self) -> np.ndarray:
+        return np.mean([c.top5_correct for c in self.counts], axis=0)
+
+    @property
+    def top1(self) -> float:
+        return float(np.mean([c.top1 for c in self.counts]))
+
+    @property
+    def top5(self) -> float:
+        return float(np.mean([c.top5 for c in self.counts]))
+
+    @property
+    def top1_seed_std(self) -> float | None:
+        return float(np.std([c.top1 for c in self.counts], ddof=1)) if len(self.counts) > 1 else None
+
+    def per_class_top1(self) -> list[float]:
+        return [c / n if n else float("nan") for c, n in zip(self.top1_correct, self.n_eval)]
+
+    def per_class_seed_std(self) -> list[float | None]:
+        if len(self.counts) < 2:
+            return [None] * len(self.n_eval)
+        per_seed = np.array([c.per_class_top1() for c in self.counts])
+        return [float(s) for s in per_seed.std(axis=0, ddof=1)]
+
+    def worst_class(self) -> int:
+        scores = [c / n if n else math.inf for c, n in zip(self.top1_correct, self.n_eval)]
+        return int(np.argmin(scores))
+
+    def confusion(self) -> np.ndarray:
+        """[true class][predicted class], summed over seeds."""
+        return np.sum([np.array(c.confusion) for c in self.counts], axis=0)
 
 
 def _keys(run: RunInfo, outcome: ModelOutcome) -> dict[str, Any]:
@@ -60,54 +121,76 @@ def _keys(run: RunInfo, outcome: ModelOutcome) -> dict[str, Any]:
         "run_id": run.run_id, "run_time": run.run_time, "flow_run_id": run.flow_run_id,
         "dataset": run.dataset, "dataset_fingerprint": run.dataset_fingerprint,
         "model": outcome.model, "generator_kind": outcome.generator_kind, "recipe": run.recipe, "seed": run.seed,
-        "samples_fingerprint": outcome.samples_fingerprint, "classifier_fingerprint": outcome.classifier_fingerprint,
+        "samples_fingerprint": outcome.samples_fingerprint,
+        "classifier_fingerprint": outcome.classifier_fingerprints[0] if outcome.classifier_fingerprints else None,
     }
 
 
 def per_class_rows(run: RunInfo, outcome: ModelOutcome) -> list[dict[str, Any]]:
     if not outcome.ok:
         return []
-    counts = outcome.counts
+    scores = outcome.scores
     rows = []
-    for c, name in enumerate(run.class_names):
-        n, top1, top5 = counts.n_eval[c], counts.top1_correct[c], counts.top5_correct[c]
+    for c, (name, spread) in enumerate(zip(run.class_names, scores.per_class_seed_std())):
+        n, top1, top5 = scores.n_eval[c], float(scores.top1_correct[c]), float(scores.top5_correct[c])
         low, high = wilson_interval(top1, n)
         rows.append(_keys(run, outcome) | {
             "class_index": c, "class_name": name,
             "n_train": outcome.n_train_per_class[c] if outcome.n_train_per_class else 0, "n_eval": n,
             "top1": top1 / n if n else 0.0, "top5": top5 / n if n else 0.0,
-            "top1_ci_low": low, "top1_ci_high": high, "cached": outcome.cached,
+            "top1_ci_low": low, "top1_ci_high": high, "top1_seed_std": spread, "cached": outcome.cached,
         })
     return rows
 
 
 def summary_row(run: RunInfo, outcome: ModelOutcome, baseline: ModelOutcome | None) -> dict[str, Any]:
     row = _keys(run, outcome) | {
-        "evaluation_fingerprint": outcome.evaluation_fingerprint,
+        "evaluation_fingerprint": outcome.evaluation_fingerprints[0] if outcome.evaluation_fingerprints else None,
+        "recipe_fingerprint": run.recipe_fingerprint, "classifier_seeds": list(run.classifier_seeds),
+        "classifier_fingerprints": list(outcome.classifier_fingerprints),
+        "evaluation_fingerprints": list(outcome.evaluation_fingerprints),
         "status": "ok" if outcome.ok else "failed", "error": outcome.error,
         "sample_seconds": outcome.sample_seconds, "train_seconds": outcome.train_seconds,
         "eval_seconds": outcome.eval_seconds, "device": outcome.device,
         "samples_cached": outcome.samples_cached, "classifier_cached": outcome.classifier_cached,
         "evaluation_cached": outcome.evaluation_cached, "cached": outcome.cached,
         "n_samples": sum(outcome.n_train_per_class) if outcome.n_train_per_class else None,
+        "previous_run_id": None, "change": None, "delta_top1": None, "change_p_value": None,  # set by the comparison
     }
     if not outcome.ok:
         return row
-    counts = outcome.counts
-    n_eval = sum(counts.n_eval)
-    low, high = wilson_interval(sum(counts.top1_correct), n_eval)
-    worst = counts.worst_class()
+    scores = outcome.scores
+    n_eval = sum(scores.n_eval)
+    low, high = wilson_interval(float(scores.top1_correct.sum()), n_eval)
+    worst = scores.worst_class()
     row |= {
-        "n_eval": n_eval, "cas_top1": counts.top1, "cas_top5": counts.top5,
-        "cas_top1_ci_low": low, "cas_top1_ci_high": high,
-        "worst_class": run.class_names[worst], "worst_class_top1": counts.per_class_top1()[worst],
+        "n_eval": n_eval, "cas_top1": scores.top1, "cas_top5": scores.top5,
+        "cas_top1_ci_low": low, "cas_top1_ci_high": high, "cas_top1_seed_std": scores.top1_seed_std,
+        "worst_class": run.class_names[worst], "worst_class_top1": scores.per_class_top1()[worst],
     }
     if baseline is not None and baseline.ok:
-        real1, real5 = baseline.counts.top1, baseline.counts.top5
+        real1, real5 = baseline.scores.top1, baseline.scores.top5
         row |= {"real_top1": real1, "real_top5": real5,
-                "cas_ratio_top1": counts.top1 / real1 if real1 else None,
-                "cas_ratio_top5": counts.top5 / real5 if real5 else None}
+                "cas_ratio_top1": scores.top1 / real1 if real1 else None,
+                "cas_ratio_top5": scores.top5 / real5 if real5 else None}
     return row
+
+
+def change_rows(class_names: tuple[str, ...], previous: dict[str, Any], current: dict[str, Any],
+                changes: list[Change]) -> list[dict[str, Any]]:
+    """One model's changes between two of its summary rows: overall, then per class."""
+    keys = {"run_id": current["run_id"], "run_time": current["run_time"], "previous_run_id": previous["run_id"],
+            "dataset": current["dataset"], "dataset_fingerprint": current["dataset_fingerprint"],
+            "recipe": current["recipe"], "model": current["model"],
+            "samples_fingerprint_before": previous["samples_fingerprint"],
+            "samples_fingerprint_after": current["samples_fingerprint"]}
+    return [keys | dataclasses.asdict(change) | {
+        "class_name": None if change.class_index is None else class_names[change.class_index]} for change in changes]
+
+
+def regressions(changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The significant changes for the worse, overall or in a class (Holm-adjusted across classes)."""
+    return [row for row in changes if row["direction"] == "worse"]
 
 
 # ---------------------------------------------------------------- display
@@ -118,22 +201,47 @@ def _pct(value: float | None) -> str:
 
 def summary_cells(row: dict[str, Any]) -> dict[str, str]:
     """A summary row as the cells people read, column name -> text."""
+    spread = row.get("cas_top1_seed_std")
     return {
         "model": row["model"],
         "status": row["status"],
-        "top-1": _pct(row.get("cas_top1")),
+        # with several classifier seeds: the mean, and the spread across seeds in points
+        "top-1": _pct(row.get("cas_top1")) if spread is None else f"{100 * row['cas_top1']:.2f}±{100 * spread:.2f}%",
         "top-5": _pct(row.get("cas_top5")),
         "CAS/real": "-" if row.get("cas_ratio_top1") is None else f"{row['cas_ratio_top1']:.3f}",
         "worst class": "-" if row.get("worst_class") is None else f"{row['worst_class']} ({_pct(row['worst_class_top1'])})",
+        "vs last": "-" if row.get("change") is None else f"{100 * row['delta_top1']:+.2f} {row['change']}",
         "samples": "-" if row.get("n_samples") is None else str(row["n_samples"]),
         "cached": "yes" if row["cached"] else "no",
     }
 
 
+def change_cells(row: dict[str, Any]) -> dict[str, str]:
+    """A row of the changes table as the cells people read (deltas in percentage points)."""
+    return {
+        "model": row["model"],
+        "class": class_label(row["class_index"], row["class_name"]),
+        "before": _pct(row["top1_before"]), "after": _pct(row["top1_after"]),
+        "change": f"{100 * row['delta']:+.2f}",
+        "95% interval": f"{100 * row['delta_ci_low']:+.2f} .. {100 * row['delta_ci_high']:+.2f}",
+        "images +/-": f"+{row['n_better']}/-{row['n_worse']}",
+        "p": f"{row['p_adjusted']:.2g}",
+        "seed noise": "-" if row.get("seed_noise") is None else f"{100 * row['seed_noise']:.2f}",
+        "verdict": row["direction"],
+    }
+
+
+def class_label(index: int | None, name: str | None) -> str:
+    """`3 cat`, or `3` where the name is the index (digits)."""
+    if index is None:
+        return "all"
+    return name if name == str(index) else f"{index} {name}"
+
+
 def per_class_cells(row: dict[str, Any]) -> dict[str, str]:
     """A per-class row as the cells people read."""
     return {
-        "model": row["model"], "class": f"{row['class_index']} {row['class_name']}", "n_train": str(row["n_train"]),
+        "model": row["model"], "class": class_label(row["class_index"], row["class_name"]), "n_train": str(row["n_train"]),
         "n_eval": str(row["n_eval"]), "top-1": _pct(row["top1"]),
         "95% interval": f"{_pct(row['top1_ci_low'])} - {_pct(row['top1_ci_high'])}", "top-5": _pct(row["top5"]),
     }

@@ -21,6 +21,8 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from casflow.tasks.fingerprint import fingerprint
+
 RECIPE_NAMES = ("fast", "accurate", "paper")
 
 
@@ -42,6 +44,11 @@ class Recipe:
 
     def fingerprint_inputs(self) -> dict[str, Any]:
         return {"recipe": self.name, "recipe_version": self.version, "hyperparameters": dataclasses.asdict(self.hp)}
+
+    @property
+    def fingerprint(self) -> str:
+        """Names the recipe with its hyperparameters: runs are compared only under the same one."""
+        return fingerprint("recipe", 1, self.fingerprint_inputs())
 
 
 def resolve(name: str, options: dict[str, Any]) -> Recipe:

@@ -27,11 +27,12 @@ def test_results_prints_the_latest_run(tmp_path, tiny_config, capsys):
 
     store = steps.open_store(steps.read_config(str(tiny_config([{"name": "g", "generator": {"kind": "real"}}]))).store)
     counts = ClassCounts((2, 2), (2, 1), (2, 2), ((2, 0), (1, 1)))
-    ok = ModelOutcome("real", "real", counts=counts, n_train_per_class=(5, 5), samples_cached=True,
+    ok = ModelOutcome("real", "real", counts=(counts,), n_train_per_class=(5, 5), samples_cached=True,
                       classifier_cached=True, evaluation_cached=True)
     bad = ModelOutcome("broken", "npz", error="model 'broken' x.npz: no arr_1 (labels)")
     for i, run_id in enumerate(["20261122T000000Z-old", "20261123T000000Z-new"]):
-        run = RunInfo(run_id, datetime(2026, 11, 22 + i, tzinfo=timezone.utc), None, "digits", "d" * 64, ("cat", "dog"), "fast", 0)
+        run = RunInfo(run_id, datetime(2026, 11, 22 + i, tzinfo=timezone.utc), None, "digits", "d" * 64, ("cat", "dog"), "fast",
+                      "f" * 64, 0, (0,))
         steps.write_results(store, run, [ok, bad], "real")
     assert main(["results", "--store", store.url, "--per-class"]) == 0
     out = capsys.readouterr().out

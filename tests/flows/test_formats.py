@@ -65,7 +65,7 @@ def run_models(config_path: Path) -> Run:
     for model in config.all_models:
         try:
             samples = steps.draw_samples(config, store, model, dataset, "cpu")
-            classifier = steps.train_classifier(config, store, samples, dataset, "cpu")
+            classifier = steps.train_classifier(config, store, samples, dataset, "cpu", config.seed)
             evaluation = steps.evaluate_classifier(config, store, classifier, dataset, "cpu")
         except Exception as exc:
             run.errors[model.name] = exc
@@ -320,7 +320,7 @@ def test_allow_shortfall_shows_in_n_train(tmp_path, good_store, train):
     samples, classifier, evaluation = run.done["short"]
     assert list(samples.shard_set.count_per_class) == expected
     model = steps.read_config(str(config_path)).models[0]
-    rows = per_class_rows(_run_info(run), steps.outcome(model, samples, classifier, evaluation, error=None))
+    rows = per_class_rows(_run_info(run), steps.outcome(model, samples, [classifier], [evaluation], error=None))
     assert [row["n_train"] for row in rows] == expected  # the shortfall shows in the results
 
 
@@ -635,9 +635,9 @@ def test_rerun_after_fix_recomputes_that_model_only(tmp_path, train, monkeypatch
 
 def _run_info(run: Run) -> RunInfo:
     return RunInfo("test-run", datetime.now(timezone.utc), None, "digits", run.dataset.fingerprint, run.dataset.class_names,
-                   "fast", 0)
+                   "fast", "f" * 64, 0, (0,))
 
 
 def _outcomes(config, run: Run) -> list:
-    return [steps.outcome(m, *run.done[m.name], error=None) if m.name in run.done
-            else steps.outcome(m, None, None, None, error=run.messages[m.name]) for m in config.all_models]
+    return [steps.outcome(m, run.done[m.name][0], run.done[m.name][1:2], run.done[m.name][2:], error=None) if m.name in run.done
+            else steps.outcome(m, None, [], [], error=run.messages[m.name]) for m in config.all_models]

@@ -122,3 +122,27 @@ def test_transient_store_error_is_retried_and_bad_input_is_not(tiny_config, tmp_
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
     samples_run = next(r for r in runs if r.name == "samples-bad")
     assert samples_run.run_count == 1  # bad input: no retry
+
+
+def test_two_nights_through_the_cas_command(tiny_config, tmp_path, capsys):
+    """The nightly gate as a CI job runs it: exit 0 on the first night, 3 when a model got worse."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    from casflow.flows.cli import main
+
+    first = tiny_config([{"name": "candidate", "generator": {"kind": "gaussian", "components": 16}}], name="n1.yaml")
+    assert main(["run", str(first), "--fail-on-regression"]) == 0
+    worse = tiny_config([{"name": "candidate", "generator": {"kind": "gaussian", "components": 2}}], name="n2.yaml")
+    assert main(["run", str(worse), "--fail-on-regression"]) == 3
+    captured = capsys.readouterr()
+    assert "vs last" in captured.out and "worse" in captured.out and "significantly worse: candidate" in captured.err
+    report = next((tmp_path / "store" / "reports").glob("*/index.html"))
+    assert "candidate" in report.read_text()
+    with get_client(sync_client=True) as client:  # the latest of each key: this test's second run
+        changes, note = (client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                               sort=ArtifactSort.CREATED_DESC, limit=1) for key in ("cas-changes", "cas-worst-classes"))
+    assert changes and "worse" in str(changes[0].data)
+    assert "report:" in note[0].data and "index.html" in note[0].data
+    assert main(["run", str(worse)]) == 0  # without the flag a regression is reported, not an error

@@ -35,7 +35,7 @@ def run_all(config_path):
     out = {}
     for model in config.all_models:
         samples = steps.draw_samples(config, store, model, dataset, "cpu")
-        classifier = steps.train_classifier(config, store, samples, dataset, "cpu")
+        classifier = steps.train_classifier(config, store, samples, dataset, "cpu", config.seed)
         evaluation = steps.evaluate_classifier(config, store, classifier, dataset, "cpu")
         out[model.name] = (samples, classifier, evaluation)
     return dataset, out

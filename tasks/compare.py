@@ -1,0 +1,168 @@
+"""Did it get better? Paired comparisons of two runs of one model on the same real eval images.
+
+Two classifiers scored on the same images: only the images where they
+disagree carry information about which is better (McNemar 1947;
+Dietterich 1998 recommends the exact form over a paired t-test). With
+several classifier seeds per run, an image's score is its correctness
+averaged over the seeds (0, 1/k, ..., 1), and the test counts the images
+whose score went up against those whose score went down: a sign test, which
+with one seed is exactly the exact McNemar test.
+
+Numerical choices, each named here and used below:
+- p-value: exact two-sided binomial test on the discordant images,
+  p = min(1, 2 * P[X <= min(up, down)]) with X ~ Binomial(up + down, 1/2).
+- classes: one test per class; Holm's step-down adjustment across the
+  classes keeps the family-wise error at ALPHA (the overall row is one test
+  and is not adjusted).
+- interval: delta = mean over images of (after - before); its 95% interval
+  is the normal interval on those per-image differences (with one seed, the
+  Wald interval for paired proportions), clipped to [-1, 1].
+- seed noise: McNemar's test holds each run's classifiers fixed, so it does
+  not see that retraining alone moves accuracy. With several seeds per run
+  that movement is measured: s, the standard deviation of top-1 across a
+  run's k seeds. A change is not a change unless it exceeds both the larger
+  seed spread s and the 95% half-width of the seed noise in a difference of
+  means, 1.96 * sqrt(s_before^2 / k_before + s_after^2 / k_after). With one
+  seed the noise is unknown and only McNemar's test judges (see the README
+  for how large that noise is on the demo data).
+- verdict: `better` or `worse` when the adjusted p-value is below ALPHA and
+  the change exceeds the seed noise; else `same`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy.stats import binom
+
+ALPHA = 0.05
+Z_95 = 1.959963984540054  # two-sided 95%
+
+
+class ComparisonError(ValueError):
+    """Two runs that cannot be compared: the message says why and what to do."""
+
+
+def mcnemar_exact(up: int, down: int) -> float:
+    """Exact two-sided p-value for `up` improvements against `down` regressions among discordant pairs."""
+    n = up + down
+    if n == 0:
+        return 1.0
+    return float(min(1.0, 2.0 * binom.cdf(min(up, down), n, 0.5)))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1)."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def paired_interval(differences: np.ndarray, z: float = Z_95) -> tuple[float, float]:
+    """Normal interval for the mean of per-image differences, clipped to [-1, 1]: mean +- z * sd / sqrt(n)
+    with the plug-in sd, so that with 0/1 correctness it is the Wald interval for paired proportions,
+    (c - b) / n +- z * sqrt((b + c) / n - ((c - b) / n)^2) / sqrt(n)."""
+    n = len(differences)
+    if n == 0:
+        return -1.0, 1.0
+    mean = float(differences.mean())
+    half = z * float(differences.std()) / math.sqrt(n)
+    return max(-1.0, mean - half), min(1.0, mean + half)
+
+
+def seed_spread(correct: np.ndarray) -> float | None:
+    """Standard deviation of accuracy across seeds (rows of a seeds x images 0/1 matrix); None with one seed."""
+    if correct.shape[0] < 2 or correct.shape[1] == 0:
+        return None
+    return float(correct.mean(axis=1).std(ddof=1))
+
+
+def seed_noise(before: np.ndarray, after: np.ndarray, z: float = Z_95) -> float | None:
+    """How large a change retraining alone makes likely: the larger seed spread, or the z-half-width of the
+    seed noise in a difference of means if that is larger; None unless both runs have several seeds."""
+    spreads = [seed_spread(before), seed_spread(after)]
+    if None in spreads:
+        return None
+    band = z * math.sqrt(spreads[0] ** 2 / before.shape[0] + spreads[1] ** 2 / after.shape[0])
+    return max(*spreads, band)
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """One model's change between two runs, overall (class_index None) or for one class."""
+
+    class_index: int | None
+    n_eval: int
+    top1_before: float
+    top1_after: float
+    delta: float
+    delta_ci_low: float
+    delta_ci_high: float
+    n_better: int  # images whose (seed-averaged) correctness went up
+    n_worse: int  # ... went down
+    p_value: float
+    p_adjusted: float  # Holm across classes; the overall row's own p-value
+    seed_spread: float | None  # the larger of the two runs' spreads
+    seed_noise: float | None  # what a change must exceed to count; None with one seed
+    significant: bool
+    direction: str  # better | worse | same
+
+
+def compare(before: np.ndarray, after: np.ndarray, labels: np.ndarray, num_classes: int) -> list[Change]:
+    """The overall change and one per class.
+
+    before, after: seeds x images arrays of top-1 correctness (0/1) on the same
+    eval images in the same order; labels: the images' true classes."""
+    if before.shape[1] != after.shape[1] or before.shape[1] != len(labels):
+        raise ValueError(f"the runs were scored on different images ({before.shape[1]} vs {after.shape[1]})")
+    groups = [None, *range(num_classes)]
+    raw = []
+    for c in groups:
+        members = np.ones(len(labels), bool) if c is None else labels == c
+        raw.append(_test(before[:, members], after[:, members]))
+    class_adjusted = holm([r["p_value"] for r in raw[1:]])
+    changes = []
+    for c, r, p_adjusted in zip(groups, raw, [raw[0]["p_value"], *class_adjusted]):
+        beyond_noise = r["seed_noise"] is None or abs(r["delta"]) > r["seed_noise"]
+        significant = bool(p_adjusted < ALPHA and beyond_noise and r["delta"] != 0)
+        direction = ("better" if r["delta"] > 0 else "worse") if significant else "same"
+        changes.append(Change(class_index=c, p_adjusted=p_adjusted, significant=significant, direction=direction, **r))
+    return changes
+
+
+def _test(before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
+    score_before, score_after = before.mean(axis=0), after.mean(axis=0)  # per image, averaged over seeds
+    differences = score_after - score_before
+    up, down = int((differences > 0).sum()), int((differences < 0).sum())
+    low, high = paired_interval(differences)
+    spreads = [s for s in (seed_spread(before), seed_spread(after)) if s is not None]
+    noise = seed_noise(before, after)
+    return {
+        "n_eval": len(differences),
+        "top1_before": float(score_before.mean()) if len(differences) else 0.0,
+        "top1_after": float(score_after.mean()) if len(differences) else 0.0,
+        "delta": float(differences.mean()) if len(differences) else 0.0,
+        "delta_ci_low": low, "delta_ci_high": high,
+        "n_better": up, "n_worse": down,
+        "p_value": mcnemar_exact(up, down),
+        "seed_spread": max(spreads) if spreads else None,
+        "seed_noise": noise,
+    }
+
+
+def previous_run(history: Sequence[dict[str, Any]], current: dict[str, Any]) -> dict[str, Any] | None:
+    """The summary row a model's row is compared with: its latest earlier successful run on the same
+    dataset, recipe and classifier seeds whose samples differ; None when there is none."""
+    same = ("model", "dataset_fingerprint", "recipe_fingerprint", "classifier_seeds")
+    candidates = [row for row in history
+                  if row["run_id"] < current["run_id"] and row["status"] == "ok"
+                  and all(row.get(k) is not None and row.get(k) == current[k] for k in same)
+                  and row["samples_fingerprint"] != current["samples_fingerprint"]]
+    return max(candidates, key=lambda row: row["run_id"], default=None)

@@ -1,0 +1,126 @@
+"""The statistics that judge a change between two runs, pinned against scipy and direct computations."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+
+from casflow.tasks.compare import ALPHA, compare, holm, mcnemar_exact, paired_interval, previous_run, seed_spread
+
+
+@pytest.mark.parametrize("up, down", [(0, 0), (1, 0), (0, 1), (5, 1), (10, 10), (3, 17), (100, 70), (9, 31), (1000, 950)])
+def test_mcnemar_exact_is_the_binomial_test_on_discordant_pairs(up, down):
+    expected = 1.0 if up + down == 0 else binomtest(up, up + down, 0.5, alternative="two-sided").pvalue
+    assert mcnemar_exact(up, down) == pytest.approx(expected, rel=1e-9, abs=1e-300)
+    assert mcnemar_exact(up, down) == mcnemar_exact(down, up)
+
+
+def test_mcnemar_pinned_values():
+    assert mcnemar_exact(0, 20) == pytest.approx(2 * 0.5**20)  # all 20 discordant pairs one way
+    assert mcnemar_exact(5, 1) == pytest.approx(0.21875)  # 2 * (1 + 6) / 64
+
+
+def _holm_by_definition(p):
+    """Holm's step-down rule written out: the i-th smallest p-value times (m - i + 1), running max, capped at 1."""
+    m, order = len(p), np.argsort(p, kind="stable")
+    adjusted = np.empty(m)
+    for rank, i in enumerate(order):
+        adjusted[i] = min(1.0, max((m - j) * p[order[j]] for j in range(rank + 1)))
+    return adjusted
+
+
+@pytest.mark.parametrize("p", [
+    [0.01, 0.04, 0.03, 0.005],
+    [0.5, 0.5, 0.5],
+    [1e-6, 0.2, 0.011, 0.012, 0.9, 0.049, 0.0001, 0.3, 0.02, 0.7],
+    [0.0],
+])
+def test_holm_matches_its_definition(p):
+    assert holm(p) == pytest.approx(list(_holm_by_definition(np.array(p))))
+
+
+def test_holm_pinned_values():
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+
+
+def test_paired_interval_is_the_wald_interval_for_paired_proportions():
+    b, c, same = 7, 19, 333  # b images got worse, c got better, the rest agree
+    n = b + c + same
+    differences = np.array([-1.0] * b + [1.0] * c + [0.0] * same)
+    delta = (c - b) / n
+    half = 1.959963984540054 * math.sqrt((b + c) / n - delta**2) / math.sqrt(n)
+    assert paired_interval(differences) == pytest.approx((delta - half, delta + half))
+    assert paired_interval(np.zeros(10)) == (0.0, 0.0)
+    assert paired_interval(np.ones(5)) == (1.0, 1.0)  # clipped
+
+
+def _correct(n_images, wrong, seeds=1):
+    out = np.ones((seeds, n_images))
+    out[:, wrong] = 0
+    return out
+
+
+def test_a_class_that_broke_is_worse_and_the_others_are_not():
+    labels = np.repeat(np.arange(10), 36)
+    before = _correct(360, [])
+    after = _correct(360, np.flatnonzero(labels == 3)[:30])  # 30 of 36 threes now wrong
+    changes = compare(before, after, labels, 10)
+    overall, classes = changes[0], changes[1:]
+    assert overall.class_index is None and overall.direction == "worse" and overall.n_worse == 30
+    assert overall.delta == pytest.approx(-30 / 360)
+    assert classes[3].direction == "worse" and classes[3].significant
+    assert classes[3].p_adjusted == pytest.approx(min(1.0, 10 * mcnemar_exact(0, 30)))  # Holm: the smallest p times 10
+    assert all(c.direction == "same" and c.p_value == 1.0 for i, c in enumerate(classes) if i != 3)
+
+
+def test_few_discordant_images_are_not_a_change():
+    labels = np.repeat(np.arange(2), 100)
+    before, after = _correct(200, [0, 1, 2]), _correct(200, [150, 151, 152, 153, 154])
+    (overall, *_) = compare(before, after, labels, 2)
+    assert overall.p_value > ALPHA and overall.direction == "same" and overall.delta == pytest.approx(-2 / 200)
+
+
+def test_a_change_within_the_seed_spread_is_not_better():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(2), 500)
+    # two seeds per run that disagree on many images: a spread of several points
+    before = np.stack([rng.random(1000) < 0.70, rng.random(1000) < 0.80]).astype(float)
+    after = np.stack([rng.random(1000) < 0.76, rng.random(1000) < 0.86]).astype(float)
+    (overall, *_) = compare(before, after, labels, 2)
+    assert overall.seed_spread == pytest.approx(max(seed_spread(before), seed_spread(after)))
+    assert abs(overall.delta) < overall.seed_spread and overall.p_value < ALPHA
+    assert not overall.significant and overall.direction == "same"
+
+
+def test_one_seed_has_no_spread():
+    assert seed_spread(np.ones((1, 5))) is None
+    assert seed_spread(np.array([[1, 1, 0, 0], [1, 1, 1, 1]], float)) == pytest.approx(np.std([0.5, 1.0], ddof=1))
+
+
+def test_different_images_refuse_to_compare():
+    with pytest.raises(ValueError, match="different images"):
+        compare(np.ones((1, 5)), np.ones((1, 6)), np.zeros(6, int), 1)
+
+
+def _row(run_id, samples="s1", status="ok", **extra):
+    return {"run_id": run_id, "model": "m", "status": status, "dataset_fingerprint": "d", "recipe_fingerprint": "r",
+            "classifier_seeds": [0], "samples_fingerprint": samples} | extra
+
+
+def test_previous_run_is_the_latest_earlier_success_with_other_samples():
+    current = _row("2026-05", samples="s3")
+    history = [
+        _row("2026-01", samples="s1"),
+        _row("2026-02", samples="s2"),
+        _row("2026-03", samples="s3"),  # the same samples: nothing to judge against
+        _row("2026-04", samples="s9", status="failed"),
+        _row("2026-04b", samples="s9", dataset_fingerprint="other"),
+        _row("2026-04c", samples="s9", recipe_fingerprint="other"),
+        _row("2026-04d", samples="s9", classifier_seeds=[0, 1]),
+        _row("2026-04e", samples="s9", recipe_fingerprint=None),  # a run from before recipes were fingerprinted
+        _row("2026-06", samples="s9"),  # later than the current run
+        _row("2026-04f", samples="s9") | {"model": "other"},
+    ]
+    assert previous_run(history, current)["run_id"] == "2026-02"
+    assert previous_run(history[2:], current) is None
