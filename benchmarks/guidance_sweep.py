@@ -83,7 +83,7 @@ parser.add_argument("--checkpoint", type=Path, help="the reference model: loaded
 parser.add_argument("--train-steps", type=int, default=cfg_flow.Hyper.steps, help="optimiser steps when training it")
 parser.add_argument("--model-seed", type=int, default=0, help="seed of the reference model's training")
 parser.add_argument("--guidance", type=float, nargs="+", default=[0, 0.5, 1, 2, 4, 8])
-parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="run seeds: samples and classifiers")
+parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="run seeds: samples and classifiers")
 parser.add_argument("--work", type=Path, help="store and caches (default: a temporary folder, removed at the end)")
 parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
 parser.add_argument("--threads", type=int, default=1,

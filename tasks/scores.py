@@ -57,6 +57,7 @@ def distance_blocks(queries: np.ndarray, references: np.ndarray, *,
     Squared distances by |q|^2 + |r|^2 - 2 q.r in float64, after centring both
     sets on the references' mean (distances are unchanged, the cancellation in
     the expansion smaller); round-off below zero is clipped to zero."""
+    queries, references = _as_features(queries, "queries"), _as_features(references, "references")
     centre = references.mean(axis=0) if len(references) else 0.0
     queries, references = queries - centre, references - centre
     reference_norms = np.einsum("ij,ij->i", references, references)
