@@ -216,7 +216,9 @@ def markdown(summary: dict, guidance: dict[str, float | None]) -> str:
     return "\n".join(lines)
 
 
-def plot(summary: dict, guidance: dict[str, float | None], path: Path, title: str) -> None:
+def plot(summary: dict, guidance: dict[str, float | None], controls: dict[str, float], path: Path, title: str) -> None:
+    """One panel per kind of score against guidance; dashed lines: the real train split (for near
+    copies, 100% by construction, so the dotted line is the fresh eval split's base rate instead)."""
     swept = [n for n in summary if guidance[n] is not None]
     x = [guidance[n] for n in swept]
     panels = [("accuracy (%)", ["cas_top1", "gan_test"]), ("k-NN scores", ["precision", "recall", "coverage"]),
@@ -228,14 +230,18 @@ def plot(summary: dict, guidance: dict[str, float | None], path: Path, title: st
             mean = np.array([summary[n][key]["mean"] for n in swept]) * scale
             low = mean - np.array([summary[n][key]["min"] for n in swept]) * scale
             high = np.array([summary[n][key]["max"] for n in swept]) * scale - mean
-            line = ax.errorbar(x, mean, yerr=[low, high], marker="o", capsize=3, label=METRICS[key][0], color=f"C{i}")
-            ax.axhline(summary["real"][key]["mean"] * scale, color=line[0].get_color(), linestyle="--", linewidth=1)
+            ax.errorbar(x, mean, yerr=[low, high], marker="o", capsize=3, label=METRICS[key][0], color=f"C{i}")
+            if key.startswith("near_copies"):
+                ax.axhline(controls[f"eval_{key}"] * scale, color=f"C{i}", linestyle=":", linewidth=1)
+            else:
+                ax.axhline(summary["real"][key]["mean"] * scale, color=f"C{i}", linestyle="--", linewidth=1)
         ax.set_xscale("symlog", linthresh=0.5)
         ax.set_xticks(x, [f"{g:g}" for g in x])
         ax.set_xlabel("guidance w")
         ax.set_title(label)
         ax.legend(fontsize=8)
-    figure.suptitle(f"{title}  (dashed: the real train split, same run; bars: min-max over seeds)", fontsize=10)
+    figure.suptitle(f"{title}  (dashed: the real train split, same run; dotted: fresh real images; "
+                    "bars: min-max over seeds)", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -303,7 +309,7 @@ def main() -> None:
         {"header": header, "controls": controls, "summary": summary, "raw": {str(s): r for s, r in raw.items()},
          "configs": {str(s): c for s, c in configs.items()}, "args": {k: str(v) for k, v in vars(args).items()}},
         indent=1) + "\n")
-    plot(summary, guidance, Path(f"{stem}.png"), title)
+    plot(summary, guidance, controls, Path(f"{stem}.png"), title)
     print(f"wrote {stem}.md, .json and .png")
 
 
