@@ -53,3 +53,27 @@ def test_smoke_run_writes_its_table(cifar10_dir, tmp_path):
             assert 0.0 <= run[kind]["top1"] <= 1.0 and run[kind]["wall_s"] > 0
         assert run["decode_cold_s"] > run["decode_warm_s"] >= 0
     assert "airbench94" not in report["raw"]
+
+
+GUIDANCE_SCRIPT = REPO / "benchmarks" / "guidance_sweep.py"
+
+
+@pytest.mark.slow
+def test_guidance_sweep_smoke_writes_table_json_and_plot(tmp_path):
+    env = os.environ | {"CASFLOW_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, str(GUIDANCE_SCRIPT), "--smoke", "--out", str(tmp_path / "results"),
+                           "--work", str(tmp_path / "work")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (md,) = (tmp_path / "results").glob("guidance_sweep-*-smoke.md")
+    text = md.read_text()
+    assert "| model | guidance | CAS top-1 % | CAS / real | GAN-test % | precision | recall |" in text
+    assert "| real |  | " in text and "| cfg-w0 | 0 | " in text and "| cfg-w4 | 4 | " in text
+    report = json.loads(md.with_suffix(".json").read_text())
+    assert report["header"]["seeds"] == [0] and report["header"]["torch"] == torch.__version__
+    assert report["header"]["reference_model"]["trained"] is True
+    real = report["summary"]["real"]
+    assert real["cas_ratio"]["mean"] == 1.0 and real["near_copies_pixels"]["mean"] == 1.0  # the train split is itself
+    assert len(report["raw"]["0"]["cfg-w4"]["per_class"]["cas_top1"]) == 10
+    assert md.with_suffix(".png").stat().st_size > 10_000
+    assert (tmp_path / "work" / "cfg_flow.pt").exists()

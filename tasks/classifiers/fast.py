@@ -118,11 +118,14 @@ class Net(nn.Module):
         self.head = nn.Linear(channels_in, num_classes, bias=False)
         self.logit_scale = hp.logit_scale
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate activations (N, widths[-1]): the last group's channels, max-pooled over space."""
         x = F.gelu(self.whiten(self.normalize(x)))
         x = self.groups(x)
-        x = torch.amax(x, dim=(2, 3))
-        return self.head(x) * self.logit_scale
+        return torch.amax(x, dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)) * self.logit_scale
 
 
 def build(hp: Hyper, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:

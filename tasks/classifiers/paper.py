@@ -53,8 +53,15 @@ class Net(nn.Module):
         if min(height, width) <= 64:
             self.resnet.maxpool = nn.Identity()
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate activations (N, 512 or 2048): torchvision's ResNet.forward up to its fc layer."""
+        r = self.resnet
+        x = r.maxpool(r.relu(r.bn1(r.conv1(self.normalize(x)))))
+        x = r.layer4(r.layer3(r.layer2(r.layer1(x))))
+        return torch.flatten(r.avgpool(x), 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.resnet(self.normalize(x))
+        return self.resnet(self.normalize(x))  # torchvision's own forward: logits exactly as before features() existed
 
 
 def build(hp: Hyper, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from casflow.tasks.classifiers import Recipe
-from casflow.tasks.classifiers.common import ResidentLoader, StreamingLoader, predict_logits
+from casflow.tasks.classifiers.common import ResidentLoader, StreamingLoader, predict_features, predict_logits
 from casflow.tasks.fingerprint import derive_seed
 
 DataPath = Literal["resident", "streaming"]
@@ -112,3 +112,13 @@ def load_weights(recipe: Recipe, data: bytes, *, image_shape: tuple[int, int, in
 def predict(recipe: Recipe, net: torch.nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray:
     """float32 logits (N, classes), with the recipe's test-time augmentation."""
     return predict_logits(net, images, device, tta_level=recipe.hp.tta_level, flip=recipe.hp.flip)
+
+
+def features(recipe: Recipe, net: torch.nn.Module, images: np.ndarray, device: torch.device, *,
+             batch_size: int = 2000) -> np.ndarray:
+    """float32 penultimate activations (N, D) of uint8 NHWC images, without test-time augmentation
+    whatever the recipe's `tta_level` (one embedding per image, as the feature-space scores define;
+    see `common.predict_features`). Every recipe's network has `features(x)`; its logits are
+    `head(features(x))`, unchanged by it. `recipe` is taken for symmetry with predict(): no
+    recipe setting changes the features."""
+    return predict_features(net, images, device, batch_size=batch_size)

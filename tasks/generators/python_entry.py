@@ -10,6 +10,11 @@ loading; None when no checkpoint is configured; the local file path when
 of labels and an int seed, and returns images for exactly those labels, in
 order: a numpy array or torch tensor, uint8 or float in the declared range,
 NHWC or NCHW as declared. It runs under torch.inference_mode.
+
+A text-to-image model says `takes_prompts = True` (an attribute of the
+sampler); casflow then calls `sample(labels, seed, prompts)` with one
+prompt per label, the config's `prompt_template` filled with that label's
+class name ("a photo of a {class_name}" -> "a photo of a cat").
 """
 
 from __future__ import annotations
@@ -22,13 +27,14 @@ import io
 import os
 import pickle
 import re
+import string
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from casflow.tasks.errors import InputError
 from casflow.tasks.files import SourceFiles
@@ -38,6 +44,8 @@ from casflow.tasks.images import to_uint8
 from casflow.tasks.progress import Progress
 from casflow.tasks.samples import check_class_count, conform_images, encode_samples, label_schedule
 from casflow.tasks.schema import Frozen, ResizeFilter
+
+DEFAULT_PROMPT_TEMPLATE = "a photo of a {class_name}"  # CLIP's zero-shot template (Radford et al. 2021)
 
 
 class PythonGenerator(Frozen):
@@ -53,12 +61,37 @@ class PythonGenerator(Frozen):
     layout: Literal["NHWC", "NCHW"] = "NHWC"
     batch_size: int = Field(256, gt=0)  # labels per sample() call; changes the seeds, so fingerprinted
     resize: ResizeFilter | None = None
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE  # for samplers with takes_prompts = True; fingerprinted
     LOCATION_FIELDS: ClassVar[tuple[str, ...]] = ("checkpoint",)
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _one_placeholder(cls, template: str) -> str:
+        """`{class_name}` at least once and no other placeholder (`{{` and `}}` are literal braces)."""
+        try:
+            names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        except ValueError as exc:  # a lone { or }
+            raise ValueError(f"not a format string ({exc}); write {{{{ and }}}} for literal braces") from None
+        unknown = sorted(names - {"class_name"})
+        if unknown:
+            shown = ", ".join("{" + name + "}" for name in unknown)
+            raise ValueError(f"unknown placeholder {shown}: the only one is {{class_name}}")
+        if "class_name" not in names:
+            raise ValueError("must contain {class_name}, where each label's class name goes")
+        return template
 
 
 def content(spec: PythonGenerator, files: SourceFiles, model: str) -> dict[str, Any]:
-    """The settings, the checkpoint's content and the factory's source file: editing it draws again."""
+    """The settings, the checkpoint's content and the factory's source file: editing it draws again.
+
+    `prompt_template` came after the first stored samples: at its default it is
+    left out, so samples stored before it existed keep their fingerprint; any
+    other template is in. (Whether a sampler takes prompts is known only once
+    the factory has run, so a template changes the fingerprint of any Python
+    model; leave it at its default for models without prompts.)"""
     inputs = settings_and_files(spec, files, model)
+    if spec.prompt_template == DEFAULT_PROMPT_TEMPLATE:
+        del inputs["generator"]["prompt_template"]
     inputs["generator"]["code"] = code_digest(spec.entry_point, model)
     return inputs
 
@@ -83,12 +116,13 @@ def draw_python(spec: PythonGenerator, request: DrawRequest) -> Samples:
     declared = getattr(sampler, "num_classes", None)
     if declared is not None:
         check_class_count(int(declared), len(request.class_names), model=request.model, source=spec.entry_point)
+    prompts = class_prompts(spec.prompt_template, request.class_names) if takes_prompts(sampler) else None
 
     def stream() -> Samples:
         progress = Progress(f"model {request.model}: sampling", sum(request.budget))
         for images, labels in draw(sampler, request.budget, seed=request.seed, batch_size=spec.batch_size,
                                    output_range=spec.output_range, layout=spec.layout, image_shape=request.image_shape,
-                                   resize_filter=spec.resize, model=request.model):
+                                   resize_filter=spec.resize, model=request.model, prompts_per_class=prompts):
             yield from encode_samples(images, labels)
             progress.update(len(labels))
 
@@ -187,21 +221,36 @@ def make_sampler(factory: Callable[..., Any], checkpoint: Any, device: str, opti
     return sampler
 
 
+def takes_prompts(sampler: Any) -> bool:
+    """A text-to-image sampler declares `takes_prompts = True` and gets `sample(labels, seed, prompts)`."""
+    return getattr(sampler, "takes_prompts", False) is True
+
+
+def class_prompts(template: str, class_names: Sequence[str]) -> tuple[str, ...]:
+    """One prompt per class: the template with `{class_name}` filled in (validated by the config)."""
+    return tuple(template.format(class_name=name) for name in class_names)
+
+
 def draw(sampler: Any, budget: Sequence[int], *, seed: int, batch_size: int, output_range: str, layout: str,
-         image_shape: tuple[int, int, int], resize_filter: str | None, model: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+         image_shape: tuple[int, int, int], resize_filter: str | None, model: str,
+         prompts_per_class: Sequence[str] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(uint8 NHWC images, labels) per batch of the class-balanced label schedule.
 
     Batch b is drawn with seed derive_seed(seed, b): the samples depend on
-    the seed and the batch size, both fingerprinted."""
+    the seed and the batch size, both fingerprinted. With `prompts_per_class`,
+    sample() also gets each label's prompt, in label order."""
     import torch
 
     schedule = label_schedule(budget)
     for batch, start in enumerate(range(0, len(schedule), batch_size)):
         labels = schedule[start : start + batch_size]
         where = f"sample() batch {batch}"
+        arguments = (labels.copy(), derive_seed(seed, batch))
+        if prompts_per_class is not None:
+            arguments += ([prompts_per_class[label] for label in labels],)
         try:
             with torch.inference_mode():
-                out = sampler.sample(labels.copy(), derive_seed(seed, batch))
+                out = sampler.sample(*arguments)
         except Exception as exc:
             raise InputError(f"sample() raised {type(exc).__name__}: {exc}", model=model, source=where) from None
         if isinstance(out, torch.Tensor):

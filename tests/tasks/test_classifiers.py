@@ -4,7 +4,7 @@ import torch
 
 from casflow.tasks import classifiers, datasets
 from casflow.tasks.classifiers import training
-from casflow.tasks.classifiers.common import ResidentLoader, cutout, predict_logits, random_crop
+from casflow.tasks.classifiers.common import ResidentLoader, cutout, predict_logits, random_crop, seeded_on_device
 from casflow.tasks.classifiers.training import InMemorySamples
 from casflow.tasks.metrics import count_correct
 
@@ -123,3 +123,43 @@ def test_resident_loader_batches_cover_the_data_once_per_epoch():
     loader = ResidentLoader(images, np.arange(10), CPU, batch_size=3, flip=False, translate=0, seed=0)
     labels = torch.cat([y for _, y in loader.epoch(0)])
     assert len(labels) == 9 and len(set(labels.tolist())) == 9  # drop_last: 3 full batches
+
+
+# ---------------------------------------------------------------- penultimate features
+
+def _old_fast_forward(net, x):
+    """fast.Net.forward as it was before features() existed, spelled out."""
+    x = torch.nn.functional.gelu(net.whiten(net.normalize(x)))
+    return net.head(torch.amax(net.groups(x), dim=(2, 3))) * net.logit_scale
+
+
+@pytest.mark.parametrize("recipe, options, width", [
+    ("fast", TINY, 64),
+    ("accurate", TINY, 64),
+    ("paper", {}, 512),
+])
+def test_features_are_the_penultimate_activations_and_leave_the_logits_alone(recipe, options, width):
+    recipe = classifiers.resolve(recipe, options)
+    net = seeded_on_device(lambda: recipe.module.build(recipe.hp, (8, 8, 1), 10), 0, CPU).eval()
+    x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        feats, logits = net.features(x), net(x)
+        if recipe.name == "paper":
+            assert torch.equal(logits, net.resnet.fc(feats))
+            assert torch.equal(logits, net.resnet(net.normalize(x)))  # torchvision's own forward, as stored weights expect
+        else:
+            assert torch.equal(logits, net.head(feats) * net.logit_scale)
+            assert torch.equal(logits, _old_fast_forward(net, x))  # bit-identical to the logits before features()
+    assert feats.shape == (5, width)
+
+
+def test_training_features_are_float32_without_tta_and_batch_independent(digits):
+    train, held_out = digits
+    recipe = classifiers.resolve("fast", TINY | {"epochs": 1, "tta_level": 2})
+    net, _ = _train(recipe, train)
+    feats = training.features(recipe, net, held_out.images, CPU)
+    assert feats.dtype == np.float32 and feats.shape == (len(held_out.labels), 64)
+    with torch.no_grad():  # one view per image: the network's features of the image as it is
+        direct = net.features(torch.from_numpy(held_out.images).permute(0, 3, 1, 2).float() / 255).numpy()
+    np.testing.assert_allclose(feats, direct, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(training.features(recipe, net, held_out.images, CPU, batch_size=7), feats, rtol=1e-5, atol=1e-6)

@@ -47,6 +47,14 @@ def test_config_is_frozen():
     ("dataset: {kind: hf-parquet, name: c}\n" + GOOD, "dataset.train", "Field required"),
     ("models:\n  - {name: p, generator: {kind: python, entry_point: 'no colon'}}\n", "models.0.generator.entry_point", "pattern"),
     ("models:\n  - {name: real, generator: {kind: gaussian}}\n", "", "kept for the baseline"),
+    ("models:\n  - {name: p, generator: {kind: python, entry_point: 'm:f', prompt_template: 'a photo'}}\n",
+     "models.0.generator.prompt_template", "must contain {class_name}"),
+    ("models:\n  - {name: p, generator: {kind: python, entry_point: 'm:f', prompt_template: '{class_name} by {artist}'}}\n",
+     "models.0.generator.prompt_template", "unknown placeholder {artist}"),
+    ("models:\n  - {name: p, generator: {kind: python, entry_point: 'm:f', prompt_template: 'a {} {class_name}'}}\n",
+     "models.0.generator.prompt_template", "unknown placeholder {}"),
+    ("models:\n  - {name: p, generator: {kind: python, entry_point: 'm:f', prompt_template: 'a {class_name'}}\n",
+     "models.0.generator.prompt_template", "not a format string"),
 ])
 def test_bad_config_names_the_key(text, path, words):
     with pytest.raises(ConfigError) as info:

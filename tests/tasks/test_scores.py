@@ -1,0 +1,226 @@
+"""Feature-space scores, each pinned against a direct computation (loops over
+scipy's cdist, scipy.linalg.sqrtm) on small seeded features, plus known answers
+and the memorisation rule on the embedded digits."""
+
+import functools
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from scipy.spatial.distance import cdist
+
+from casflow.tasks import classifiers, datasets, scores
+from casflow.tasks.classifiers import training
+from casflow.tasks.classifiers.training import InMemorySamples
+from casflow.tasks.generators.builtin import GaussianPCA
+from casflow.tasks.samples import label_schedule
+
+CPU = torch.device("cpu")
+TINY = {"widths": [32, 64, 64], "epochs": 6, "batch_size": 64, "flip": False, "translate": 1}
+
+
+def features(seed: int, n: int, d: int = 6, shift: float = 0.0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, d)) + shift
+
+
+# ---------------------------------------------------------------- direct computations
+
+def direct_kth_neighbour(points, k):
+    d = cdist(points, points)
+    return np.array([np.sort(np.delete(d[i], i))[k - 1] for i in range(len(points))])
+
+
+def direct_precision_recall(real, fake, k):
+    real_radii, fake_radii = direct_kth_neighbour(real, k), direct_kth_neighbour(fake, k)
+    d = cdist(fake, real)
+    precision = np.mean([any(d[j, i] <= real_radii[i] for i in range(len(real))) for j in range(len(fake))])
+    recall = np.mean([any(d[j, i] <= fake_radii[j] for j in range(len(fake))) for i in range(len(real))])
+    return precision, recall
+
+
+def direct_density_coverage(real, fake, k):
+    radii = direct_kth_neighbour(real, k)
+    d = cdist(real, fake)
+    density = sum(d[i, j] <= radii[i] for i in range(len(real)) for j in range(len(fake))) / (k * len(fake))
+    coverage = np.mean([d[i].min() <= radii[i] for i in range(len(real))])
+    return density, coverage
+
+
+def direct_frechet(a, b):
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = scipy.linalg.sqrtm(cov_a @ cov_b)
+    assert np.abs(root.imag).max() < 1e-6  # the round-off the eigenvalue route never produces
+    return np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(cov_a + cov_b - 2 * root.real)
+
+
+# ---------------------------------------------------------------- pinned against direct computations
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_frechet_distance_matches_scipy_sqrtm(seed):
+    a, b = features(seed, 80), features(seed + 100, 60, shift=0.3) * np.linspace(0.5, 2.0, 6)
+    assert scores.frechet_distance(a, b) == pytest.approx(direct_frechet(a, b), rel=1e-9)
+    assert scores.frechet_distance(a, b) == pytest.approx(scores.frechet_distance(b, a), rel=1e-9)
+
+
+def whitened(seed: int, n: int, d: int) -> np.ndarray:
+    """Points whose sample mean is exactly 0 and sample covariance exactly the identity."""
+    x = features(seed, n, d)
+    x -= x.mean(0)
+    return x @ np.linalg.inv(np.linalg.cholesky(np.cov(x, rowvar=False))).T
+
+
+def test_frechet_distance_known_answer_for_diagonal_gaussians():
+    # FD = |mu_a - mu_b|^2 + sum (s_a - s_b)^2 when both covariances are diagonal
+    scale_a, scale_b, shift = np.array([1.0, 2.0, 0.5, 3.0]), np.array([2.0, 2.0, 1.5, 1.0]), np.array([1.0, -2.0, 0.0, 0.5])
+    a, b = whitened(0, 200, 4) * scale_a, whitened(1, 150, 4) * scale_b + shift
+    expected = np.sum(shift**2) + np.sum((scale_a - scale_b) ** 2)
+    assert scores.frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_kth_neighbour_and_nearest_match_cdist(k):
+    points, queries = features(0, 40), features(1, 25)
+    np.testing.assert_allclose(scores.kth_neighbour_distances(points, k), direct_kth_neighbour(points, k), rtol=1e-10)
+    distances, nearest = scores.nearest_neighbours(queries, points)
+    d = cdist(queries, points)
+    np.testing.assert_array_equal(nearest, d.argmin(1))
+    np.testing.assert_allclose(distances, d.min(1), rtol=1e-10)
+
+
+@pytest.mark.parametrize("seed, k", [(0, 3), (1, 3), (2, 1), (3, 5)])
+def test_precision_recall_match_brute_force(seed, k):
+    real, fake = features(seed, 50), features(seed + 10, 40, shift=0.7)
+    result = scores.precision_recall(real, fake, k=k)
+    assert (result.precision, result.recall) == pytest.approx(direct_precision_recall(real, fake, k), abs=1e-12)
+    assert 0 < result.precision < 1 and 0 < result.recall < 1  # a case where both the inside and outside are exercised
+
+
+@pytest.mark.parametrize("seed, k", [(0, 5), (1, 5), (2, 2)])
+def test_density_coverage_match_brute_force(seed, k):
+    real, fake = features(seed, 50), features(seed + 10, 45, shift=0.5)
+    result = scores.density_coverage(real, fake, k=k)
+    assert (result.density, result.coverage) == pytest.approx(direct_density_coverage(real, fake, k), abs=1e-12)
+    assert 0 < result.coverage < 1
+
+
+def test_near_copies_match_brute_force():
+    train, samples = features(0, 60), np.concatenate([features(0, 60)[:10] + 1e-3, features(1, 30)])
+    d_train = cdist(train, train)
+    np.fill_diagonal(d_train, np.inf)
+    threshold = np.quantile(d_train.min(1), 0.05)
+    d = cdist(samples, train)
+    result = scores.near_copies(train, samples, quantile=0.05)
+    assert result.threshold == pytest.approx(threshold, rel=1e-12)
+    np.testing.assert_array_equal(result.flags, d.min(1) < threshold)
+    np.testing.assert_array_equal(result.nearest, d.argmin(1))
+    assert result.flags[:10].all() and result.fraction == pytest.approx(result.flags.mean())
+
+
+# ---------------------------------------------------------------- known answers and invariances
+
+def test_identical_sets():
+    x = features(0, 100, d=8)
+    assert scores.frechet_distance(x, x) == pytest.approx(0.0, abs=1e-9)
+    assert scores.precision_recall(x, x) == scores.PrecisionRecall(1.0, 1.0)
+    assert scores.density_coverage(x, x).coverage == 1.0
+    assert scores.near_copies(x, x).fraction == 1.0  # every point is its own train image
+
+
+def test_disjoint_sets_score_zero():
+    real, fake = features(0, 30), features(1, 30, shift=100.0)
+    assert scores.precision_recall(real, fake) == scores.PrecisionRecall(0.0, 0.0)
+    assert scores.density_coverage(real, fake) == scores.DensityCoverage(0.0, 0.0)
+    assert scores.near_copies(real, fake).fraction == 0.0
+
+
+def test_blocks_do_not_change_the_numbers():
+    real, fake = features(0, 70), features(1, 50, shift=0.4)
+    one_row = 1  # block_elements below one row's length: a block of one row at a time
+    blocked = np.concatenate([block for _, block in scores.distance_blocks(fake, real, block_elements=one_row)])
+    (_, whole), = scores.distance_blocks(fake, real, block_elements=10**9)
+    np.testing.assert_allclose(blocked, whole, rtol=1e-12)
+    radii = scores.kth_neighbour_distances(real, 3)
+    np.testing.assert_allclose(scores.kth_neighbour_distances(real, 3, block_elements=one_row), radii, rtol=1e-12)
+    np.testing.assert_array_equal(scores.balls_containing(fake, real, radii, block_elements=one_row),
+                                  scores.balls_containing(fake, real, radii))
+
+
+def test_too_few_points_and_bad_shapes_are_errors():
+    with pytest.raises(ValueError, match="k = 3 needs at least 4 points"):
+        scores.precision_recall(features(0, 3), features(1, 10))
+    with pytest.raises(ValueError, match="expected \\(N, D\\) features"):
+        scores.frechet_distance(np.zeros(5), np.zeros((5, 1)))
+    with pytest.raises(ValueError, match="at least 2 points"):
+        scores.frechet_distance(np.zeros((1, 3)), np.zeros((5, 3)))
+
+
+# ---------------------------------------------------------------- per class and GAN-test
+
+def test_per_class_scores_each_class_on_its_own():
+    real, fake = features(0, 60), features(1, 45, shift=0.2)
+    real_labels, fake_labels = np.arange(60) % 3, np.arange(45) % 3
+    score = functools.partial(scores.precision_recall, k=2)
+    got = scores.per_class(score, real, real_labels, fake, fake_labels, 3)
+    assert got == [score(real[real_labels == c], fake[fake_labels == c]) for c in range(3)]
+    fds = scores.per_class(scores.frechet_distance, real, real_labels, fake, fake_labels, 3)
+    assert fds[1] == pytest.approx(direct_frechet(real[real_labels == 1], fake[fake_labels == 1]), rel=1e-9)
+    with pytest.raises(ValueError, match="class 3: .*at least 2 points"):
+        scores.per_class(scores.frechet_distance, real, real_labels, fake, fake_labels, 4)
+
+
+def test_fraction_per_class():
+    flags = np.array([True, False, True, True, False])
+    labels = np.array([0, 0, 1, 1, 0])
+    np.testing.assert_allclose(scores.fraction_per_class(flags, labels, 3), [1 / 3, 1.0, np.nan])
+
+
+def test_gan_test_is_the_accuracy_on_the_samples_per_class():
+    logits = np.eye(3)[[0, 1, 2, 0, 0, 1]]
+    labels = np.array([0, 1, 2, 1, 2, 1])
+    counts = scores.gan_test(logits, labels, 3)
+    assert counts.top1 == pytest.approx(4 / 6)
+    assert counts.per_class_top1() == pytest.approx([1.0, 2 / 3, 0.5])
+
+
+# ---------------------------------------------------------------- memorisation on the digits
+
+@pytest.fixture(scope="module")
+def digits_sets():
+    """Real train and eval digits, noisy copies of the train images, and the PCA Gaussian's samples."""
+    train, held_out = datasets.digits_splits(0.2, 0)
+    rng = np.random.default_rng(0)
+    light_noise = 5.0  # pixel std on the 0..255 scale: 2% of the range, invisible at a glance
+    noisy = np.clip(np.rint(train.images + rng.normal(0, light_noise, train.images.shape)), 0, 255).astype(np.uint8)
+    labels = label_schedule(train.counts())
+    gaussian = GaussianPCA.fit(train, components=32).sample(labels, seed=0, temperature=1.0)
+    return train, {"eval": (held_out.images, held_out.labels), "noisy-copies": (noisy, train.labels),
+                   "gaussian-pca32": (gaussian, labels)}
+
+
+def pixels(images: np.ndarray) -> np.ndarray:
+    return images.reshape(len(images), -1).astype(np.float64)
+
+
+def test_near_copies_flag_noisy_training_images_not_the_gaussian_in_pixel_space(digits_sets):
+    train, sets = digits_sets
+    fraction = {name: scores.near_copies(pixels(train.images), pixels(images)) for name, (images, _) in sets.items()}
+    assert fraction["noisy-copies"].fraction == 1.0
+    assert fraction["gaussian-pca32"].fraction <= 0.005
+    assert fraction["eval"].fraction <= 0.03  # fresh real images: the rule's base rate, about its 1% quantile
+    noisy_labels = sets["noisy-copies"][1]
+    assert np.all(scores.fraction_per_class(fraction["noisy-copies"].flags, noisy_labels, 10) == 1.0)
+    assert np.array_equal(fraction["noisy-copies"].nearest, np.arange(len(train.labels)))  # each found its source
+
+
+def test_near_copies_in_classifier_features(digits_sets):
+    train, sets = digits_sets
+    recipe = classifiers.resolve("fast", TINY)
+    net, _ = training.train(recipe, InMemorySamples(train.images, train.labels), num_classes=10, device=CPU, seed=0,
+                            resident_limit_gb=16.0)
+    reference = training.features(recipe, net, train.images, CPU)
+    fraction = {name: scores.near_copies(reference, training.features(recipe, net, images, CPU)).fraction
+                for name, (images, _) in sets.items()}
+    assert fraction["noisy-copies"] >= 0.8
+    assert fraction["gaussian-pca32"] <= 0.02
+    assert fraction["eval"] <= 0.03
