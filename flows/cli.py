@@ -7,9 +7,11 @@
   cas compare [RUN_A] [RUN_B] [--model NAME] [--per-class] [--fail-on-regression]
                                             paired comparison of two runs (default: the latest two)
   cas report [--run ID] [--out FILE]        the run's HTML report (default: the latest run)
+  cas verify [--quick] [--fix]              every committed object against its commit marker
 
 Exit status: 0 when everything finished; 1 when a model failed (the others
-are still written) or a report or results could not be read; 2 for a bad
+are still written), results could not be read, or `verify` found problems
+(left after --fix); 2 for a bad
 config or command line, unknown run ids, or runs that cannot be compared;
 3 with --fail-on-regression when a model got significantly worse (overall or
 in a class), and nothing failed.
@@ -213,6 +215,24 @@ def report_command(store, run_id: str | None, out: str | None) -> int:
     return 0
 
 
+def verify_command(store, quick: bool, fix: bool) -> int:
+    from casflow.storage import verify
+
+    findings = verify.verify(store, full=not quick)
+    what = "sizes and commit markers" if quick else "sizes, commit markers and every sha256"
+    if not findings:
+        print(f"{store.url}: nothing wrong ({what} checked)")
+        return 0
+    print(verify.render(store, findings))
+    if not fix:
+        print(f"\n{len(findings)} problem(s); `cas verify --fix` removes what the next run rebuilds")
+        return 1
+    removed = verify.repair(store, findings)
+    kept = [f for f in findings if not f.repair]
+    print(f"\nremoved {len(removed)}; the next run rebuilds them" + (f"; {len(kept)} left to you" if kept else ""))
+    return 1 if kept else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cas", description="Classification Accuracy Score for conditional generative models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -240,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     cmp.add_argument("--model", help="only this model")
     cmp.add_argument("--per-class", action="store_true", help="every class, not only those that changed significantly")
     cmp.add_argument("--fail-on-regression", action="store_true", help="exit 3 when a model got significantly worse")
+    ver = sub.add_parser("verify", help="check every committed object on the store against its commit marker")
+    where(ver)
+    ver.add_argument("--quick", action="store_true", help="sizes and markers only, no sha256 of shards")
+    ver.add_argument("--fix", action="store_true", help="remove what the next run can rebuild")
     rep = sub.add_parser("report", help="write a run's HTML report to the store (and to --out)")
     where(rep)
     rep.add_argument("--run", help="run id (default: the latest)")
@@ -252,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         return run(DEMO_CONFIG, args.store)
     if args.command == "run":
         return run(args.config, args.store, args.fail_on_regression)
+    from casflow.storage.results import ResultsError
+    from casflow.storage.store import IntegrityError
+
     store = _open_store(args)
     try:
         if args.command == "compare":
@@ -260,13 +287,15 @@ def main(argv: list[str] | None = None) -> int:
             return compare_command(store, *(args.runs + [None, None])[:2], args.model, args.per_class, args.fail_on_regression)
         if args.command == "report":
             return report_command(store, args.run, args.out)
+        if args.command == "verify":
+            return verify_command(store, args.quick, args.fix)
         if args.list:
             from casflow.storage import results
 
             print("\n".join(results.run_ids(store)))
             return 0
         return show_results(store, args.run, args.per_class, args.model)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ResultsError, IntegrityError) as exc:  # the message names the file
         print(f"cas: {exc}", file=sys.stderr)
         return 1
 

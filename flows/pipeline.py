@@ -20,7 +20,7 @@ import logging
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import allow_failure, flow, task
 from prefect.cache_policies import NO_CACHE
@@ -62,6 +62,8 @@ def _step(fn, name: str, retries: int = 3, run_name: str | None = None):
                 retry_condition_fn=_retry_if_transient, cache_policy=NO_CACHE)(body)
 
 
+verify_store = task(name="verify-store", retries=3, retry_delay_seconds=RETRY_DELAYS,
+                    retry_condition_fn=_retry_if_transient, cache_policy=NO_CACHE)(steps.verify_store)
 prepare_dataset = _step(steps.prepare_dataset, "prepare-dataset")
 draw_samples = _step(steps.draw_samples, "draw-samples", run_name="samples-{model.name}")
 train_classifier = _step(steps.train_classifier, "train-classifier", run_name="train-{samples.model}-seed{seed}")
@@ -101,10 +103,16 @@ def _settle(config: Config, futures: dict[str, list[PrefectFuture]]) -> list:
 
 
 @flow(name="cas-evaluation", task_runner=ThreadPoolTaskRunner(max_workers=8))
-def cas_evaluation(config_path: str = DEMO_CONFIG, store_url: str | None = None) -> Any:
-    """Evaluate every model of a config by CAS and append the results to the store."""
+def cas_evaluation(config_path: str = DEMO_CONFIG, store_url: str | None = None,
+                   verify: Literal["off", "quick", "full"] = "off") -> Any:
+    """Evaluate every model of a config by CAS and append the results to the store.
+
+    `verify` quick or full first checks every committed object on the store (`cas verify`) and
+    removes what this run can rebuild; the nightly deployment runs it full."""
     config = steps.read_config(config_path, store_url)
     store = steps.open_store(config.store)
+    if verify != "off":
+        verify_store(store, verify)
     started = datetime.now(timezone.utc)
     flow_run_id = flow_run.get_id()
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{(flow_run_id or uuid.uuid4().hex)[:8]}"

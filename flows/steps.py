@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow.compute as pc
 
-from casflow.storage import artifacts, decoded_cache, results
+from casflow.storage import artifacts, decoded_cache, results, verify
 from casflow.storage.shards import ShardInfo, ShardSet, iter_shard_set, load_shard_set, sample_key, write_shard_set
 from casflow.storage.sources import Files
 from casflow.storage.store import Store, s3_options
@@ -124,6 +124,18 @@ def open_files(config: StoreConfig) -> Files:
 def _s3_options(config: StoreConfig) -> dict:
     secret = lambda s: s.get_secret_value() if s is not None else None  # noqa: E731
     return s3_options(config.endpoint_url, config.region, secret(config.access_key_id), secret(config.secret_access_key))
+
+
+# ---------------------------------------------------------------- step 0 (nightly): the store checked
+
+def verify_store(store: Store, level: str) -> list[verify.Finding]:
+    """`level` full or quick (`storage.verify`): every committed object checked; what a run can
+    rebuild is removed so that this run rebuilds it, the rest is reported."""
+    findings = verify.verify(store, full=level == "full")
+    for finding in findings:
+        log.warning("verify: %s", verify.render(store, [finding]))
+    verify.repair(store, findings)
+    return findings
 
 
 # ---------------------------------------------------------------- step 1: the real dataset as shards

@@ -1,14 +1,20 @@
 """A model's classifier and evaluation on the store, written and read here only.
 
-  classifiers/<fp>/model.pt         the weights (torch.save of a CPU state dict)
-  classifiers/<fp>/train_log.json   the training log; written last, it commits the classifier
-  evaluations/<fp>/predictions.parquet  per real eval image: key, true class, top-5 classes, p(true class)
-  evaluations/<fp>/metrics.json     per-class counts on the real eval split; written last, it commits
-                                    the evaluation (runs before predictions were stored have none)
+  classifiers/<fp>/model.pt              the weights (torch.save of a CPU state dict)
+  classifiers/<fp>/train_log.json        the training log, with the weights' sha256 and size; written
+                                         last, it commits the classifier
+  evaluations/<fp>/predictions.parquet   per real eval image: key, true class, top-5 classes, p(true class)
+  evaluations/<fp>/metrics.json          per-class counts, with the predictions' sha256 and size; written
+                                         last, it commits the evaluation
+
+Every object a marker names is checked against its digest when it is read
+(an IntegrityError names it); markers written before digests were kept
+have none, and their objects are read unchecked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from typing import Any
@@ -17,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from casflow.storage.store import Store
+from casflow.storage.store import REBUILD, IntegrityError, Store
 
 WEIGHTS = "model.pt"
 TRAIN_LOG = "train_log.json"
@@ -33,8 +39,9 @@ PREDICTIONS_SCHEMA = pa.schema([
 
 def write_classifier(store: Store, fingerprint: str, weights: bytes, train_log: dict[str, Any]) -> None:
     store.write_bytes(store.location("classifiers", fingerprint, WEIGHTS), weights)
+    marker = train_log | {"weights_sha256": hashlib.sha256(weights).hexdigest(), "weights_size": len(weights)}
     store.write_bytes(store.location("classifiers", fingerprint, TRAIN_LOG),  # last: the commit marker
-                      json.dumps(train_log, indent=1, sort_keys=True).encode())
+                      json.dumps(marker, indent=1, sort_keys=True).encode())
 
 
 def read_train_log(store: Store, fingerprint: str) -> dict[str, Any] | None:
@@ -42,11 +49,13 @@ def read_train_log(store: Store, fingerprint: str) -> dict[str, Any] | None:
     log_at, weights_at = (store.location("classifiers", fingerprint, name) for name in (TRAIN_LOG, WEIGHTS))
     if not (store.exists(log_at) and store.exists(weights_at)):
         return None
-    return json.loads(store.read_bytes(log_at))
+    return _read_marker(store, log_at)
 
 
 def read_weights(store: Store, fingerprint: str) -> bytes:
-    return store.read_bytes(store.location("classifiers", fingerprint, WEIGHTS))
+    """The weights, checked against the sha256 their commit marker recorded."""
+    marker = _read_marker(store, store.location("classifiers", fingerprint, TRAIN_LOG))
+    return _read_checked(store, store.location("classifiers", fingerprint, WEIGHTS), marker.get("weights_sha256"))
 
 
 def write_evaluation(store: Store, fingerprint: str, metrics: dict[str, Any], keys: list[str], labels: np.ndarray,
@@ -55,9 +64,11 @@ def write_evaluation(store: Store, fingerprint: str, metrics: dict[str, Any], ke
                      schema=PREDICTIONS_SCHEMA)
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
-    store.write_bytes(store.location("evaluations", fingerprint, PREDICTIONS), buffer.getvalue())
+    predictions = buffer.getvalue()
+    store.write_bytes(store.location("evaluations", fingerprint, PREDICTIONS), predictions)
+    marker = metrics | {"predictions_sha256": hashlib.sha256(predictions).hexdigest(), "predictions_size": len(predictions)}
     store.write_bytes(store.location("evaluations", fingerprint, METRICS),  # last: the commit marker
-                      json.dumps(metrics, sort_keys=True).encode())
+                      json.dumps(marker, sort_keys=True).encode())
 
 
 def read_evaluation(store: Store, fingerprint: str) -> dict[str, Any] | None:
@@ -65,7 +76,7 @@ def read_evaluation(store: Store, fingerprint: str) -> dict[str, Any] | None:
     metrics_at = store.location("evaluations", fingerprint, METRICS)
     if not store.exists(metrics_at):
         return None
-    return json.loads(store.read_bytes(metrics_at))
+    return _read_marker(store, metrics_at)
 
 
 def read_predictions(store: Store, fingerprint: str) -> pa.Table | None:
@@ -73,4 +84,24 @@ def read_predictions(store: Store, fingerprint: str) -> pa.Table | None:
     location = store.location("evaluations", fingerprint, PREDICTIONS)
     if not store.exists(location):
         return None
-    return pq.read_table(io.BytesIO(store.read_bytes(location)), schema=PREDICTIONS_SCHEMA).sort_by("key")
+    marker = read_evaluation(store, fingerprint) or {}
+    data = _read_checked(store, location, marker.get("predictions_sha256"))
+    return pq.read_table(io.BytesIO(data), schema=PREDICTIONS_SCHEMA).sort_by("key")
+
+
+def _read_marker(store: Store, location: str) -> dict[str, Any]:
+    try:
+        marker = json.loads(store.read_bytes(location))
+        if not isinstance(marker, dict):
+            raise ValueError(f"a JSON {type(marker).__name__}, not an object")
+        return marker
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise IntegrityError(f"{store.uri(location)}: unreadable commit marker ({exc}); {REBUILD}") from None
+
+
+def _read_checked(store: Store, location: str, sha256: str | None) -> bytes:
+    data = store.read_bytes(location)
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise IntegrityError(f"{store.uri(location)}: sha256 {hashlib.sha256(data).hexdigest()[:16]}... ({len(data)} bytes) "
+                             f"disagrees with its commit marker's {sha256[:16]}...; {REBUILD}")
+    return data

@@ -113,10 +113,11 @@ CHANGES_SCHEMA = pa.schema([
 
 TABLES = {"per_class": PER_CLASS_SCHEMA, "changes": CHANGES_SCHEMA, "summary": SUMMARY_SCHEMA}
 _RUN_DIR = re.compile(r"^run=(.+)$")
+PART = "part-0.parquet"
 
 
 def write_table(store: Store, table: str, rows: list[dict[str, Any]], run_id: str, run_time: datetime) -> str:
-    """Write one run's rows as one Parquet file; returns its URI."""
+    """Write one run's rows as one Parquet file (atomically); returns its URI."""
     data = pa.Table.from_pylist(rows, schema=TABLES[table])
     buffer = io.BytesIO()
     pq.write_table(data, buffer, compression="zstd")
@@ -126,31 +127,45 @@ def write_table(store: Store, table: str, rows: list[dict[str, Any]], run_id: st
 
 
 def run_ids(store: Store) -> list[str]:
-    """Every run with a summary, oldest first."""
-    root = store.results_root("summary")
-    ids = []
-    for date_dir in store.listdir(root):
-        for run_dir in store.listdir(f"{root}/{date_dir}"):
-            match = _RUN_DIR.match(run_dir)
-            if match:
-                ids.append(match.group(1))
-    return sorted(ids)
+    """Every committed run (one with a summary file; a run killed while writing has none), oldest first."""
+    return sorted(run_id for run_id, _ in _run_files(store, "summary"))
 
 
 def read_run(store: Store, table: str, run_id: str) -> pa.Table:
     """One run's rows of a table."""
-    root = store.results_root(table)
-    for date_dir in store.listdir(root):
-        location = f"{root}/{date_dir}/run={run_id}/part-0.parquet"
-        if store.exists(location):
-            return pq.read_table(io.BytesIO(store.read_bytes(location)), schema=TABLES[table])
-    raise FileNotFoundError(f"no {table} results for run {run_id} in {store.uri(root)}")
+    for found, location in _run_files(store, table):
+        if found == run_id:
+            return _read(store, table, location, store.read_bytes(location))
+    raise FileNotFoundError(f"no {table} results for run {run_id} in {store.uri(store.results_root(table))}")
 
 
 def read_all(store: Store, table: str) -> pa.Table:
     """Every run's rows of a table, oldest run first (columns a run's file lacks read as null)."""
-    root = store.results_root(table)
-    locations = [f"{root}/{date_dir}/{run_dir}/part-0.parquet" for date_dir in store.listdir(root)
-                 for run_dir in store.listdir(f"{root}/{date_dir}") if _RUN_DIR.match(run_dir)]
-    tables = [pq.read_table(io.BytesIO(data), schema=TABLES[table]) for data in store.read_many(locations)]
+    locations = [location for _, location in _run_files(store, table)]
+    tables = [_read(store, table, location, data) for location, data in zip(locations, store.read_many(locations))]
     return pa.concat_tables(tables).sort_by("run_id") if tables else TABLES[table].empty_table()
+
+
+class ResultsError(ValueError):
+    """A results file that cannot be read; the message names it."""
+
+
+def _read(store: Store, table: str, location: str, data: bytes) -> pa.Table:
+    try:
+        return pq.read_table(io.BytesIO(data), schema=TABLES[table])
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise ResultsError(f"{store.uri(location)}: unreadable {table} results ({type(exc).__name__}: {exc}); "
+                           "`cas verify` lists every such file") from None
+
+
+def _run_files(store: Store, table: str) -> list[tuple[str, str]]:
+    """(run id, location) of each committed part-0.parquet of a table (one recursive listing); temporary
+    files of an interrupted write are not runs."""
+    root = store.results_root(table)
+    found = []
+    for location in store.find(root):
+        date_dir, run_dir, name = (location.split("/")[-3:] + ["", "", ""])[:3]
+        match = _RUN_DIR.match(run_dir)
+        if name == PART and match and date_dir.startswith("date="):
+            found.append((match.group(1), location))
+    return found

@@ -25,17 +25,13 @@ from typing import IO, Any
 
 import webdataset
 
-from casflow.storage.store import Store
+from casflow.storage.store import REBUILD, IntegrityError, Store
 
 log = logging.getLogger("casflow.storage")
 
 FORMAT = "casflow-shards/1"
 MANIFEST = "manifest.json"
 KEY_DIGITS = 9
-
-
-class ShardIntegrityError(ValueError):
-    """A committed shard set whose bytes disagree with its manifest."""
 
 
 class ShardFormatError(ValueError):
@@ -168,16 +164,15 @@ def load_shard_set(store: Store, location: str) -> ShardSet | None:
             raise ValueError(f"unknown format {manifest.get('format')!r}")
         shard_set = _shard_set(location, manifest, data)
     except (ValueError, KeyError, TypeError) as exc:
-        raise ShardIntegrityError(f"{store.uri(location)}/{MANIFEST}: unreadable manifest ({exc})") from None
+        raise IntegrityError(f"{store.uri(location)}/{MANIFEST}: unreadable manifest ({exc}); {REBUILD}") from None
     present = set(store.listdir(location))
     for shard in shard_set.shards:
         if shard.name not in present:
-            raise ShardIntegrityError(f"{store.uri(location)}/{shard.name}: listed in the manifest but missing; "
-                                      "delete the folder to rebuild it")
+            raise IntegrityError(f"{store.uri(location)}/{shard.name}: listed in the manifest but missing; {REBUILD}")
         actual = store.size(f"{location}/{shard.name}")
         if actual != shard.size:
-            raise ShardIntegrityError(f"{store.uri(location)}/{shard.name}: {actual} bytes, manifest says {shard.size}; "
-                                      "delete the folder to rebuild it")
+            raise IntegrityError(f"{store.uri(location)}/{shard.name}: {actual} bytes, manifest says {shard.size}; "
+                                 f"{REBUILD}")
     return shard_set
 
 
@@ -261,5 +256,5 @@ def iter_shard_set(store: Store, shard_set: ShardSet) -> Iterator[tuple[str, dic
             reader = _Tap(raw, sha256=True)
             yield from iter_tar(io.BufferedReader(reader, 2**20), source, seen)  # reads the stream to its end
         if reader.size != shard.size or reader.sha256.hexdigest() != shard.sha256:
-            raise ShardIntegrityError(f"{source}: sha256 {reader.sha256.hexdigest()[:16]}... ({reader.size} bytes) "
-                                      f"disagrees with the manifest's {shard.sha256[:16]}... ({shard.size} bytes)")
+            raise IntegrityError(f"{source}: sha256 {reader.sha256.hexdigest()[:16]}... ({reader.size} bytes) "
+                                 f"disagrees with the manifest's {shard.sha256[:16]}... ({shard.size} bytes); {REBUILD}")

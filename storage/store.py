@@ -11,13 +11,14 @@ Layout (the only place paths are built; see `Store.location`):
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import IO, Any, Literal
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from casflow.storage.atomic import atomic_file, is_temporary
+from casflow.storage.atomic import atomic_file, is_debris, is_temporary
 
 Kind = Literal["real", "samples", "classifiers", "evaluations"]
 KINDS: tuple[str, ...] = ("real", "samples", "classifiers", "evaluations")
@@ -39,6 +40,14 @@ def s3_options(endpoint_url: str | None = None, region: str | None = None, key: 
     if key:
         options["key"], options["secret"] = key, secret
     return options
+
+
+class IntegrityError(ValueError):
+    """A committed object that disagrees with its commit marker (size, sha256) or cannot be parsed:
+    corruption at rest. Never retried; `cas verify --fix` removes it so that the next run rebuilds it."""
+
+
+REBUILD = "run `cas verify --fix` to remove it; the next run rebuilds it"
 
 
 def filesystem(url: str, s3: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -78,7 +87,7 @@ class Store:
         return "/".join((kind, fingerprint, *parts))
 
     def results_location(self, table: str, date: str, run_id: str) -> str:
-        return f"results/{table}/date={date}/run={run_id}/part-0.parquet"
+        return f"results/{table}/date={date}/run={run_id}/part-0.parquet"  # storage.results.PART
 
     def results_root(self, table: str) -> str:
         return f"results/{table}"
@@ -122,6 +131,15 @@ class Store:
     def size(self, relative: str) -> int:
         return int(self.fs.size(self.path(relative)))
 
+    def find(self, relative: str) -> list[str]:
+        """Store-relative paths of every file below a folder, sorted (empty if it does not exist)."""
+        full = self.path(relative)
+        try:
+            paths = self.fs.find(full)
+        except FileNotFoundError:
+            return []
+        return sorted(f"{relative}/{p[len(full) + 1:]}" for p in paths if p.startswith(full + "/"))
+
     def listdir(self, relative: str) -> list[str]:
         """Names directly below a folder (empty if it does not exist)."""
         full = self.path(relative)
@@ -146,14 +164,16 @@ class Store:
             f.write(data)
 
     def remove_debris(self, relative: str) -> int:
-        """Delete leftover temporary files of a crashed local write below a folder."""
+        """Delete the temporary files below a folder that no live writer owns (`atomic.is_debris`)."""
         if self.is_remote:
             return 0
         removed = 0
         for name in self.listdir(relative):
-            if is_temporary(name):
-                os.remove(self.path(f"{relative}/{name}"))
-                removed += 1
+            path = self.path(f"{relative}/{name}")
+            if is_temporary(name) and is_debris(path):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+                    removed += 1
         return removed
 
     def remove(self, relative: str) -> None:

@@ -132,15 +132,26 @@ def draw_python(spec: PythonGenerator, request: DrawRequest) -> Samples:
 SOURCES = (SampleSource(PythonGenerator, content, draw_python),)
 
 
+# What a user's code may raise and still be only that model failing. SystemExit too: sys.exit() or an
+# argparse at import in a user's module is the model failing, not casflow asked to stop (a real Ctrl-C
+# is a KeyboardInterrupt in the main thread, and SIGTERM is handled by the `cas` command).
+USER_CODE_ERRORS = (Exception, SystemExit)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: it called sys.exit({exc.code!r}) (as argparse does on a command line it cannot parse)"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def load_factory(entry_point: str, model: str) -> Callable[..., Any]:
     """`package.module:factory` (installed, or found from the working directory as `python -m`
     would) or `path/to/file.py:factory`."""
     module_name, _, attr = entry_point.rpartition(":")
     try:
         module = _import_file(module_name) if module_name.endswith(".py") else _import_module(module_name)
-    except Exception as exc:  # a user's module can raise anything at import
-        raise InputError(f"entry point {entry_point}: cannot import {module_name} ({type(exc).__name__}: {exc})",
-                         model=model) from None
+    except USER_CODE_ERRORS as exc:  # a user's module can raise anything at import, even exit
+        raise InputError(f"entry point {entry_point}: cannot import {module_name} ({_describe(exc)})", model=model) from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise InputError(f"entry point {entry_point}: module {module_name} has no callable '{attr}'", model=model)
@@ -213,8 +224,8 @@ def make_sampler(factory: Callable[..., Any], checkpoint: Any, device: str, opti
                  entry_point: str, model: str) -> Any:
     try:
         sampler = factory(checkpoint, device=device, **options)
-    except Exception as exc:
-        raise InputError(f"factory {entry_point} raised {type(exc).__name__}: {exc}", model=model) from None
+    except USER_CODE_ERRORS as exc:
+        raise InputError(f"factory {entry_point} raised {_describe(exc)}", model=model) from None
     if not callable(getattr(sampler, "sample", None)):
         raise InputError(f"factory {entry_point} returned {type(sampler).__name__}, which has no sample(labels, seed)",
                          model=model)
@@ -251,8 +262,8 @@ def draw(sampler: Any, budget: Sequence[int], *, seed: int, batch_size: int, out
         try:
             with torch.inference_mode():
                 out = sampler.sample(*arguments)
-        except Exception as exc:
-            raise InputError(f"sample() raised {type(exc).__name__}: {exc}", model=model, source=where) from None
+        except USER_CODE_ERRORS as exc:
+            raise InputError(f"sample() raised {_describe(exc)}", model=model, source=where) from None
         if isinstance(out, torch.Tensor):
             out = out.detach().cpu()
             out = out.float().numpy() if out.dtype in (torch.bfloat16, torch.float16) else out.numpy()

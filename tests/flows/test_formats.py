@@ -44,6 +44,7 @@ from helpers import write_config
 GOOD = {"name": "gauss", "generator": {"kind": "gaussian", "components": 16}}
 GENS = "casflow_formats_gens"  # the test's Python generators (written below)
 BROKEN = "casflow_formats_broken"  # a module that raises at import
+ARGPARSE = "casflow_formats_argparse"  # a module that parses the command line at import, and exits
 
 
 # ---------------------------------------------------------------- running the steps, one model failing alone
@@ -176,17 +177,31 @@ def user_modules(tmp_path_factory):
                     x = x[:-1]
                 if self.fault == "list":
                     return x.tolist()
+                if self.fault == "exit":
+                    import sys
+                    sys.exit(3)
                 return x
 
         def make(checkpoint, device, fault=None):
             if fault == "factory":
                 raise RuntimeError("cannot build the network")
+            if fault == "factory-exit":
+                raise SystemExit("bad flag")
             return Sampler(fault)
 
         def no_sample(checkpoint, device):
             return object()
     """))
     (root / f"{BROKEN}.py").write_text("import a_package_that_is_not_installed\n")
+    (root / f"{ARGPARSE}.py").write_text(textwrap.dedent("""
+        import argparse
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--checkpoint-dir", required=True)
+        args = parser.parse_args()  # at import: what a training script does
+
+        def make(checkpoint, device):
+            raise AssertionError("never reached")
+    """))
     sys.path.insert(0, str(root))
     yield root
     sys.path.remove(str(root))
@@ -559,6 +574,10 @@ BAD = [
         ("cannot import", "ModuleNotFoundError", "a_package_that_is_not_installed")),
     Bad("py-no-factory", python(entry=f"{GENS}:nope", where=f"{GENS}:nope"), ("has no callable 'nope'",)),
     Bad("py-factory-raises", python("factory", where=f"{GENS}:make"), ("raised RuntimeError: cannot build the network",)),
+    Bad("py-factory-exits", python("factory-exit", where=f"{GENS}:make"), ("raised SystemExit", "sys.exit('bad flag')")),
+    Bad("py-sample-exits", python("exit"), ("sample() raised SystemExit", "sys.exit(3)")),
+    Bad("py-argparse-at-import", python(entry=f"{ARGPARSE}:make", where=f"{ARGPARSE}:make"),
+        ("cannot import", "SystemExit", "sys.exit(2)")),
     Bad("py-no-sample", python(entry=f"{GENS}:no_sample", where=f"{GENS}:no_sample"),
         ("returned object, which has no sample(labels, seed)",)),
     Bad("py-sample-raises", python("raises"), ("sample() raised RuntimeError: CUDA out of memory",)),

@@ -68,16 +68,28 @@ def test_failing_model_is_isolated_and_the_run_fails(tiny_config, tmp_path, monk
                     raise RuntimeError("CUDA fell over")
             return S()
     """))
+    (tmp_path / "exiting_gen.py").write_text(textwrap.dedent("""
+        import sys
+
+        def make(checkpoint, device):
+            class S:
+                def sample(self, labels, seed):
+                    sys.exit("out of ideas")
+            return S()
+    """))
     monkeypatch.syspath_prepend(str(tmp_path))
-    models = MODELS[:1] + [{"name": "broken", "generator": {"kind": "python", "entry_point": "broken_gen:make"}}]
+    models = MODELS[:1] + [{"name": "broken", "generator": {"kind": "python", "entry_point": "broken_gen:make"}},
+                           {"name": "exits", "generator": {"kind": "python", "entry_point": "exiting_gen:make"}}]
     state = cas_evaluation(str(tiny_config(models)), return_state=True)
     assert state.is_failed()
-    assert "1 of 3 models failed" in state.message and "broken" in state.message
+    assert "2 of 4 models failed" in state.message and "broken" in state.message
     report = state.result(raise_on_failure=False)
     assert report["models"]["gauss"] == "ok"
     assert "model 'broken'" in report["models"]["broken"] and "RuntimeError: CUDA fell over" in report["models"]["broken"]
+    assert "model 'exits'" in report["models"]["exits"] and "sys.exit('out of ideas')" in report["models"]["exits"]
     rows = summary(tmp_path / "store", report["run_id"])
     assert rows["broken"]["status"] == "failed" and "CUDA fell over" in rows["broken"]["error"]
+    assert rows["exits"]["status"] == "failed" and "SystemExit" in rows["exits"]["error"]
     assert rows["gauss"]["status"] == "ok" and rows["gauss"]["cas_top1"] > 0.5
     assert len(list((tmp_path / "store" / "samples").iterdir())) == 1  # only gauss's samples were committed
 
@@ -146,3 +158,17 @@ def test_two_nights_through_the_cas_command(tiny_config, tmp_path, capsys):
     assert changes and "worse" in str(changes[0].data)
     assert "report:" in note[0].data and "index.html" in note[0].data
     assert main(["run", str(worse)]) == 0  # without the flag a regression is reported, not an error
+
+
+def test_the_nightly_verify_rebuilds_a_corrupt_shard_before_the_evaluation(tiny_config, tmp_path):
+    path = tiny_config(MODELS[:1])
+    cas_evaluation(str(path))
+    (shard,) = (tmp_path / "store").glob("samples/*/shard-000000.tar")
+    good = shard.read_bytes()
+    damaged = bytearray(good)
+    damaged[-100] ^= 0xFF
+    shard.write_bytes(bytes(damaged))  # corruption at rest: a fully cached run would never read it
+    report = cas_evaluation(str(path), verify="full")
+    rows = summary(tmp_path / "store", report["run_id"])
+    assert rows["gauss"]["status"] == "ok" and not rows["gauss"]["samples_cached"]  # removed, then rebuilt
+    assert shard.read_bytes() == good

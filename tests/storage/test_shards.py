@@ -8,13 +8,12 @@ import webdataset
 
 from casflow.storage.shards import (
     ShardFormatError,
-    ShardIntegrityError,
     iter_shard_set,
     iter_tar,
     load_shard_set,
     write_shard_set,
 )
-from casflow.storage.store import Store
+from casflow.storage.store import IntegrityError, Store
 from casflow.tasks.images import decode_image
 from casflow.tasks.samples import encode_samples
 
@@ -91,13 +90,13 @@ def test_corrupted_shard_is_an_error_naming_it(tmp_path):
     data = bytearray(path.read_bytes())
     data[600] ^= 0xFF  # same size, other bytes
     path.write_bytes(bytes(data))
-    with pytest.raises(ShardIntegrityError, match="shard-000001.tar: sha256"):
+    with pytest.raises(IntegrityError, match="shard-000001.tar: sha256"):
         list(iter_shard_set(store, shard_set))
     path.write_bytes(bytes(data[:-512]))
-    with pytest.raises(ShardIntegrityError, match="shard-000001.tar: .* bytes, manifest says"):
+    with pytest.raises(IntegrityError, match="shard-000001.tar: .* bytes, manifest says"):
         load_shard_set(store, "samples/x")
     path.unlink()
-    with pytest.raises(ShardIntegrityError, match="shard-000001.tar: listed in the manifest but missing"):
+    with pytest.raises(IntegrityError, match="shard-000001.tar: listed in the manifest but missing"):
         load_shard_set(store, "samples/x")
 
 

@@ -27,12 +27,34 @@ def test_write_is_atomic_and_leaves_no_temporaries(tmp_path):
     assert "s" in repr(store)
 
 
-def test_debris_of_a_crashed_write_is_removed(tmp_path):
+def test_debris_of_a_crashed_write_is_removed_and_a_live_writers_work_is_not(tmp_path):
+    import subprocess
+    import sys
+
+    from casflow.storage import atomic
+
     store = Store(str(tmp_path / "s"))
     store.write_bytes("d/x.tar", b"x")
-    (tmp_path / "s" / "d" / "y.tar.tmp-deadbeef").write_bytes(b"half")
-    assert store.remove_debris("d") == 1
-    assert store.listdir("d") == ["x.tar"]
+    folder = tmp_path / "s" / "d"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = atomic._HOST
+    (folder / f"a.tar.tmp-{host}-{int(dead.stdout)}-0123456789ab").write_bytes(b"a crashed writer's half")
+    (folder / f"b.tar.tmp-{host}-{os.getpid()}-0123456789ab").write_bytes(b"a live writer's half")
+    (folder / "c.tar.tmp-otherhost-123-0123456789ab").write_bytes(b"another host's, young")
+    old = folder / "d.tar.tmp-deadbeef"  # a name from before writers were named, untouched for a day
+    old.write_bytes(b"half")
+    os.utime(old, (0, os.path.getmtime(old) - atomic.STALE_SECONDS - 60))
+    assert store.remove_debris("d") == 2
+    assert store.listdir("d") == [f"b.tar.tmp-{host}-{os.getpid()}-0123456789ab", "c.tar.tmp-otherhost-123-0123456789ab", "x.tar"]
+
+
+def test_a_failed_write_leaves_no_temporary(tmp_path):
+    from casflow.storage.atomic import atomic_file
+
+    with pytest.raises(RuntimeError), atomic_file(tmp_path / "f.bin") as f:
+        f.write(b"half")
+        raise RuntimeError("disk on fire")
+    assert os.listdir(tmp_path) == []
 
 
 def test_digest_follows_content_not_location(tmp_path):
