@@ -18,6 +18,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from casflow.storage import verify
 from casflow.storage.shards import iter_shard_set, load_shard_set
 from casflow.storage.store import Store
 from helpers import REPO, prefect_command, write_config
@@ -138,12 +139,22 @@ def test_sigkill_while_sharding_then_rerun(tmp_path, prefect_api):
 
 @pytest.mark.s3
 @pytest.mark.deployment
-def test_two_runs_at_once_on_one_store(tmp_path, s3, prefect_api):
-    config = write_config(tmp_path, GAUSSIANS[:2], store_url=s3.store_url)
-    env = cas_env(tmp_path, prefect_api, s3)
+def test_two_runs_at_once_on_one_s3_store(tmp_path, s3, prefect_api):
+    two_runs_at_once(tmp_path, s3.store_url, cas_env(tmp_path, prefect_api, s3))
+
+
+@pytest.mark.deployment
+def test_two_runs_at_once_on_one_local_store(tmp_path, prefect_api):
+    """Both write the same shards, classifiers and evaluations into one folder at the same moments:
+    neither may take the other's temporary files for debris."""
+    two_runs_at_once(tmp_path, str(tmp_path / "store"), cas_env(tmp_path, prefect_api))
+
+
+def two_runs_at_once(tmp_path, store_url: str, env: dict) -> None:
+    config = write_config(tmp_path, GAUSSIANS[:2], store_url=store_url, store={"url": store_url, "shard_size": 50})
     first, second = start_cas(config, env, tmp_path), start_cas(config, env, tmp_path)
     finish(first), finish(second)
-    store = Store(s3.store_url)
+    store = Store(store_url)
     rows = summaries(store)
     assert len(rows) == 6 and {r["status"] for r in rows} == {"ok"}
     by_model = {}
@@ -154,6 +165,7 @@ def test_two_runs_at_once_on_one_store(tmp_path, s3, prefect_api):
     assert len(sets) == 2 and all(s is not None for s in sets)
     for shard_set in sets:
         assert sum(1 for _ in iter_shard_set(store, shard_set)) == shard_set.num_samples
+    assert [f.location for f in verify.verify(store)] == []  # nothing half-written, no debris
 
 
 @pytest.mark.s3
