@@ -514,6 +514,19 @@ def unsafe_pickle(path: Path) -> None:
     torch.save({"weights": torch.zeros(3), "args": argparse.Namespace(lr=0.1)}, path)  # a pickled class
 
 
+class RunsACommand:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo this must never run",))
+
+
+def malicious_pickle(path: Path) -> None:
+    import pickle
+
+    path.write_bytes(pickle.dumps({"weights": [0.0], "payload": RunsACommand()}))  # a plain pickle, protocol 5
+
+
 BAD = [
     # npz (ADM / guided-diffusion)
     Bad("npz-16px", npz_of(lambda t: np.repeat(np.repeat(t.images, 2, 1), 2, 2)), ("16x16, the dataset's are 8x8", "resize")),
@@ -572,7 +585,12 @@ BAD = [
     Bad("py-list", python("list"), ("sample() returned list, expected a numpy array or torch tensor",)),
     Bad("py-class-count", python("classes", where=f"{GENS}:make"), ("5 classes, the dataset has 10",)),
     Bad("py-unreadable-checkpoint", python_checkpoint(lambda p: p.write_bytes(b"PK\x03\x04 half a zip")), ("unreadable checkpoint",)),
-    Bad("py-unsafe-checkpoint", python_checkpoint(unsafe_pickle), ("unsafe checkpoint", "argparse.Namespace", "allow_unsafe_checkpoint")),
+    Bad("py-unsafe-checkpoint", python_checkpoint(unsafe_pickle),
+        ("checkpoint refused as unsafe", "argparse.Namespace", "set allow_unsafe_checkpoint: true")),
+    Bad("py-malicious-checkpoint", python_checkpoint(malicious_pickle),
+        ("checkpoint refused as unsafe", "posix.system (os.system)", "set allow_unsafe_checkpoint: true")),
+    Bad("py-whole-module-checkpoint", python_checkpoint(lambda p: torch.save(torch.nn.Linear(2, 2), p)),
+        ("checkpoint refused as unsafe", "torch.nn.modules.linear.Linear", "set allow_unsafe_checkpoint: true")),
     Bad("py-missing-checkpoint", python_checkpoint(lambda p: None), ("no such file",)),
 ]
 
