@@ -123,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         return run(DEMO_CONFIG, args.store)
     if args.command == "run":
         return run(args.config, args.store)
-    store = _open_store(args)
+    try:
+        store = _open_store(args)
+    except (ValueError, OSError) as exc:  # a bad config (ConfigError), or a store URL that keeps nothing
+        print(f"cas: {exc}", file=sys.stderr)
+        return 2
     if args.list:
         from casflow.storage import results
 

@@ -24,11 +24,11 @@ import numpy as np
 
 from casflow.storage import artifacts, decoded_cache, results
 from casflow.storage.shards import ShardInfo, ShardSet, iter_shard_set, load_shard_set, write_shard_set
-from casflow.storage.sources import Files
-from casflow.storage.store import Store, s3_options
+from casflow.storage.sources import Files, FileTooLarge, NotRegularFile, read_local_file
+from casflow.storage.store import Store, s3_options, store_url_problem
 from casflow.tasks import datasets, devices, generators
 from casflow.tasks.classifiers import training
-from casflow.tasks.config import Config, ModelConfig, StoreConfig, parse_config
+from casflow.tasks.config import MAX_CONFIG_BYTES, Config, ConfigError, ModelConfig, StoreConfig, parse_config
 from casflow.tasks.errors import InputError
 from casflow.tasks.fingerprint import derive_seed, fingerprint
 from casflow.tasks.images import decode_many, stack_images
@@ -97,11 +97,20 @@ class ResultsRecord:
 # ---------------------------------------------------------------- config and store
 
 def read_config(path: str, store_url: str | None = None) -> Config:
-    """Load and validate a YAML config file; `store_url` overrides `store.url`."""
-    with open(path, encoding="utf-8") as f:
-        config = parse_config(f.read(), source=path)
+    """Load and validate a YAML config file; `store_url` overrides `store.url`.
+
+    ConfigError for anything that stops the run before it starts: a file that is not a regular file or
+    is larger than MAX_CONFIG_BYTES, not UTF-8, not valid, or a store that cannot keep the results."""
+    try:
+        text = read_local_file(path, path, MAX_CONFIG_BYTES, what="a config")
+    except (NotRegularFile, FileTooLarge) as exc:
+        raise ConfigError(str(exc)) from None
+    config = parse_config(text, source=path)
     if store_url:
         config = config.model_copy(update={"store": config.store.model_copy(update={"url": store_url})})
+    problem = store_url_problem(config.store.url)
+    if problem:
+        raise ConfigError(f"{path}: store.url {config.store.url}: {problem}")
     return config
 
 

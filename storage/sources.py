@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -21,6 +22,37 @@ from casflow.storage import decoded_cache
 from casflow.storage.atomic import atomic_file
 from casflow.storage.shards import iter_tar
 from casflow.storage.store import filesystem, s3_options
+
+
+class NotRegularFile(ValueError):
+    """A device, pipe, socket or folder where a file was expected: reading it may never end."""
+
+
+def regular_file_size(path: str, name: str) -> int:
+    """The size of a local regular file (links followed); NotRegularFile for anything else, without opening it
+    (opening a pipe waits for a writer; /dev/zero never ends)."""
+    mode = os.stat(path).st_mode  # FileNotFoundError when absent
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
+        raise NotRegularFile(f"{name}: not a regular file ({kind}); casflow reads regular files only")
+    return os.stat(path).st_size
+
+
+def read_local_file(path: str, name: str, max_bytes: int, what: str = "a file") -> bytes:
+    """A local regular file's bytes, at most max_bytes (checked before reading, and while reading)."""
+    size = regular_file_size(path, name)
+    if size > max_bytes:
+        raise FileTooLarge(f"{name}: {size} bytes, more than {what} may have ({max_bytes})")
+    with open(path, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise FileTooLarge(f"{name}: grew past {max_bytes} bytes while being read, more than {what} may have")
+    return data
+
+
+class FileTooLarge(ValueError):
+    """A file (or archive member) larger than a configured limit."""
 
 
 class Files:

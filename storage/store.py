@@ -40,6 +40,27 @@ def s3_options(endpoint_url: str | None = None, region: str | None = None, key: 
     return options
 
 
+# Where a store's objects outlive the process that wrote them: a local folder (or file://), S3, and
+# the other object stores fsspec reaches with one atomic PUT per object.
+DURABLE_PROTOCOLS = ("file", "local", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
+
+
+def store_url_problem(url: str) -> str | None:
+    """Why a store URL cannot keep a run's results, or None when it can."""
+    if "::" in url:
+        return "chained URLs (a cache or archive in front of a store) are not a store; give a local folder or s3://bucket/prefix"
+    if "://" not in url:
+        return None  # a local folder
+    protocol = url.split("://", 1)[0].lower()
+    if protocol in DURABLE_PROTOCOLS:
+        return None
+    if protocol == "memory":
+        return ("memory:// lives in this process only: the results would vanish when the run ends; "
+                "give a local folder or s3://bucket/prefix")
+    return (f"{protocol}:// is not a store casflow can keep results in (it writes to "
+            f"{', '.join(p + '://' for p in DURABLE_PROTOCOLS if p != 'local')} or a local folder)")
+
+
 def filesystem(url: str, s3: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem and path of a URL: a local path, file://, s3:// (with these options) or any fsspec URL."""
     if url.startswith("s3://") or url.startswith("s3a://"):
@@ -55,6 +76,9 @@ class Store:
     key, built by `location` or `results_location`; `uri` turns one into the URL a user pastes."""
 
     def __init__(self, url: str, s3: dict[str, Any] | None = None):
+        problem = store_url_problem(url)
+        if problem:
+            raise ValueError(f"store.url {url}: {problem}")
         self.fs, self.root = filesystem(url, s3 if s3 is not None else s3_options())
         self.url = url if self.is_remote else os.path.abspath(self.root)
         self.root = self.root.rstrip("/")
