@@ -10,6 +10,7 @@ Layout (the only place paths are built; see `Store.location`):
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import IO, Any, Literal
 
@@ -178,8 +179,15 @@ _TRANSIENT_NAMES = {
 }
 
 
+# OSErrors that a retry within minutes does not cure: a full disk or quota, a read-only or too small file
+# system. Retrying them only delays the error (a full disk was retried for 96 s).
+PERMANENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.ENAMETOOLONG})
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Worth a retry: the store was unreachable or slow, not wrong."""
+    """Worth a retry: the store was unreachable or slow, not wrong (and not full)."""
+    if any(isinstance(e, OSError) and e.errno in PERMANENT_ERRNOS for e in _chain(exc)):
+        return False
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return False
     if isinstance(exc, (ConnectionError, TimeoutError, OSError)):

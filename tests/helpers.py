@@ -36,3 +36,15 @@ def write_config(directory: Path, models: list[dict], *, store_url: str | None =
 def prefect_command() -> str:
     """The `prefect` script of the Python running the tests."""
     return str(Path(sys.executable).with_name("prefect"))
+
+
+def fill(folder: Path) -> None:
+    """Fill a file system to its last byte (ENOSPC)."""
+    import errno
+
+    with open(folder / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc

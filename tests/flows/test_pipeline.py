@@ -122,3 +122,26 @@ def test_transient_store_error_is_retried_and_bad_input_is_not(tiny_config, tmp_
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
     samples_run = next(r for r in runs if r.name == "samples-bad")
     assert samples_run.run_count == 1  # bad input: no retry
+
+
+def test_disk_full_fails_that_model_at_once_naming_the_file(tiny_config, small_disk):
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    # 9 MB: the digits shards (3.7 MB), then `gauss` (3.5 MB of samples and classifier) fit; `gauss8`'s
+    # 2.9 MB shard does not, and the results (a few KB) do again
+    disk = small_disk(9 * 2**20)
+    models = MODELS[:1] + [{"name": "gauss8", "generator": {"kind": "gaussian", "components": 8}}]
+    state = cas_evaluation(str(tiny_config(models, store={"url": str(disk / "store")})), return_state=True)
+    assert state.is_failed()
+    report = state.result(raise_on_failure=False)
+    assert report["models"]["gauss"] == "ok" and report["models"]["real"] == "ok"
+    error = report["models"]["gauss8"]
+    assert error.startswith("model 'gauss8': ") and "No space left on device" in error, error
+    assert f"{disk}/store/samples/" in error and "shard-000000.tar" in error, error  # names the file
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    assert next(r for r in runs if r.name == "samples-gauss8").run_count == 1  # a full disk is not retried
+    rows = summary(disk / "store", report["run_id"])
+    assert rows["gauss8"]["status"] == "failed" and rows["gauss"]["status"] == "ok"
+    assert not [p for p in (disk / "store").rglob("*") if ".tmp-" in p.name]

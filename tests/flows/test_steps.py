@@ -201,3 +201,17 @@ def test_builtin_samples_are_byte_identical_across_cpus(tmp_path):
         shards.append(json.loads(result.stdout.strip().splitlines()[-1]))
     for variant, got in zip(CPU_VARIANTS[1:], shards[1:]):
         assert got == shards[0], f"{variant}: {[m for m in got if got[m] != shards[0][m]]} differ from {CPU_VARIANTS[0]}"
+
+
+def test_a_full_decoded_cache_falls_back_to_the_shards(tiny_config, small_disk, monkeypatch, caplog):
+    from helpers import fill
+
+    cache = small_disk(64 * 1024, name="cache")
+    fill(cache)
+    monkeypatch.setenv("CASFLOW_CACHE_DIR", str(cache))
+    with caplog.at_level("WARNING", logger="casflow"):
+        _, records = run_all(tiny_config(MODELS))
+    assert {name: r[2].counts.top1 > 0 for name, r in records.items()} == {"real": True, "gauss": True, "shuffled": True}
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and str(cache) in warnings[0] and "No space left on device" in warnings[0], warnings
+    assert not [p for p in cache.rglob("*") if p.is_file() and p.name != "filler"]  # nothing half-written

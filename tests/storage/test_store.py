@@ -58,3 +58,38 @@ def test_transient_errors():
     assert not is_transient(FileNotFoundError())
     assert not is_transient(PermissionError())
     assert not is_transient(ValueError("bad input"))
+
+
+def test_disk_full_is_not_transient_names_the_file_and_leaves_nothing(small_disk):
+    import errno
+
+    import numpy as np
+
+    from casflow.storage.shards import load_shard_set, write_shard_set
+    from casflow.tasks.samples import encode_samples
+
+    disk = small_disk(256 * 1024)
+    store = Store(str(disk / "store"))
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (600, 16, 16, 3), dtype=np.uint8), rng.integers(0, 3, 600)
+    with pytest.raises(OSError) as info:  # noise PNGs: about 1 MB of shards, on 256 KB
+        write_shard_set(store, "samples/x", encode_samples(images, labels), shard_size=100, fingerprint="0f" * 32,
+                        fingerprint_inputs={}, class_names=("a", "b", "c"), image_shape=(16, 16, 3))
+    assert info.value.errno == errno.ENOSPC and not is_transient(info.value)
+    assert f"{disk}/store/samples/x/shard-0000" in str(info.value)  # names the file
+    assert load_shard_set(store, "samples/x") is None  # nothing committed
+    folder = disk / "store" / "samples" / "x"
+    assert not [p.name for p in folder.iterdir() if ".tmp-" in p.name or p.name == "manifest.json"]
+    for shard in folder.iterdir():  # the shards that were written are whole
+        assert shard.stat().st_size % 512 == 0 and shard.read_bytes()[-1024:] == b"\0" * 1024
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EDQUOT", "EROFS", "EFBIG"])
+def test_a_full_or_read_only_disk_is_not_transient(code):
+    import errno
+
+    assert not is_transient(OSError(getattr(errno, code), "no"))
+    wrapped = RuntimeError("step failed")
+    wrapped.__cause__ = OSError(getattr(errno, code), "no")
+    assert not is_transient(wrapped)
+    assert is_transient(OSError(errno.ECONNRESET, "reset"))
