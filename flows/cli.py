@@ -80,6 +80,7 @@ def show_results(store, run_id: str | None, per_class: bool, model: str | None) 
 
 def run(config_path: str, store_url: str | None) -> int:
     from casflow.flows import steps
+    from casflow.storage.store import StoreUnreachable
     from casflow.tasks.config import ConfigError
 
     try:
@@ -87,6 +88,11 @@ def run(config_path: str, store_url: str | None) -> int:
     except (ConfigError, OSError) as exc:
         print(f"cas: {exc}", file=sys.stderr)
         return 2
+    try:
+        steps.open_store(config.store).probe()  # and on a store that never answers
+    except StoreUnreachable as exc:
+        print(f"cas: {exc}", file=sys.stderr)
+        return 1
     from casflow.flows.pipeline import cas_evaluation
 
     state = cas_evaluation(config_path, store_url, return_state=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from typing import IO, Any, Literal
 
 import fsspec
@@ -72,6 +73,20 @@ def filesystem(url: str, s3: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem,
     return fs, os.path.abspath(url.removeprefix("file://"))
 
 
+class StoreUnreachable(ConnectionError):
+    """The store did not answer at all: a wrong endpoint or a server that is down, not worth minutes of retries."""
+
+
+# The first contact with a remote store, before any work: short timeouts and one retry, so a store that
+# never answers fails within about 30 s instead of after every step's retries (252 s). Once it has
+# answered, s3_options' long retries ride out restarts and throttling.
+# Measured (aiobotocore, loopback): a server that accepts and never answers fails after 2 x 2 x read timeout,
+# 25 s; one whose connections are never accepted after about 17 s; a closed port after 3 s.
+PROBE_CONNECT_TIMEOUT = 5
+PROBE_READ_TIMEOUT = 6
+PROBE_ATTEMPTS = 2
+
+
 class Store:
     """casflow's own objects below one root URL. Every method takes a store-relative
     key, built by `location` or `results_location`; `uri` turns one into the URL a user pastes."""
@@ -80,7 +95,8 @@ class Store:
         problem = store_url_problem(url)
         if problem:
             raise ValueError(f"store.url {url}: {problem}")
-        self.fs, self.root = filesystem(url, s3 if s3 is not None else s3_options())
+        self._s3 = s3 if s3 is not None else s3_options()
+        self.fs, self.root = filesystem(url, self._s3)
         self.url = url if self.is_remote else os.path.abspath(self.root)
         self.root = self.root.rstrip("/")
 
@@ -90,6 +106,34 @@ class Store:
     @property
     def is_remote(self) -> bool:
         return not isinstance(self.fs, LocalFileSystem)
+
+    @property
+    def endpoint(self) -> str:
+        """Where a remote store is reached (never the credentials)."""
+        if not self.is_remote:
+            return self.root
+        return self._s3.get("endpoint_url") or "the default AWS S3 endpoint"
+
+    def probe(self) -> None:
+        """Raise StoreUnreachable, naming the endpoint, when an S3 store does not answer within about
+        30 s. Any answer (even an error such as a missing bucket or refused credentials)
+        counts: those errors are the steps' to report."""
+        if not (self.is_remote and "s3" in self.fs.protocol):
+            return
+        config = dict(self._s3.get("config_kwargs", {}), connect_timeout=PROBE_CONNECT_TIMEOUT,
+                      read_timeout=PROBE_READ_TIMEOUT, retries={"max_attempts": PROBE_ATTEMPTS, "mode": "standard"})
+        fs = fsspec.filesystem("s3", **dict(self._s3, config_kwargs=config, skip_instance_cache=True))
+        fs.retries = 1  # s3fs's own retry loop, around botocore's
+        started = time.monotonic()
+        try:
+            fs.call_s3("head_bucket", Bucket=self.root.split("/", 1)[0])
+        except Exception as exc:
+            if not _no_answer(exc):
+                return
+            raise StoreUnreachable(
+                f"store {self.url} at {self.endpoint} did not answer ({_reason(exc)}; gave up after "
+                f"{time.monotonic() - started:.0f} s): is the endpoint right and the server up? Nothing was run"
+            ) from None
 
     # ------------------------------------------------------------ layout
 
@@ -184,8 +228,24 @@ _TRANSIENT_NAMES = {
 PERMANENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.ENAMETOOLONG})
 
 
+def _no_answer(exc: BaseException) -> bool:
+    """The request never got a response: refused, timed out or cut off, not an HTTP error."""
+    return any(isinstance(e, (ConnectionError, TimeoutError)) or type(e).__name__ in _TRANSIENT_NAMES
+               for e in _chain(exc))
+
+
+def _reason(exc: BaseException) -> str:
+    for e in _chain(exc):
+        if type(e).__name__ in _TRANSIENT_NAMES or isinstance(e, (ConnectionError, TimeoutError)):
+            return f"{type(e).__name__}: {e}"[:200]
+    return f"{type(exc).__name__}: {exc}"[:200]
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Worth a retry: the store was unreachable or slow, not wrong (and not full)."""
+    """Worth a retry: the store was unreachable or slow, not wrong (and not full), and it answered
+    before (StoreUnreachable is the verdict of the first contact)."""
+    if isinstance(exc, StoreUnreachable):
+        return False
     if any(isinstance(e, OSError) and e.errno in PERMANENT_ERRNOS for e in _chain(exc)):
         return False
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):

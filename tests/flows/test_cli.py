@@ -104,3 +104,22 @@ def test_config_that_never_ends_exits_2_at_once(tmp_path, capsys):
     big.write_bytes(b"# padding\n" * 200_000)
     assert main(["run", str(big)]) == 2
     assert "big.yaml: 2000000 bytes, more than a config may have (1048576)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["silent", "closed"])
+def test_run_on_a_store_that_never_answers_fails_fast_naming_it(tmp_path, tiny_config, kind):
+    import time
+
+    from helpers import Unanswering
+
+    path = tiny_config([{"name": "g", "generator": {"kind": "gaussian"}}])
+    with Unanswering() as endpoints:
+        env = dict(os.environ, AWS_ENDPOINT_URL=endpoints.url(kind), AWS_ACCESS_KEY_ID="key", AWS_SECRET_ACCESS_KEY="secret",
+                   AWS_DEFAULT_REGION="us-east-1", PREFECT_HOME=str(tmp_path / "prefect"))
+        started = time.monotonic()
+        result = subprocess.run([sys.executable, "-m", "casflow.flows.cli", "run", str(path), "--store", "s3://casflow/cas"],
+                                capture_output=True, text=True, env=env, timeout=240)
+        seconds = time.monotonic() - started
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert f"store s3://casflow/cas at {endpoints.url(kind)} did not answer" in result.stderr, result.stderr[-2000:]
+    assert seconds < 40, seconds  # python and torch imports included

@@ -145,3 +145,20 @@ def test_disk_full_fails_that_model_at_once_naming_the_file(tiny_config, small_d
     rows = summary(disk / "store", report["run_id"])
     assert rows["gauss8"]["status"] == "failed" and rows["gauss"]["status"] == "ok"
     assert not [p for p in (disk / "store").rglob("*") if ".tmp-" in p.name]
+
+
+def test_flow_on_a_store_that_never_answers_fails_fast_naming_it(tiny_config, monkeypatch):
+    import time
+
+    from helpers import Unanswering
+
+    with Unanswering() as endpoints:
+        for key, value in {"AWS_ENDPOINT_URL": endpoints.url("silent"), "AWS_ACCESS_KEY_ID": "key",
+                           "AWS_SECRET_ACCESS_KEY": "secret", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(key, value)
+        started = time.monotonic()
+        state = cas_evaluation(str(tiny_config(MODELS[:1], store={"url": "s3://casflow/nightly"})), return_state=True)
+        seconds = time.monotonic() - started
+    assert state.is_failed()
+    assert f"store s3://casflow/nightly at {endpoints.url('silent')} did not answer" in state.message, state.message
+    assert seconds < 35, seconds

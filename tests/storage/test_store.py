@@ -93,3 +93,22 @@ def test_a_full_or_read_only_disk_is_not_transient(code):
     wrapped.__cause__ = OSError(getattr(errno, code), "no")
     assert not is_transient(wrapped)
     assert is_transient(OSError(errno.ECONNRESET, "reset"))
+
+
+@pytest.mark.parametrize("kind", ["silent", "unaccepted", "closed"])
+def test_a_store_that_never_answers_fails_within_30_s_naming_the_endpoint(kind):
+    import time
+
+    from casflow.storage.store import StoreUnreachable, s3_options
+    from helpers import Unanswering
+
+    with Unanswering() as endpoints:
+        store = Store("s3://casflow/nightly", s3=s3_options(endpoints.url(kind), "us-east-1", "key", "secret"))
+        started = time.monotonic()
+        with pytest.raises(StoreUnreachable) as info:
+            store.probe()
+        seconds = time.monotonic() - started
+    message = str(info.value)
+    assert seconds < 30, seconds
+    assert message.startswith(f"store s3://casflow/nightly at {endpoints.url(kind)} did not answer ("), message
+    assert "secret" not in message and not is_transient(info.value)
