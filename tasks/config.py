@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from casflow.tasks import classifiers, datasets, devices, generators
 from casflow.tasks.datasets.digits import DigitsDataset
 from casflow.tasks.generators.builtin import RealGenerator
+from casflow.tasks.limits import Limits
 from casflow.tasks.schema import Frozen
 
 
@@ -76,6 +77,7 @@ class Config(Frozen):
     store: StoreConfig = StoreConfig()
     dataset: DatasetConfig = DigitsDataset()
     classifier: ClassifierConfig = ClassifierConfig()
+    limits: Limits = Limits()  # what one input may make casflow read (tasks/limits.py)
     seed: int = Field(0, ge=0, lt=2**32)
     models: list[ModelConfig] = Field(min_length=1)
 

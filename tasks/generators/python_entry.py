@@ -80,6 +80,10 @@ def draw_python(spec: PythonGenerator, request: DrawRequest) -> Samples:
                 checkpoint = request.files.local_path(spec.checkpoint)
         except FileNotFoundError:
             raise InputError(f"checkpoint {spec.checkpoint}: no such file", model=request.model) from None
+        except ValueError as exc:  # not a regular file, or over limits.max_file_bytes: the message names it
+            if isinstance(exc, InputError):
+                raise
+            raise InputError(f"checkpoint {exc}", model=request.model) from None
     sampler = make_sampler(factory, checkpoint, request.device, dict(spec.options), entry_point=spec.entry_point,
                            model=request.model)
     declared = getattr(sampler, "num_classes", None)

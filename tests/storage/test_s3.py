@@ -22,7 +22,7 @@ def test_objects_round_trip(s3):
     assert store.size("a/b.bin") == 7
     with store.open("a/b.bin") as f:
         assert f.read() == b"payload"
-    assert Files(s3_options()).digest(f"{s3.store_url}/a/b.bin").startswith("etag:")
+    assert Files(s3_options(), max_file_bytes=2**20, max_files=100).digest(f"{s3.store_url}/a/b.bin").startswith("etag:")
 
 
 def test_shards_on_s3_are_byte_identical_to_local(s3, tmp_path):

@@ -36,7 +36,7 @@ def test_debris_of_a_crashed_write_is_removed(tmp_path):
 
 
 def test_digest_follows_content_not_location(tmp_path):
-    store = Files()
+    store = Files(max_file_bytes=2**20, max_files=100)
     (tmp_path / "a.bin").write_bytes(b"payload")
     (tmp_path / "b.bin").write_bytes(b"payload")
     assert store.digest(str(tmp_path / "a.bin")) == store.digest(str(tmp_path / "b.bin"))
@@ -112,3 +112,53 @@ def test_a_store_that_never_answers_fails_within_30_s_naming_the_endpoint(kind):
     assert seconds < 30, seconds
     assert message.startswith(f"store s3://casflow/nightly at {endpoints.url(kind)} did not answer ("), message
     assert "secret" not in message and not is_transient(info.value)
+
+
+@pytest.mark.parametrize("pattern", [
+    "shard-{000000..000009}.tar", "s-{0..20..3}.tar", "s-{9..1..2}.tar", "{a..e}{1,2,3}", "x{a,b{1..4},c}y",
+    "{07..10}-{-2..2}", r"lit\{1,2}", "{1{2,3}x", "plain.tar", "{}", "{a}", "{,}", "p{1..3}{,.bak}{a..c..2}", "{Z..a}",
+])
+def test_brace_patterns_are_counted_as_braceexpand_expands_them(pattern):
+    import braceexpand
+
+    from casflow.storage.sources import brace_count
+
+    try:
+        expected = len(list(braceexpand.braceexpand(pattern)))
+    except braceexpand.UnbalancedBracesError:
+        with pytest.raises(braceexpand.UnbalancedBracesError):
+            brace_count(pattern)
+        return
+    assert brace_count(pattern) == expected
+
+
+def test_a_billion_shard_pattern_is_refused_before_it_is_expanded():
+    import time
+
+    from casflow.storage.sources import TooManyFiles
+
+    files = Files(max_file_bytes=2**20, max_files=10_000_000)
+    started = time.perf_counter()
+    with pytest.raises(TooManyFiles, match=r"shard-\{000000000..999999999\}.tar: the pattern names 1000000000 shards, more "
+                                           r"than limits.max_files \(10000000\)"):
+        files.tar_names("s3://bucket/shard-{000000000..999999999}.tar")
+    assert time.perf_counter() - started < 1
+    assert len(files.tar_names("s3://bucket/shard-{000000..000099}.tar")) == 100
+
+
+def test_only_regular_files_are_read_and_within_the_limit(tmp_path):
+    import os
+
+    from casflow.storage.sources import FileTooLarge, NotRegularFile
+
+    files = Files(max_file_bytes=10, max_files=100)
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "zero").symlink_to("/dev/zero")
+    (tmp_path / "big").write_bytes(b"x" * 11)
+    for name, kind in (("pipe", "a pipe"), ("zero", "a device")):
+        for read in (files.digest, files.read_bytes, files.open, files.local_path):
+            with pytest.raises(NotRegularFile, match=f"{name}: not a regular file \\({kind}\\)"):
+                read(str(tmp_path / name))
+    for read in (files.digest, files.read_bytes, files.open):
+        with pytest.raises(FileTooLarge, match=r"big: 11 bytes, more than limits.max_file_bytes \(10\)"):
+            read(str(tmp_path / "big"))
