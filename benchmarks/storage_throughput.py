@@ -33,7 +33,8 @@ from casflow.storage.shards import iter_shard_set, write_shard_set  # noqa: E402
 from casflow.storage.store import Store, s3_options  # noqa: E402
 from casflow.tasks.datasets.digits import digits  # noqa: E402
 from casflow.tasks.datasets.hf_parquet import read_hf_parquet  # noqa: E402
-from casflow.tasks.images import decode_many  # noqa: E402
+from casflow.tasks.images import decode_stack  # noqa: E402
+from casflow.tasks.limits import Limits  # noqa: E402
 from casflow.tasks.samples import encode_samples  # noqa: E402
 
 
@@ -41,7 +42,7 @@ def load_images(count: int) -> tuple[np.ndarray, np.ndarray, str]:
     cifar = REPO.parent / "shared" / "datasets" / "cifar10" / "test.parquet"
     if cifar.exists():
         with open(cifar, "rb") as f:
-            data = read_hf_parquet(f, str(cifar))
+            data = read_hf_parquet(f, str(cifar), Limits())
         name = "CIFAR-10 test (32x32x3)"
     else:
         data = digits()
@@ -59,7 +60,9 @@ def one_run(store: Store, location: str, images: np.ndarray, labels: np.ndarray,
     started = time.perf_counter()
     blobs = [parts["png"] for _, parts in iter_shard_set(store, shard_set)]
     read_s = time.perf_counter() - started
-    decoded = decode_many(blobs, [str(i) for i in range(len(blobs))])
+    limits = Limits()
+    decoded = decode_stack(blobs, [str(i) for i in range(len(blobs))], max_pixels=limits.max_image_pixels,
+                           max_decoded_bytes=limits.max_decoded_bytes, what=location)
     read_decode_s = time.perf_counter() - started
     assert len(decoded) == len(images) and np.array_equal(decoded[-1], images[-1])
     store.remove(location)

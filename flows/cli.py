@@ -89,6 +89,7 @@ def show_results(store, run_id: str | None, per_class: bool, model: str | None) 
 
 def run(config_path: str, store_url: str | None, fail_on_regression: bool = False) -> int:
     from casflow.flows import steps
+    from casflow.storage.store import StoreUnreachable
     from casflow.tasks.config import ConfigError
 
     try:
@@ -96,6 +97,11 @@ def run(config_path: str, store_url: str | None, fail_on_regression: bool = Fals
     except (ConfigError, OSError) as exc:
         print(f"cas: {exc}", file=sys.stderr)
         return 2
+    try:
+        steps.open_store(config.store).probe()  # and on a store that never answers
+    except StoreUnreachable as exc:
+        print(f"cas: {exc}", file=sys.stderr)
+        return 1
     from casflow.flows.pipeline import cas_evaluation
 
     state = cas_evaluation(config_path, store_url, return_state=True)
@@ -279,7 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     from casflow.storage.results import ResultsError
     from casflow.storage.store import IntegrityError
 
-    store = _open_store(args)
+    try:
+        store = _open_store(args)
+    except (ValueError, OSError) as exc:  # a bad config (ConfigError), or a store URL that keeps nothing
+        print(f"cas: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.command == "compare":
             if len(args.runs) > 2:

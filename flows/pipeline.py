@@ -9,8 +9,10 @@ with the artifacts. Prefect's own result cache is off (NO_CACHE), since its
 default policy keys on the run id and would be a second, stale copy.
 
 Retries: store I/O failures that look transient (connection refused,
-timeouts) are retried at 2, 5 and 15 s; bad input never is. Training is
-retried only for such store failures, never for its own errors.
+timeouts) are retried at 2, 5 and 15 s; bad input and a full disk never are.
+Training is retried only for such store failures, never for its own errors.
+A store that does not answer the first request of a run (`Store.probe`)
+fails the run at once instead: long retries are for a store that answered.
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ def cas_evaluation(config_path: str = DEMO_CONFIG, store_url: str | None = None,
     removes what this run can rebuild; the nightly deployment runs it full."""
     config = steps.read_config(config_path, store_url)
     store = steps.open_store(config.store)
+    store.probe()  # a store that never answers fails here, in about 30 s, naming its endpoint
     if verify != "off":
         verify_store(store, verify)
     started = datetime.now(timezone.utc)

@@ -28,14 +28,14 @@ import pyarrow.compute as pc
 
 from casflow.storage import artifacts, decoded_cache, results, verify
 from casflow.storage.shards import ShardInfo, ShardSet, iter_shard_set, load_shard_set, sample_key, write_shard_set
-from casflow.storage.sources import Files
-from casflow.storage.store import Store, s3_options
+from casflow.storage.sources import Files, FileTooLarge, NotRegularFile, read_local_file
+from casflow.storage.store import Store, s3_options, store_url_problem
 from casflow.tasks import compare, datasets, devices, generators, report
 from casflow.tasks.classifiers import training
-from casflow.tasks.config import Config, ModelConfig, StoreConfig, parse_config
+from casflow.tasks.config import MAX_CONFIG_BYTES, Config, ConfigError, ModelConfig, StoreConfig, parse_config
 from casflow.tasks.errors import InputError
 from casflow.tasks.fingerprint import derive_seed, fingerprint
-from casflow.tasks.images import decode_many, stack_images
+from casflow.tasks.images import decode_stack
 from casflow.tasks.metrics import EVALUATION_CODE_VERSION, ClassCounts, count_correct, top_predictions
 from casflow.tasks.progress import Progress
 from casflow.tasks.results import ModelOutcome, RunInfo, change_rows, per_class_rows, summary_row
@@ -104,11 +104,20 @@ class ResultsRecord:
 # ---------------------------------------------------------------- config and store
 
 def read_config(path: str, store_url: str | None = None) -> Config:
-    """Load and validate a YAML config file; `store_url` overrides `store.url`."""
-    with open(path, encoding="utf-8") as f:
-        config = parse_config(f.read(), source=path)
+    """Load and validate a YAML config file; `store_url` overrides `store.url`.
+
+    ConfigError for anything that stops the run before it starts: a file that is not a regular file or
+    is larger than MAX_CONFIG_BYTES, not UTF-8, not valid, or a store that cannot keep the results."""
+    try:
+        text = read_local_file(path, path, MAX_CONFIG_BYTES, "a config may have")
+    except (NotRegularFile, FileTooLarge) as exc:
+        raise ConfigError(str(exc)) from None
+    config = parse_config(text, source=path)
     if store_url:
         config = config.model_copy(update={"store": config.store.model_copy(update={"url": store_url})})
+    problem = store_url_problem(config.store.url)
+    if problem:
+        raise ConfigError(f"{path}: store.url {config.store.url}: {problem}")
     return config
 
 
@@ -116,9 +125,10 @@ def open_store(config: StoreConfig) -> Store:
     return Store(config.url, s3=_s3_options(config))
 
 
-def open_files(config: StoreConfig) -> Files:
-    """User files named in the config, read with the store's credentials."""
-    return Files(_s3_options(config))
+def open_files(config: Config) -> Files:
+    """User files named in the config, read with the store's credentials, within the config's limits."""
+    return Files(_s3_options(config.store), max_file_bytes=config.limits.max_file_bytes,
+                 max_files=config.limits.max_files)
 
 
 def _s3_options(config: StoreConfig) -> dict:
@@ -142,7 +152,7 @@ def verify_store(store: Store, level: str) -> list[verify.Finding]:
 
 def prepare_dataset(config: Config, store: Store) -> DatasetRecord:
     """Shard the real train and eval splits once per dataset fingerprint."""
-    spec, files = config.dataset, open_files(config.store)
+    spec, files = config.dataset, open_files(config)
     inputs = datasets.fingerprint_inputs(spec, files) | {"shard_size": config.store.shard_size}
     fp = fingerprint("dataset", DATASET_CODE_VERSION, inputs)
     locations = {split: store.location("real", fp, split) for split in ("train", "eval")}
@@ -150,7 +160,7 @@ def prepare_dataset(config: Config, store: Store) -> DatasetRecord:
     if all(committed.values()):
         log.info("dataset %s: cached (%s)", spec.name, fp[:12])
         return DatasetRecord(spec.name, fp, committed["train"], committed["eval"], cached=True)
-    train, held_out = datasets.load(spec, files)
+    train, held_out = datasets.load(spec, files, config.limits)
     for split, data in (("train", train), ("eval", held_out)):
         data = data.take(class_interleaved(data.labels))  # sources often come grouped by class
         if committed[split] is None:
@@ -169,7 +179,7 @@ def draw_samples(config: Config, store: Store, model: ModelConfig, dataset: Data
     source = generators.SOURCES[model.generator.kind]
     if source.draw is None:  # `real`: its samples are the real train split's shards
         return SamplesRecord(model.name, dataset.train, cached=dataset.cached, seconds=0.0)
-    files = open_files(config.store)
+    files = open_files(config)
     inputs = samples_inputs(config, files, model, dataset)
     fp = fingerprint("samples", SAMPLES_CODE_VERSION, inputs)
     location = store.location("samples", fp)
@@ -179,7 +189,8 @@ def draw_samples(config: Config, store: Store, model: ModelConfig, dataset: Data
         return SamplesRecord(model.name, committed, cached=True, seconds=0.0)
     request = generators.DrawRequest(
         model=model.name, seed=config.samples_seed(model), budget=dataset.train.count_per_class, class_names=dataset.class_names,
-        image_shape=dataset.train.image_shape, device=device, files=files, real_train=lambda: real_train(store, dataset))
+        image_shape=dataset.train.image_shape, device=device, files=files, real_train=lambda: real_train(store, dataset),
+        limits=config.limits)
     try:
         shard_set = write_shard_set(
             store, location, source.draw(model.generator, request), shard_size=config.store.shard_size,
@@ -414,7 +425,10 @@ def first_per_class(store: Store, shard_set: ShardSet, per_class: int) -> tuple[
                 break
     finally:
         samples.close()
-    return stack_images(decode_many(blobs, sources), sources), np.array(labels, dtype=np.int64)
+    height, width, channels = shard_set.image_shape
+    images = decode_stack(blobs, sources, max_pixels=height * width, max_decoded_bytes=len(blobs) * height * width * channels,
+                          what=store.uri(shard_set.location))
+    return images, np.array(labels, dtype=np.int64)
 
 
 def outcome(model: ModelConfig, samples: SamplesRecord | None, classifiers: Sequence[ClassifierRecord],
@@ -474,4 +488,7 @@ def decoded_chunks(store: Store, shard_set: ShardSet, shards: Sequence[ShardInfo
             blobs.append(parts["png"])
             labels.append(int(parts["cls"]))
             keys.append(f"{store.uri(shard_set.location)}/{shard.name} key {key}")
-        yield stack_images(decode_many(blobs, keys), keys), np.array(labels, dtype=np.int64)
+        height, width, channels = shard_set.image_shape  # our own shards hold images of their manifest's shape
+        images = decode_stack(blobs, keys, max_pixels=height * width, max_decoded_bytes=len(blobs) * height * width * channels,
+                              what=f"{store.uri(shard_set.location)}/{shard.name}")
+        yield images, np.array(labels, dtype=np.int64)

@@ -27,7 +27,8 @@ _HOST = socket.gethostname().replace("-", "_").replace(".", "_")
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[IO[bytes]]:
-    """A binary file to write; on a clean exit it replaces `path`, on an error it is removed."""
+    """A binary file to write; on a clean exit it replaces `path`, on an error (a full disk, say) it is
+    removed, and an OSError that names no file names `path`."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     temp = f"{path}{TEMP_MARK}{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
@@ -37,9 +38,11 @@ def atomic_file(path: str | os.PathLike) -> Iterator[IO[bytes]]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temp)
+        if isinstance(exc, OSError) and exc.filename is None:  # a write's ENOSPC names no file: name it
+            raise OSError(exc.errno, exc.strerror, path) from exc
         raise
 
 

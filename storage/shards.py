@@ -207,11 +207,14 @@ def split_member_name(name: str) -> tuple[str, str]:
     return posixpath.join(folder, stem), ext.lower()
 
 
-def iter_tar(stream: IO[bytes], source: str, seen_keys: set[str] | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
+def iter_tar(stream: IO[bytes], source: str, seen_keys: set[str] | None = None, *,
+             max_member_bytes: int | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {extension: bytes}) per sample of a tar stream, in order.
 
     Members of one sample must be consecutive (as every WebDataset writer
-    makes them); a key seen twice is an error naming the shard and the key."""
+    makes them); a key seen twice is an error naming the shard and the key.
+    A member whose header declares more than max_member_bytes is an error
+    before it is read."""
     seen = seen_keys if seen_keys is not None else set()
     key, parts = None, {}
     counted = _Tap(stream)
@@ -232,6 +235,9 @@ def iter_tar(stream: IO[bytes], source: str, seen_keys: set[str] | None = None) 
                     key, parts = member_key, {}
                 if ext in parts:
                     raise ShardFormatError(f"{source}: duplicate file {member.name}")
+                if max_member_bytes is not None and member.size > max_member_bytes:
+                    raise ShardFormatError(f"{source}: member {member.name} is {member.size} bytes, more than "
+                                           f"limits.max_file_bytes ({max_member_bytes})")
                 parts[ext] = tar.extractfile(member).read()
             end = tar.offset  # where tarfile looked for the next header: the end-of-archive block in a whole tar
         counted.drain()

@@ -12,7 +12,9 @@ Layout (the only place paths are built; see `Store.location`):
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import time
 from typing import IO, Any, Literal
 
 import fsspec
@@ -50,6 +52,27 @@ class IntegrityError(ValueError):
 REBUILD = "run `cas verify --fix` to remove it; the next run rebuilds it"
 
 
+# Where a store's objects outlive the process that wrote them, and casflow's atomic writes are tested:
+# a local folder (or file://) and S3.
+DURABLE_PROTOCOLS = ("file", "local", "s3", "s3a")
+
+
+def store_url_problem(url: str) -> str | None:
+    """Why a store URL cannot keep a run's results, or None when it can."""
+    if "::" in url:
+        return "chained URLs (a cache or archive in front of a store) are not a store; give a local folder or s3://bucket/prefix"
+    if "://" not in url:
+        return None  # a local folder
+    protocol = url.split("://", 1)[0].lower()
+    if protocol in DURABLE_PROTOCOLS:
+        return None
+    if protocol == "memory":
+        return ("memory:// lives in this process only: the results would vanish when the run ends; "
+                "give a local folder or s3://bucket/prefix")
+    return (f"{protocol}:// is not a store casflow can keep results in (it writes to "
+            f"{', '.join(p + '://' for p in DURABLE_PROTOCOLS if p != 'local')} or a local folder)")
+
+
 def filesystem(url: str, s3: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem and path of a URL: a local path, file://, s3:// (with these options) or any fsspec URL."""
     if url.startswith("s3://") or url.startswith("s3a://"):
@@ -60,12 +83,30 @@ def filesystem(url: str, s3: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem,
     return fs, os.path.abspath(url.removeprefix("file://"))
 
 
+class StoreUnreachable(ConnectionError):
+    """The store did not answer at all: a wrong endpoint or a server that is down, not worth minutes of retries."""
+
+
+# The first contact with a remote store, before any work: short timeouts and one retry, so a store that
+# never answers fails within about 30 s instead of after every step's retries (252 s). Once it has
+# answered, s3_options' long retries ride out restarts and throttling.
+# Measured (aiobotocore, loopback): a server that accepts and never answers fails after 2 x 2 x read timeout,
+# 25 s; one whose connections are never accepted after about 17 s; a closed port after 3 s.
+PROBE_CONNECT_TIMEOUT = 5
+PROBE_READ_TIMEOUT = 6
+PROBE_ATTEMPTS = 2
+
+
 class Store:
     """casflow's own objects below one root URL. Every method takes a store-relative
     key, built by `location` or `results_location`; `uri` turns one into the URL a user pastes."""
 
     def __init__(self, url: str, s3: dict[str, Any] | None = None):
-        self.fs, self.root = filesystem(url, s3 if s3 is not None else s3_options())
+        problem = store_url_problem(url)
+        if problem:
+            raise ValueError(f"store.url {url}: {problem}")
+        self._s3 = s3 if s3 is not None else s3_options()
+        self.fs, self.root = filesystem(url, self._s3)
         self.url = url if self.is_remote else os.path.abspath(self.root)
         self.root = self.root.rstrip("/")
 
@@ -75,6 +116,34 @@ class Store:
     @property
     def is_remote(self) -> bool:
         return not isinstance(self.fs, LocalFileSystem)
+
+    @property
+    def endpoint(self) -> str:
+        """Where a remote store is reached (never the credentials)."""
+        if not self.is_remote:
+            return self.root
+        return self._s3.get("endpoint_url") or "the default AWS S3 endpoint"
+
+    def probe(self) -> None:
+        """Raise StoreUnreachable, naming the endpoint, when an S3 store does not answer within about
+        30 s. Any answer (even an error such as a missing bucket or refused credentials)
+        counts: those errors are the steps' to report."""
+        if not (self.is_remote and "s3" in self.fs.protocol):
+            return
+        config = dict(self._s3.get("config_kwargs", {}), connect_timeout=PROBE_CONNECT_TIMEOUT,
+                      read_timeout=PROBE_READ_TIMEOUT, retries={"max_attempts": PROBE_ATTEMPTS, "mode": "standard"})
+        fs = fsspec.filesystem("s3", **dict(self._s3, config_kwargs=config, skip_instance_cache=True))
+        fs.retries = 1  # s3fs's own retry loop, around botocore's
+        started = time.monotonic()
+        try:
+            fs.call_s3("head_bucket", Bucket=self.root.split("/", 1)[0])
+        except Exception as exc:
+            if not _no_answer(exc):
+                return
+            raise StoreUnreachable(
+                f"store {self.url} at {self.endpoint} did not answer ({_reason(exc)}; gave up after "
+                f"{time.monotonic() - started:.0f} s): is the endpoint right and the server up? Nothing was run"
+            ) from None
 
     # ------------------------------------------------------------ layout
 
@@ -188,8 +257,31 @@ _TRANSIENT_NAMES = {
 }
 
 
+# OSErrors that a retry within minutes does not cure: a full disk or quota, a read-only or too small file
+# system. Retrying them only delays the error (a full disk was retried for 96 s).
+PERMANENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.ENAMETOOLONG})
+
+
+def _no_answer(exc: BaseException) -> bool:
+    """The request never got a response: refused, timed out or cut off, not an HTTP error."""
+    return any(isinstance(e, (ConnectionError, TimeoutError)) or type(e).__name__ in _TRANSIENT_NAMES
+               for e in _chain(exc))
+
+
+def _reason(exc: BaseException) -> str:
+    for e in _chain(exc):
+        if type(e).__name__ in _TRANSIENT_NAMES or isinstance(e, (ConnectionError, TimeoutError)):
+            return f"{type(e).__name__}: {e}"[:200]
+    return f"{type(exc).__name__}: {exc}"[:200]
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Worth a retry: the store was unreachable or slow, not wrong."""
+    """Worth a retry: the store was unreachable or slow, not wrong (and not full), and it answered
+    before (StoreUnreachable is the verdict of the first contact)."""
+    if isinstance(exc, StoreUnreachable):
+        return False
+    if any(isinstance(e, OSError) and e.errno in PERMANENT_ERRNOS for e in _chain(exc)):
+        return False
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return False
     if isinstance(exc, (ConnectionError, TimeoutError, OSError)):

@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from casflow.tasks import classifiers, datasets, devices, generators
 from casflow.tasks.datasets.digits import DigitsDataset
 from casflow.tasks.generators.builtin import RealGenerator
+from casflow.tasks.limits import Limits
 from casflow.tasks.schema import Frozen
 
 
@@ -86,6 +87,7 @@ class Config(Frozen):
     store: StoreConfig = StoreConfig()
     dataset: DatasetConfig = DigitsDataset()
     classifier: ClassifierConfig = ClassifierConfig()
+    limits: Limits = Limits()  # what one input may make casflow read (tasks/limits.py)
     seed: int = Field(0, ge=0, lt=2**32)
     models: list[ModelConfig] = Field(min_length=1)
 
@@ -123,12 +125,30 @@ class Config(Frozen):
         return [self.baseline, *self.models]
 
 
-def parse_config(text: str, source: str = "config") -> Config:
-    """Parse and validate YAML text; ConfigError lists each problem as `source: key.path: message`."""
+# Bounds on the config file itself (not in `limits:`: a config cannot be trusted to bound its own reading)
+MAX_CONFIG_BYTES = 2**20
+MAX_CONFIG_VALUES = 100_000  # scalars, lists and mappings, counting each alias as often as it is used
+
+
+def parse_config(text: str | bytes, source: str = "config") -> Config:
+    """Parse and validate YAML text (bytes must be UTF-8); ConfigError lists each problem as
+    `source: key.path: message`. Duplicate keys are errors, and YAML aliases may not expand a
+    config beyond MAX_CONFIG_VALUES values."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = exc.object.count(b"\n", 0, exc.start) + 1
+            raise ConfigError(f"{source}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at line {line}, offset "
+                              f"{exc.start}); save the config as UTF-8") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = _load_yaml(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to be a config") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
     try:
@@ -147,3 +167,59 @@ def _key_path(loc: tuple[Any, ...]) -> str:
     tags = {"generator": generators.SOURCES, "dataset": datasets.SOURCES}
     parts = [str(item) for i, item in enumerate(loc) if not (i > 0 and item in tags.get(loc[i - 1], ()))]
     return ".".join(parts) or "(top level)"
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error (PyYAML keeps the
+    last one silently, so a second `models:` would replace the first). Keys merged in with `<<`
+    may be overridden, as YAML means them to be."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            try:
+                if key in lines:
+                    raise ConfigError(f"duplicate key {key!r} at line {line} (first at line {lines[key]})")
+                lines[key] = line
+            except TypeError:  # an unhashable key: the base class says so
+                continue
+        return super().construct_mapping(node, deep)
+
+
+def _load_yaml(text: str) -> Any:
+    loader = _ConfigLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        count = _expanded_size(node)
+        if count > MAX_CONFIG_VALUES:
+            raise ConfigError(f"more than {MAX_CONFIG_VALUES} values once YAML aliases are expanded "
+                              f"({count}); a config is far smaller (aliases used to blow it up?)")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Values in the document with every alias expanded, counted without expanding (each node once)."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+                    else list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+        if children_done:
+            open_nodes.discard(id(node))
+            sizes[id(node)] = min(1 + sum(sizes[id(c)] for c in children), MAX_CONFIG_VALUES + 1)
+        elif id(node) not in sizes:
+            if id(node) in open_nodes:
+                raise ConfigError("a YAML alias refers to a collection that contains it")
+            open_nodes.add(id(node))
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(root)]

@@ -1,6 +1,11 @@
 """What tasks need from user files (datasets, checkpoints, samples), without
 knowing where they live. `casflow.storage.sources.Files` implements it for
-local paths and object-store URLs; to tasks a name is only a name."""
+local paths and object-store URLs; to tasks a name is only a name.
+
+Besides FileNotFoundError, every method raises ValueError, naming the file,
+for what it refuses to read: not a regular file (a pipe, a device), larger
+than the configured limit, an archive or pattern naming too many files, a
+corrupt zip or tar."""
 
 from __future__ import annotations
 

@@ -39,13 +39,48 @@ def encode_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def decode_image(data: bytes, source: str) -> np.ndarray:
+# What PIL may take an image file for. Anything else is refused before decoding: PIL would otherwise
+# identify dozens of formats by content whatever the file's name (EPS would start Ghostscript).
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "PPM", "BMP")
+_CHANNELS = {"L": 1, "LA": 1, "RGB": 3, "RGBA": 3, "P": 3}  # per mode, as decode_image converts it
+
+
+def _open(data: bytes, source: str) -> Image.Image:
+    """The image's header only (PIL reads pixels on load()), in one of IMAGE_FORMATS."""
+    try:
+        return Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except Image.UnidentifiedImageError:  # its message shows a BytesIO's address, not the file
+        raise InputError("corrupt or unreadable image (not a PNG, JPEG, WebP, PPM or BMP file PIL can read)",
+                         source=source) from None
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"image refused before decoding ({exc})", source=source) from None
+    except Exception as exc:  # PIL raises many types for broken headers
+        raise InputError(f"corrupt or unreadable image ({type(exc).__name__}: {exc})", source=source) from None
+
+
+def _declared_shape(img: Image.Image, source: str, max_pixels: int) -> tuple[int, int, int]:
+    """(H, W, C) from the header, before any pixel is decoded; more than max_pixels is an error."""
+    width, height = img.size
+    if width * height > max_pixels:
+        raise InputError(f"image is {height}x{width} ({width * height} pixels), more than limits.max_image_pixels "
+                         f"({max_pixels}); refused before decoding", source=source)
+    if img.mode not in _CHANNELS:
+        raise InputError(f"unsupported image mode {img.mode}; give 8-bit grey or RGB images", source=source)
+    return height, width, _CHANNELS[img.mode]
+
+
+def decode_image(data: bytes, source: str, *, max_pixels: int, shape: tuple[int, int, int] | None = None) -> np.ndarray:
     """Image file bytes -> uint8 HWC with C = 1 (grey) or 3 (RGB).
 
-    Palette images become RGB; an alpha channel is dropped only when fully
-    opaque (anything else would silently change the pixels)."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
+    The header is checked before decoding: at most max_pixels pixels, and the
+    (H, W, C) given as `shape`, when given. Palette images become RGB; an alpha
+    channel is dropped only when fully opaque (anything else would silently
+    change the pixels)."""
+    with _open(data, source) as img:
+        declared = _declared_shape(img, source, max_pixels)
+        if shape is not None and declared[:2] != shape[:2]:  # the size before decoding; channels after (alpha first)
+            raise InputError(f"image is {_hwc(declared)}, the first image is {_hwc(shape)}", source=source)
+        try:
             img.load()
             if img.mode == "P":
                 img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -55,16 +90,40 @@ def decode_image(data: bytes, source: str) -> np.ndarray:
                 if alpha.min() < 255:
                     raise InputError(f"image has transparent pixels (mode {mode}); give opaque RGB or grey images", source=source)
                 img = img.convert("RGB" if mode == "RGBA" else "L")
-            elif mode not in ("L", "RGB"):
-                raise InputError(f"unsupported image mode {mode}; give 8-bit grey or RGB images", source=source)
             array = np.asarray(img, dtype=np.uint8)
-    except InputError:
-        raise
-    except Image.UnidentifiedImageError:  # its message shows a BytesIO's address, not the file
-        raise InputError("corrupt or unreadable image (no image format PIL knows)", source=source) from None
-    except Exception as exc:  # PIL raises many types for broken files
-        raise InputError(f"corrupt or unreadable image ({type(exc).__name__}: {exc})", source=source) from None
-    return array[:, :, None] if array.ndim == 2 else array
+        except InputError:
+            raise
+        except Exception as exc:  # PIL raises many types for broken files
+            raise InputError(f"corrupt or unreadable image ({type(exc).__name__}: {exc})", source=source) from None
+    array = array[:, :, None] if array.ndim == 2 else array
+    if shape is not None and array.shape != shape:
+        raise InputError(f"image is {_hwc(array.shape)}, the first image is {_hwc(shape)}", source=source)
+    return array
+
+
+def decode_stack(blobs: list[bytes], sources: list[str], *, max_pixels: int, max_decoded_bytes: int,
+                 what: str) -> np.ndarray:
+    """Images of one size decoded into one uint8 NHWC array, on every core.
+
+    Sizes are checked before pixels are decoded: the first image's header
+    gives (H, W, C), N x H x W x C must not exceed max_decoded_bytes, and every
+    image's header must show the same (H, W, C) within max_pixels. `what`
+    names the input in the error about its total."""
+    if not blobs:
+        return np.zeros((0, 1, 1, 1), dtype=np.uint8)
+    with _open(blobs[0], sources[0]) as first:
+        shape = _declared_shape(first, sources[0], max_pixels)
+    total = len(blobs) * shape[0] * shape[1] * shape[2]
+    if total > max_decoded_bytes:
+        raise InputError(f"{len(blobs)} images of {_hwc(shape)} decode to {total} bytes, more than "
+                         f"limits.max_decoded_bytes ({max_decoded_bytes}); refused before decoding", source=what)
+    out = np.empty((len(blobs), *shape), dtype=np.uint8)
+
+    def decode_into(i: int) -> None:
+        out[i] = decode_image(blobs[i], sources[i], max_pixels=max_pixels, shape=shape)
+
+    in_threads(decode_into, range(len(blobs)))
+    return out
 
 
 def resize(images: np.ndarray, height: int, width: int, filter_name: str) -> np.ndarray:
@@ -109,23 +168,8 @@ def in_threads(fn: Callable[..., T], *columns: Sequence[Any]) -> list[T]:
         return list(pool.map(fn, *columns, chunksize=64))
 
 
-def decode_many(blobs: list[bytes], sources: list[str]) -> list[np.ndarray]:
-    return in_threads(decode_image, blobs, sources)
-
-
 def encode_many(images: np.ndarray) -> list[bytes]:
     return in_threads(encode_png, images)
-
-
-def stack_images(images: list[np.ndarray], sources: list[str]) -> np.ndarray:
-    """One uint8 NHWC array; an image whose shape differs from the first is named in the error."""
-    if not images:
-        return np.zeros((0, 1, 1, 1), dtype=np.uint8)
-    shape = images[0].shape
-    for image, source in zip(images, sources):
-        if image.shape != shape:
-            raise InputError(f"image is {_hwc(image.shape)}, the first image is {_hwc(shape)}", source=source)
-    return np.stack(images)
 
 
 def _hwc(shape: tuple[int, ...]) -> str:

@@ -38,6 +38,29 @@ def cifar10_dir():
     return CIFAR10
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real file system that fills up: mount(size) mounts a tmpfs of that many bytes and returns its
+    folder (unmounted after the test). Skips where mounting is not allowed (not root, a container)."""
+    import subprocess
+
+    mounted = []
+
+    def mount(size: int, name: str = "disk"):
+        folder = tmp_path / name
+        folder.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True,
+                                text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here: {result.stderr.strip() or result.returncode}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
 # ---------------------------------------------------------------- real servers on loopback
 
 def _free_port() -> int:

@@ -36,3 +36,57 @@ def write_config(directory: Path, models: list[dict], *, store_url: str | None =
 def prefect_command() -> str:
     """The `prefect` script of the Python running the tests."""
     return str(Path(sys.executable).with_name("prefect"))
+
+
+def fill(folder: Path) -> None:
+    """Fill a file system to its last byte (ENOSPC)."""
+    import errno
+
+    with open(folder / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+
+
+class Unanswering:
+    """Endpoints on loopback that never answer, as dead stores do: `silent` accepts connections and
+    never responds, `unaccepted` never accepts them (a full backlog: SYNs are dropped, as by a
+    firewall), `closed` refuses them. Use as a context manager; `url(kind)` gives http://127.0.0.1:PORT."""
+
+    def __enter__(self):
+        import socket
+        import threading
+
+        self._sockets = []
+        silent = self._listen(64)
+        threading.Thread(target=lambda: [self._sockets.append(silent.accept()[0]) for _ in iter(int, 1)], daemon=True).start()
+        unaccepted = self._listen(0)
+        for _ in range(3):  # fill the accept queue; later connects wait for a SYN-ACK that never comes
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(unaccepted.getsockname())
+            self._sockets.append(filler)
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        self.ports = {"silent": silent.getsockname()[1], "unaccepted": unaccepted.getsockname()[1],
+                      "closed": closed.getsockname()[1]}
+        closed.close()
+        return self
+
+    def _listen(self, backlog: int):
+        import socket
+
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(backlog)
+        self._sockets.append(server)
+        return server
+
+    def url(self, kind: str) -> str:
+        return f"http://127.0.0.1:{self.ports[kind]}"
+
+    def __exit__(self, *exc):
+        for s in self._sockets:
+            s.close()

@@ -19,6 +19,7 @@ from casflow.tasks.datasets.common import (
 from casflow.tasks.datasets.digits import digits_splits
 from casflow.tasks.errors import InputError
 from casflow.tasks.files import SourceFiles
+from casflow.tasks.limits import Limits
 from casflow.tasks.schema import location_fields
 
 SOURCES: dict[str, DatasetSource] = {s.kind: s for s in (
@@ -37,9 +38,14 @@ def fingerprint_inputs(spec: Any, files: SourceFiles) -> dict[str, Any]:
             "content": SOURCES[spec.kind].content(spec, files)}
 
 
-def load(spec: Any, files: SourceFiles) -> Splits:
-    """The train and eval splits, checked to agree on classes and image shape."""
-    train, held_out = SOURCES[spec.kind].load(spec, files)
+def load(spec: Any, files: SourceFiles, limits: Limits) -> Splits:
+    """The train and eval splits, checked to agree on classes and image shape; read within `limits`."""
+    try:
+        train, held_out = SOURCES[spec.kind].load(spec, files, limits)
+    except InputError:
+        raise
+    except ValueError as exc:  # what the files refuse to read (not a regular file, over a limit): the message names it
+        raise InputError(str(exc), source=f"dataset {spec.name}") from None
     if train.class_names != held_out.class_names:
         raise InputError(f"train and eval splits have different classes: {train.class_names} vs {held_out.class_names}",
                          source=f"dataset {spec.name}")

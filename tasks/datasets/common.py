@@ -14,6 +14,7 @@ import numpy as np
 
 from casflow.tasks.errors import InputError
 from casflow.tasks.files import SourceFiles
+from casflow.tasks.limits import Limits
 from casflow.tasks.schema import Frozen, location_fields
 
 
@@ -49,7 +50,7 @@ class DatasetSource:
 
     config: type[Frozen]  # with a `kind` literal, a `name`, and LOCATION_FIELDS for files it reads
     content: Callable[[Any, SourceFiles], dict[str, str]]  # digests of the data, never where it lives
-    load: Callable[[Any, SourceFiles], Splits]
+    load: Callable[[Any, SourceFiles, Limits], Splits]  # (spec, files, limits) -> (train, eval)
 
     @property
     def kind(self) -> str:
@@ -65,6 +66,8 @@ def file_digests(spec: Frozen, files: SourceFiles) -> dict[str, str]:
         except FileNotFoundError:
             raise InputError(f"{field} {getattr(spec, field)}: no such file or folder",
                              source=f"dataset {spec.name}") from None
+        except ValueError as exc:  # not a regular file, over a limit: the message names the file
+            raise InputError(str(exc), source=f"dataset {spec.name}") from None
     return digests
 
 

@@ -20,7 +20,8 @@ from casflow.tasks.datasets.common import (
 )
 from casflow.tasks.errors import InputError
 from casflow.tasks.files import SourceFiles
-from casflow.tasks.images import decode_many, stack_images
+from casflow.tasks.images import decode_stack
+from casflow.tasks.limits import Limits
 from casflow.tasks.schema import Frozen
 
 LIMIT_PER_CLASS_SEED = 0  # the seeded per-class subset of `limit_per_class`
@@ -37,23 +38,33 @@ class HFParquetDataset(Frozen):
     LOCATION_FIELDS: ClassVar[tuple[str, ...]] = ("train", "eval")
 
 
-def load(spec: HFParquetDataset, files: SourceFiles) -> Splits:
+def load(spec: HFParquetDataset, files: SourceFiles, limits: Limits) -> Splits:
     splits = []
     for name in (spec.train, spec.eval):
         with files.open(name) as f:
-            data = read_hf_parquet(f, name)
+            data = read_hf_parquet(f, name, limits)
         if spec.limit_per_class:
             data = data.take(subset_per_class(data.labels, spec.limit_per_class, LIMIT_PER_CLASS_SEED))
         splits.append(data)
     return splits[0], splits[1]
 
 
-def read_hf_parquet(file: IO[bytes], source: str) -> LabeledImages:
-    """`image` struct{bytes, path} + `label` int; class names from the `huggingface` schema metadata."""
+def read_hf_parquet(file: IO[bytes], source: str, limits: Limits) -> LabeledImages:
+    """`image` struct{bytes, path} + `label` int; class names from the `huggingface` schema metadata.
+
+    The row groups' declared uncompressed size is checked against limits.max_file_bytes before they are read."""
     import pyarrow.parquet as pq
 
     try:
+        metadata = pq.ParquetFile(file).metadata
+        declared = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
+        if declared > limits.max_file_bytes:
+            raise InputError(f"its row groups declare {declared} bytes uncompressed, more than limits.max_file_bytes "
+                             f"({limits.max_file_bytes}); refused before reading them", source=source)
+        file.seek(0)
         table = pq.read_table(file, columns=["image", "label"])
+    except InputError:
+        raise
     except Exception as exc:
         raise InputError(f"not a readable Parquet file with image and label columns ({exc})", source=source) from None
     metadata = table.schema.metadata or {}
@@ -70,7 +81,8 @@ def read_hf_parquet(file: IO[bytes], source: str) -> LabeledImages:
     if any(b is None for b in blobs):
         row = next(i for i, b in enumerate(blobs) if b is None)
         raise InputError("image bytes missing", source=sources[row])
-    images = stack_images(decode_many(blobs, sources), sources)
+    images = decode_stack(blobs, sources, max_pixels=limits.max_image_pixels, max_decoded_bytes=limits.max_decoded_bytes,
+                          what=source)
     check_label_range(labels, len(class_names), source)
     return LabeledImages(images, labels, class_names)
 

@@ -10,7 +10,8 @@ import numpy as np
 from casflow.tasks.datasets.common import DatasetSource, LabeledImages, Splits, file_digests
 from casflow.tasks.errors import InputError
 from casflow.tasks.files import FileTree, SourceFiles
-from casflow.tasks.images import IMAGE_EXTENSIONS, decode_many, stack_images
+from casflow.tasks.images import IMAGE_EXTENSIONS, decode_stack
+from casflow.tasks.limits import Limits
 from casflow.tasks.schema import Frozen
 
 
@@ -24,11 +25,11 @@ class ImageFolderDataset(Frozen):
     LOCATION_FIELDS: ClassVar[tuple[str, ...]] = ("train", "eval")
 
 
-def load(spec: ImageFolderDataset, files: SourceFiles) -> Splits:
-    return read_imagefolder(files.tree(spec.train)), read_imagefolder(files.tree(spec.eval))
+def load(spec: ImageFolderDataset, files: SourceFiles, limits: Limits) -> Splits:
+    return read_imagefolder(files.tree(spec.train), limits), read_imagefolder(files.tree(spec.eval), limits)
 
 
-def read_imagefolder(tree: FileTree) -> LabeledImages:
+def read_imagefolder(tree: FileTree, limits: Limits) -> LabeledImages:
     """<root>/<class name>/<image>; class names sorted, as torchvision's ImageFolder."""
     files = [p for p in tree.paths() if "/" in p and p.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS]
     class_names = tuple(sorted({p.split("/", 1)[0] for p in files}))
@@ -37,7 +38,8 @@ def read_imagefolder(tree: FileTree) -> LabeledImages:
     index = {name: i for i, name in enumerate(class_names)}
     labels = np.array([index[p.split("/", 1)[0]] for p in files], dtype=np.int64)
     sources = [f"{tree.name}/{p}" for p in files]
-    images = stack_images(decode_many([tree.read(p) for p in files], sources), sources)
+    images = decode_stack([tree.read(p) for p in files], sources, max_pixels=limits.max_image_pixels,
+                          max_decoded_bytes=limits.max_decoded_bytes, what=tree.name)
     return LabeledImages(images, labels, class_names)
 
 

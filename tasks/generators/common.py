@@ -23,6 +23,7 @@ from typing import Any
 from casflow.tasks.datasets import LabeledImages
 from casflow.tasks.errors import InputError
 from casflow.tasks.files import SourceFiles
+from casflow.tasks.limits import Limits
 from casflow.tasks.schema import Frozen, location_fields
 
 Samples = Iterator[tuple[int, bytes]]  # (label, PNG bytes)
@@ -40,6 +41,7 @@ class DrawRequest:
     device: str  # where a Python generator runs
     files: SourceFiles
     real_train: Callable[[], LabeledImages]  # the decoded real train split, for the built-in generators
+    limits: Limits  # what one input may make casflow read (the config's `limits:`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,4 +66,6 @@ def settings_and_files(spec: Frozen, files: SourceFiles, model: str) -> dict[str
             digests[field] = files.digest(name)
         except FileNotFoundError:
             raise InputError(f"{field} {name}: no such file or folder", model=model) from None
+        except ValueError as exc:  # not a regular file, too large, too many files: the message names it
+            raise InputError(str(exc), model=model) from None
     return {"generator": spec.model_dump(exclude=set(location_fields(spec))), "sources": digests}

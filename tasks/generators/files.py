@@ -9,10 +9,12 @@ the images conformed to the dataset's size, all before anything is written.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import zipfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import IO, Any, ClassVar, Literal
 
 import numpy as np
@@ -21,7 +23,8 @@ from casflow.tasks.errors import InputError
 from casflow.tasks.files import FileTree, SourceFiles
 from casflow.tasks.fingerprint import derive_seed, sha256_bytes
 from casflow.tasks.generators.common import DrawRequest, Samples, SampleSource, settings_and_files
-from casflow.tasks.images import IMAGE_EXTENSIONS, decode_many, stack_images
+from casflow.tasks.images import IMAGE_EXTENSIONS, decode_stack
+from casflow.tasks.limits import Limits
 from casflow.tasks.samples import check_labels, conform_images, encode_samples, select_for_budget
 from casflow.tasks.schema import Frozen, ResizeFilter
 
@@ -66,51 +69,65 @@ class WebDatasetGenerator(_FromFiles):
 
 
 def draw_npz(spec: NpzGenerator, request: DrawRequest) -> Samples:
-    try:
-        file = request.files.open(spec.path)
-    except FileNotFoundError:
-        raise InputError("no such file", model=request.model, source=spec.path) from None
-    with file:
-        images, labels = read_npz(file, spec.path, request.model)
+    with _naming_files(request.model):
+        try:
+            file = request.files.open(spec.path)
+        except FileNotFoundError:
+            raise InputError("no such file", model=request.model, source=spec.path) from None
+        with file:
+            images, labels = read_npz(file, spec.path, request.model, max_decoded_bytes=request.limits.max_decoded_bytes)
     return _within_budget(images, labels, spec.path, spec, request)
 
 
 def draw_imagefolder(spec: ImageFolderGenerator, request: DrawRequest) -> Samples:
-    images, labels = read_class_folders(_tree(spec.path, request), request.class_names, request.model)
+    with _naming_files(request.model):
+        images, labels = read_class_folders(_tree(spec.path, request), request.class_names, request.model,
+                                            limits=request.limits)
     return _within_budget(images, labels, spec.path, spec, request)
 
 
 def draw_dataset_json(spec: DatasetJsonGenerator, request: DrawRequest) -> Samples:
-    images, labels = read_dataset_json(_tree(spec.path, request), request.model)
+    with _naming_files(request.model):
+        images, labels = read_dataset_json(_tree(spec.path, request), request.model, limits=request.limits)
     return _within_budget(images, labels, spec.path, spec, request)
 
 
 def draw_webdataset(spec: WebDatasetGenerator, request: DrawRequest) -> Samples:
-    names = request.files.tar_names(spec.url)
-    if not names:
-        raise InputError("no .tar shards found", model=request.model, source=spec.url)
-    try:
-        images, labels = read_webdataset(request.files.iter_webdataset(names), spec.url, request.model)
-    except ValueError as exc:  # duplicate keys, a truncated tar: the message names the shard
-        if isinstance(exc, InputError):
-            raise
-        raise InputError(str(exc), model=request.model) from None
+    with _naming_files(request.model):  # duplicate keys, a truncated tar, too many shards: the message names it
+        names = request.files.tar_names(spec.url)
+        if not names:
+            raise InputError("no .tar shards found", model=request.model, source=spec.url)
+        images, labels = read_webdataset(request.files.iter_webdataset(names), spec.url, request.model,
+                                         limits=request.limits)
     return _within_budget(images, labels, spec.url, spec, request)
 
 
 def webdataset_content(spec: WebDatasetGenerator, files: SourceFiles, model: str) -> dict[str, Any]:
     """Each shard's digest: a brace pattern can name a shard that is not there, and that is an error."""
-    try:
-        names = files.tar_names(spec.url)
-    except FileNotFoundError:
-        raise InputError(f"url {spec.url}: no such file or folder", model=model) from None
-    digests = []
-    for name in names:
+    with _naming_files(model):
         try:
-            digests.append(files.digest(name))
+            names = files.tar_names(spec.url)
         except FileNotFoundError:
-            raise InputError("no such shard", model=model, source=name) from None
+            raise InputError(f"url {spec.url}: no such file or folder", model=model) from None
+        digests = []
+        for name in names:
+            try:
+                digests.append(files.digest(name))
+            except FileNotFoundError:
+                raise InputError("no such shard", model=model, source=name) from None
     return {"generator": spec.model_dump(exclude={"url"}), "sources": {"url": sha256_bytes("\n".join(digests).encode())}}
+
+
+@contextlib.contextmanager
+def _naming_files(model: str) -> Iterator[None]:
+    """What the files refuse to read (a ValueError naming the file: not a regular file, over a limit,
+    a corrupt archive) becomes that model's InputError: never retried, the other models go on."""
+    try:
+        yield
+    except InputError as exc:
+        raise exc.for_model(model) from None
+    except ValueError as exc:
+        raise InputError(str(exc), model=model) from None
 
 
 SOURCES = (
@@ -135,12 +152,13 @@ def _tree(name: str, request: DrawRequest) -> FileTree:
         return request.files.tree(name)
     except FileNotFoundError:
         raise InputError("no such file or folder", model=request.model, source=name) from None
-    except ValueError as exc:  # a corrupt zip: the message names it
-        raise InputError(str(exc), model=request.model) from None
 
 
-def read_npz(file: IO[bytes], source: str, model: str) -> tuple[np.ndarray, np.ndarray]:
-    """ADM / guided-diffusion `sample.py` output: arr_0 uint8 (N, H, W, C), arr_1 int labels (N,)."""
+def read_npz(file: IO[bytes], source: str, model: str, *, max_decoded_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    """ADM / guided-diffusion `sample.py` output: arr_0 uint8 (N, H, W, C), arr_1 int labels (N,).
+
+    Each array's shape is read from its .npy header first: one larger than max_decoded_bytes, or
+    larger than its archive member holds, is an error before numpy allocates it."""
     try:
         loaded = np.load(file, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
@@ -152,6 +170,8 @@ def read_npz(file: IO[bytes], source: str, model: str) -> tuple[np.ndarray, np.n
                 raise InputError(f"no arr_0 (images) in the npz; it holds {sorted(keys)}", model=model, source=source)
             if "arr_1" not in keys:
                 raise InputError("no arr_1 (labels) in the npz: was it sampled class-conditionally?", model=model, source=source)
+            for key in ("arr_0", "arr_1"):
+                _check_npy_header(npz.zip, f"{key}.npy", max_decoded_bytes, model=model, source=source)
             images, labels = npz["arr_0"], npz["arr_1"]
     except InputError:
         raise
@@ -165,6 +185,24 @@ def read_npz(file: IO[bytes], source: str, model: str) -> tuple[np.ndarray, np.n
     if len(images) != len(labels):
         raise InputError(f"arr_0 has {len(images)} images but arr_1 {len(labels)} labels", model=model, source=source)
     return images, labels
+
+
+def _check_npy_header(archive: zipfile.ZipFile, member: str, max_bytes: int, *, model: str, source: str) -> None:
+    """The array an npz member declares (shape and dtype in its .npy header), checked before it is read."""
+    info = archive.getinfo(member if member in archive.namelist() else member.removesuffix(".npy"))
+    with archive.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0(f))
+        header_bytes = f.tell()
+    nbytes = math.prod(shape) * dtype.itemsize
+    name = member.removesuffix(".npy")
+    if nbytes > max_bytes:
+        raise InputError(f"{name} declares shape {shape} of {dtype} ({nbytes} bytes), more than limits.max_decoded_bytes "
+                         f"({max_bytes}); refused before reading it", model=model, source=source)
+    if nbytes > info.file_size - header_bytes:
+        raise InputError(f"{name} declares shape {shape} of {dtype} ({nbytes} bytes) but the archive holds "
+                         f"{info.file_size - header_bytes} bytes of it: truncated or corrupt npz", model=model, source=source)
 
 
 def match_class_folders(folders: Iterable[str], class_names: tuple[str, ...], *, model: str, source: str) -> dict[str, int]:
@@ -189,17 +227,18 @@ def match_class_folders(folders: Iterable[str], class_names: tuple[str, ...], *,
     return mapping
 
 
-def read_class_folders(tree: FileTree, class_names: tuple[str, ...], model: str) -> tuple[np.ndarray, np.ndarray]:
+def read_class_folders(tree: FileTree, class_names: tuple[str, ...], model: str, *,
+                       limits: Limits) -> tuple[np.ndarray, np.ndarray]:
     """<root>/<class>/<image>: one subfolder per class, matched to the dataset's class names."""
     files = [p for p in tree.paths() if "/" in p and p.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS]
     if not files:
         raise InputError("no images in class subfolders", model=model, source=tree.name)
     mapping = match_class_folders((p.split("/", 1)[0] for p in files), class_names, model=model, source=tree.name)
     labels = np.array([mapping[p.split("/", 1)[0]] for p in files], dtype=np.int64)
-    return _decode(tree, files, model), labels
+    return _decode(tree, files, model, limits), labels
 
 
-def read_dataset_json(tree: FileTree, model: str) -> tuple[np.ndarray, np.ndarray]:
+def read_dataset_json(tree: FileTree, model: str, *, limits: Limits) -> tuple[np.ndarray, np.ndarray]:
     """StyleGAN2-ADA / EDM layout: dataset.json {"labels": [[relative_path, int], ...]} beside the images."""
     paths = set(tree.paths())
     if "dataset.json" not in paths:
@@ -218,10 +257,11 @@ def read_dataset_json(tree: FileTree, model: str) -> tuple[np.ndarray, np.ndarra
             raise InputError(f"dataset.json lists {entry[0]}, which is not in the archive", model=model, source=tree.name)
         files.append(entry[0])
         labels.append(entry[1])
-    return _decode(tree, files, model), np.array(labels, dtype=np.int64)
+    return _decode(tree, files, model, limits), np.array(labels, dtype=np.int64)
 
 
-def read_webdataset(samples: Iterable[tuple[str, dict[str, bytes]]], source: str, model: str) -> tuple[np.ndarray, np.ndarray]:
+def read_webdataset(samples: Iterable[tuple[str, dict[str, bytes]]], source: str, model: str, *,
+                    limits: Limits) -> tuple[np.ndarray, np.ndarray]:
     """WebDataset samples with `.cls` and one image extension each."""
     blobs, labels, sources = [], [], []
     for key, parts in samples:
@@ -239,17 +279,18 @@ def read_webdataset(samples: Iterable[tuple[str, dict[str, bytes]]], source: str
         sources.append(where)
     if not blobs:
         raise InputError("no samples in the shards", model=model, source=source)
-    return _decode_stack(blobs, sources, model), np.array(labels, dtype=np.int64)
+    return _decode_stack(blobs, sources, model, limits, what=source), np.array(labels, dtype=np.int64)
 
 
-def _decode(tree: FileTree, files: list[str], model: str) -> np.ndarray:
+def _decode(tree: FileTree, files: list[str], model: str, limits: Limits) -> np.ndarray:
     sources = [f"{tree.name}/{p}" for p in files]
-    return _decode_stack([tree.read(p) for p in files], sources, model)
+    return _decode_stack([tree.read(p) for p in files], sources, model, limits, what=tree.name)
 
 
-def _decode_stack(blobs: list[bytes], sources: list[str], model: str) -> np.ndarray:
-    """Decode and stack; errors name the model as well as the file."""
+def _decode_stack(blobs: list[bytes], sources: list[str], model: str, limits: Limits, *, what: str) -> np.ndarray:
+    """Decode into one array, sizes checked first; errors name the model as well as the file."""
     try:
-        return stack_images(decode_many(blobs, sources), sources)
+        return decode_stack(blobs, sources, max_pixels=limits.max_image_pixels,
+                            max_decoded_bytes=limits.max_decoded_bytes, what=what)
     except InputError as exc:
         raise exc.for_model(model) from None

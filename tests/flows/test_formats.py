@@ -38,6 +38,7 @@ from casflow.tasks.datasets import LabeledImages, digits_splits
 from casflow.tasks.errors import InputError
 from casflow.tasks.generators import files
 from casflow.tasks.images import encode_png
+from casflow.tasks.limits import Limits
 from casflow.tasks.results import RunInfo, per_class_rows
 from helpers import write_config
 
@@ -45,6 +46,7 @@ GOOD = {"name": "gauss", "generator": {"kind": "gaussian", "components": 16}}
 GENS = "casflow_formats_gens"  # the test's Python generators (written below)
 BROKEN = "casflow_formats_broken"  # a module that raises at import
 ARGPARSE = "casflow_formats_argparse"  # a module that parses the command line at import, and exits
+LIMITS = Limits()
 
 
 # ---------------------------------------------------------------- running the steps, one model failing alone
@@ -307,10 +309,10 @@ def test_webdataset_folder_finds_shards_in_subfolders(tmp_path, train):
     root = tmp_path / "shards"
     write_shards(root / "part-a", [wds_samples(train.images[:3], train.labels[:3], "png")])
     write_shards(root / "part-b", [wds_samples(train.images[3:5], train.labels[3:5], "jpg", start=3)])
-    user_files = sources.Files()
+    user_files = sources.Files(max_file_bytes=LIMITS.max_file_bytes, max_files=LIMITS.max_files)
     urls = user_files.tar_names(str(root))
     assert urls == [f"{root}/part-a/shard-000000.tar", f"{root}/part-b/shard-000000.tar"]
-    images, labels = files.read_webdataset(user_files.iter_webdataset(urls), str(root), "m")
+    images, labels = files.read_webdataset(user_files.iter_webdataset(urls), str(root), "m", limits=LIMITS)
     assert images.shape == (5, 8, 8, 1) and list(labels) == list(train.labels[:5])
 
 
@@ -346,6 +348,7 @@ class Bad:
     id: str
     build: Callable[[Path, LabeledImages], tuple[dict, str]]  # -> (generator, what the message must name as the place)
     problem: tuple[str, ...]  # words the message must contain
+    limits: dict | None = None  # the config's `limits:` for this run (small ones, to test with small files)
 
 
 def npz_of(images_fn=lambda t: t.images, labels_fn=lambda t: t.labels, **extra) -> Callable:
@@ -529,6 +532,97 @@ def unsafe_pickle(path: Path) -> None:
     torch.save({"weights": torch.zeros(3), "args": argparse.Namespace(lr=0.1)}, path)  # a pickled class
 
 
+class RunsACommand:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo this must never run",))
+
+
+def malicious_pickle(path: Path) -> None:
+    import pickle
+
+    path.write_bytes(pickle.dumps({"weights": [0.0], "payload": RunsACommand()}))  # a plain pickle, protocol 5
+
+
+# ---------------------------------------------------------------- small inputs that declare huge reads
+
+def bomb_png(path: Path, height: int, width: int) -> Path:
+    """A grey PNG of height x width zeros, a few KB on disk, written row by row (never whole in memory)."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer = zlib.compressobj(9)
+    row = b"\0" * (width + 1)  # filter byte 0, then the pixels
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def bomb_in_folder(tree, train):
+    path = first_file(tree, "6")
+    bomb_png(path, 5000, 5000)  # 25 million pixels, 25 KB on disk
+    return f"6/{path.name}"
+
+
+def fifo_in_folder(tree, train):
+    import os
+
+    os.mkfifo(tree / "1" / "stream.png")  # reading it waits for a writer that never comes
+    return "1/stream.png"
+
+
+def dev_zero_in_folder(tree, train):
+    (tree / "8" / "zero.png").symlink_to("/dev/zero")  # never ends
+    return "8/zero.png"
+
+
+def npz_fifo(root, train):
+    import os
+
+    root.mkdir(parents=True)
+    os.mkfifo(root / "bad.npz")
+    return {"kind": "npz", "path": str(root / "bad.npz")}, "bad.npz"
+
+
+def npz_compressed_bomb(root, train):
+    root.mkdir(parents=True)
+    np.savez_compressed(root / "bad.npz", arr_0=np.zeros((2000, 64, 64, 3), np.uint8), arr_1=np.zeros(2000, np.int64))
+    return {"kind": "npz", "path": str(root / "bad.npz")}, "bad.npz"  # 24.6 MB of zeros in 25 KB
+
+
+def npz_lying_header(root, train):
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "|u1", "fortran_order": False, "shape": (10**6, 8, 8, 1)})
+    buffer.write(train.images.tobytes())  # 1,438 images, not a million
+    labels = io.BytesIO()
+    np.save(labels, train.labels)
+    return {"kind": "npz", "path": str(write_zip(root / "bad.npz", {"arr_0.npy": buffer.getvalue(),
+                                                                     "arr_1.npy": labels.getvalue()}))}, "bad.npz"
+
+
+def zip_bomb_member(root, train):
+    path = root / "bad.zip"
+    path.parent.mkdir(parents=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in dataset_json_files(train.images, train.labels).items():
+            archive.writestr(name, b"\0" * 50_000_000 if name == "00000/img00000005.png" else data)
+    return {"kind": "dataset-json", "path": str(path)}, "00000/img00000005.png"
+
+
+def wds_billion_shards(root, train):
+    url = shards(lambda s: (s, ""))(root, train)[0]["url"]
+    return {"kind": "webdataset", "url": f"{url}/shard-{{000000000..999999999}}.tar"}, "shard-{000000000..999999999}.tar"
+
+
+def python_checkpoint_symlink(target: str) -> Callable:
+    return python_checkpoint(lambda p: p.symlink_to(target))
+
+
 BAD = [
     # npz (ADM / guided-diffusion)
     Bad("npz-16px", npz_of(lambda t: np.repeat(np.repeat(t.images, 2, 1), 2, 2)), ("16x16, the dataset's are 8x8", "resize")),
@@ -591,8 +685,38 @@ BAD = [
     Bad("py-list", python("list"), ("sample() returned list, expected a numpy array or torch tensor",)),
     Bad("py-class-count", python("classes", where=f"{GENS}:make"), ("5 classes, the dataset has 10",)),
     Bad("py-unreadable-checkpoint", python_checkpoint(lambda p: p.write_bytes(b"PK\x03\x04 half a zip")), ("unreadable checkpoint",)),
-    Bad("py-unsafe-checkpoint", python_checkpoint(unsafe_pickle), ("unsafe checkpoint", "argparse.Namespace", "allow_unsafe_checkpoint")),
+    Bad("py-unsafe-checkpoint", python_checkpoint(unsafe_pickle),
+        ("checkpoint refused as unsafe", "argparse.Namespace", "set allow_unsafe_checkpoint: true")),
+    Bad("py-malicious-checkpoint", python_checkpoint(malicious_pickle),
+        ("checkpoint refused as unsafe", "posix.system (os.system)", "set allow_unsafe_checkpoint: true")),
+    Bad("py-whole-module-checkpoint", python_checkpoint(lambda p: torch.save(torch.nn.Linear(2, 2), p)),
+        ("checkpoint refused as unsafe", "torch.nn.modules.linear.Linear", "set allow_unsafe_checkpoint: true")),
     Bad("py-missing-checkpoint", python_checkpoint(lambda p: None), ("no such file",)),
+    # small inputs that declare huge reads, and inputs that never end: refused before reading
+    Bad("folder-decompression-bomb", folders(bomb_in_folder),
+        ("image is 5000x5000 (25000000 pixels), more than limits.max_image_pixels (16777216); refused before decoding",)),
+    Bad("folder-over-decoded-limit", folders(lambda tree, train: "bad_folders"),
+        ("1438 images of 8x8 with 1 channel decode to 92032 bytes, more than limits.max_decoded_bytes (50000)",),
+        limits={"max_decoded_bytes": 50_000}),
+    Bad("folder-fifo", folders(fifo_in_folder), ("not a regular file (a pipe)",)),
+    Bad("folder-dev-zero", folders(dev_zero_in_folder), ("not a regular file (a device)",)),
+    Bad("folder-too-many-files", folders(lambda tree, train: "bad_folders"), ("1438 files, more than limits.max_files (1000)",),
+        limits={"max_files": 1000}),
+    Bad("npz-fifo", npz_fifo, ("not a regular file (a pipe)",)),
+    Bad("npz-compressed-bomb", npz_compressed_bomb,
+        ("arr_0 declares shape (2000, 64, 64, 3) of uint8 (24576000 bytes), more than limits.max_decoded_bytes (10000000)",),
+        limits={"max_decoded_bytes": 10_000_000}),
+    Bad("npz-lying-header", npz_lying_header, ("arr_0 declares shape (1000000, 8, 8, 1)", "truncated or corrupt npz")),
+    Bad("json-zip-bomb", zip_bomb_member,
+        ("is 50000000 bytes once extracted, more than limits.max_file_bytes (10000000)",), limits={"max_file_bytes": 10_000_000}),
+    Bad("json-too-many-members", dataset_json(lambda c: c), ("1439 archive members, more than limits.max_files (1000)",),
+        limits={"max_files": 1000}),
+    Bad("wds-billion-shards", wds_billion_shards, ("names 1000000000 shards, more than limits.max_files (10000000)",)),
+    Bad("wds-shard-too-large", shards(lambda s: (s, "shard-000000.tar")), ("bytes, more than limits.max_file_bytes (1000000)",),
+        limits={"max_file_bytes": 1_000_000}),
+    Bad("py-checkpoint-dev-zero", python_checkpoint_symlink("/dev/zero"), ("not a regular file (a device)",)),
+    Bad("py-checkpoint-too-large", python_checkpoint(unsafe_pickle), ("bytes, more than limits.max_file_bytes (100)",),
+        limits={"max_file_bytes": 100}),
 ]
 
 
@@ -603,7 +727,8 @@ def test_bad_input_fails_alone(bad, template, train, tmp_path):
     shutil.copytree(template_store, store)
     before = snapshot(store)
     generator, where = bad.build(tmp_path / "in", train)
-    run = run_models(write_config(tmp_path, [{"name": "bad", "generator": generator}, GOOD], store_url=str(store)))
+    sections = {"limits": bad.limits} if bad.limits else {}
+    run = run_models(write_config(tmp_path, [{"name": "bad", "generator": generator}, GOOD], store_url=str(store), **sections))
 
     assert set(run.errors) == {"bad"}, run.messages
     assert isinstance(run.errors["bad"], InputError), repr(run.errors["bad"])  # bad input: never retried

@@ -172,3 +172,43 @@ def test_the_nightly_verify_rebuilds_a_corrupt_shard_before_the_evaluation(tiny_
     rows = summary(tmp_path / "store", report["run_id"])
     assert rows["gauss"]["status"] == "ok" and not rows["gauss"]["samples_cached"]  # removed, then rebuilt
     assert shard.read_bytes() == good
+
+
+def test_disk_full_fails_that_model_at_once_naming_the_file(tiny_config, small_disk):
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    # 9 MB: the digits shards (3.7 MB), then `gauss` (3.5 MB of samples and classifier) fit; `gauss8`'s
+    # 2.9 MB shard does not, and the results (a few KB) do again
+    disk = small_disk(9 * 2**20)
+    models = MODELS[:1] + [{"name": "gauss8", "generator": {"kind": "gaussian", "components": 8}}]
+    state = cas_evaluation(str(tiny_config(models, store={"url": str(disk / "store")})), return_state=True)
+    assert state.is_failed()
+    report = state.result(raise_on_failure=False)
+    assert report["models"]["gauss"] == "ok" and report["models"]["real"] == "ok"
+    error = report["models"]["gauss8"]
+    assert error.startswith("model 'gauss8': ") and "No space left on device" in error, error
+    assert f"{disk}/store/samples/" in error and "shard-000000.tar" in error, error  # names the file
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    assert next(r for r in runs if r.name == "samples-gauss8").run_count == 1  # a full disk is not retried
+    rows = summary(disk / "store", report["run_id"])
+    assert rows["gauss8"]["status"] == "failed" and rows["gauss"]["status"] == "ok"
+    assert not [p for p in (disk / "store").rglob("*") if ".tmp-" in p.name]
+
+
+def test_flow_on_a_store_that_never_answers_fails_fast_naming_it(tiny_config, monkeypatch):
+    import time
+
+    from helpers import Unanswering
+
+    with Unanswering() as endpoints:
+        for key, value in {"AWS_ENDPOINT_URL": endpoints.url("silent"), "AWS_ACCESS_KEY_ID": "key",
+                           "AWS_SECRET_ACCESS_KEY": "secret", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(key, value)
+        started = time.monotonic()
+        state = cas_evaluation(str(tiny_config(MODELS[:1], store={"url": "s3://casflow/nightly"})), return_state=True)
+        seconds = time.monotonic() - started
+    assert state.is_failed()
+    assert f"store s3://casflow/nightly at {endpoints.url('silent')} did not answer" in state.message, state.message
+    assert seconds < 35, seconds

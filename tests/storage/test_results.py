@@ -43,3 +43,21 @@ def test_rows_that_break_the_schema_are_refused(tmp_path):
     with pytest.raises(ValueError):  # pyarrow's ArrowInvalid
         results.write_table(store, "per_class", [_row("per_class", n_eval="four")], "r", datetime.now(timezone.utc))
     assert results.run_ids(store) == []
+
+
+def test_disk_full_leaves_no_temporary_parquet(small_disk):
+    import errno
+
+    from casflow.storage.store import is_transient
+    from helpers import fill
+
+    disk = small_disk(64 * 1024)
+    store = Store(str(disk / "store"))
+    fill(disk)
+    when = datetime(2026, 11, 29, tzinfo=timezone.utc)
+    for table in ("per_class", "summary"):
+        with pytest.raises(OSError) as info:
+            results.write_table(store, table, [_row(table)], "r", when)
+        assert info.value.errno == errno.ENOSPC and not is_transient(info.value)
+        assert f"results/{table}/date=2026-11-29/run=r/part-0.parquet" in str(info.value)  # names the file
+    assert not [p for p in (disk / "store").rglob("*") if p.is_file()]  # no empty temporary Parquet files

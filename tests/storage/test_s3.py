@@ -22,7 +22,7 @@ def test_objects_round_trip(s3):
     assert store.size("a/b.bin") == 7
     with store.open("a/b.bin") as f:
         assert f.read() == b"payload"
-    assert Files(s3_options()).digest(f"{s3.store_url}/a/b.bin").startswith("etag:")
+    assert Files(s3_options(), max_file_bytes=2**20, max_files=100).digest(f"{s3.store_url}/a/b.bin").startswith("etag:")
 
 
 def test_shards_on_s3_are_byte_identical_to_local(s3, tmp_path):
@@ -62,3 +62,13 @@ def test_duckdb_reads_results_on_s3_through_fsspec(s3):
     got = connection.sql(f"SELECT model, cas_top1, date FROM read_parquet('{s3.store_url}/results/summary/**/*.parquet', "
                          "hive_partitioning=true)").fetchall()
     assert got == [("m", 0.9, when.date())]
+
+
+def test_probe_passes_on_a_store_that_answers(s3):
+    import time
+
+    started = time.monotonic()
+    Store(s3.store_url).probe()
+    Store("s3://no-such-bucket/x").probe()  # an answer, even an error, is the steps' to report
+    Store(s3.store_url, s3=s3_options(s3.endpoint_url, key=s3.access_key, secret="not-the-secret")).probe()
+    assert time.monotonic() - started < 5

@@ -53,7 +53,7 @@ def test_round_trip_through_our_reader(tmp_path):
     assert loaded == written
     got = list(iter_shard_set(store, loaded))
     assert [k for k, _ in got] == [f"{i:09d}" for i in range(25)]
-    assert all(np.array_equal(decode_image(p["png"], k), images[i]) for i, (k, p) in enumerate(got))
+    assert all(np.array_equal(decode_image(p["png"], k, max_pixels=2**20), images[i]) for i, (k, p) in enumerate(got))
     assert [int(p["cls"]) for _, p in got] == list(labels)
 
 
@@ -108,3 +108,19 @@ def test_duplicate_keys_are_an_error(tmp_path):
         writer.write({"__key__": "a", "cls": b"2", "png": b"y"})
     with open(path, "rb") as f, pytest.raises(ShardFormatError, match="dup.tar: duplicate key a"):
         list(iter_tar(f, "dup.tar"))
+
+
+def test_a_tar_member_over_the_limit_is_refused_before_it_is_read(tmp_path):
+    import io
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in (("a.cls", b"1"), ("a.png", b"x" * 5000)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    buffer.seek(0)
+    with pytest.raises(ShardFormatError, match=r"s.tar: member a.png is 5000 bytes, more than limits.max_file_bytes \(4096\)"):
+        list(iter_tar(buffer, "s.tar", max_member_bytes=4096))
+    buffer.seek(0)
+    assert [key for key, _ in iter_tar(buffer, "s.tar", max_member_bytes=5000)] == ["a"]

@@ -76,3 +76,43 @@ def test_secrets_do_not_show_in_repr():
     config = parse_config("store: {url: 's3://b/p', access_key_id: AKIDSECRET, secret_access_key: VERYSECRET}\n" + GOOD)
     assert "VERYSECRET" not in repr(config) and "AKIDSECRET" not in repr(config)
     assert config.store.secret_access_key.get_secret_value() == "VERYSECRET"
+
+
+@pytest.mark.parametrize("text, words", [
+    (GOOD + "models:\n  - {name: h, generator: {kind: real}}\n", "duplicate key 'models' at line 5 (first at line 2)"),
+    ("models:\n  - name: g\n    generator: {kind: gaussian, components: 8, components: 4}\n",
+     "duplicate key 'components' at line 3 (first at line 3)"),
+    ("store: {url: a}\nstore: {url: b}\n" + GOOD, "duplicate key 'store' at line 2 (first at line 1)"),
+])
+def test_duplicate_keys_are_errors(text, words):
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, source="my.yaml")
+    assert f"my.yaml: {words}" in str(info.value)
+
+
+def test_merge_keys_override_without_being_duplicates():
+    config = parse_config("models:\n  - {name: a, generator: &g {kind: gaussian, components: 8}}\n"
+                          "  - {name: b, generator: {<<: *g, components: 4}}\n")
+    assert [m.generator.components for m in config.models] == [8, 4]
+
+
+def test_config_that_is_not_utf8_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"my.yaml: not UTF-8 text \(byte 0xe9 at line 1, offset 19\)"):
+        parse_config("models: [{name: caf\xe9, generator: {kind: real}}]\n".encode("latin-1"), source="my.yaml")
+    assert parse_config(GOOD.encode()).models[0].name == "g"
+
+
+def test_yaml_aliases_cannot_expand_without_bound():
+    import time
+
+    # "billion laughs" in a Python generator's options, which validate as anything: before, the config
+    # passed, and the samples fingerprint's JSON of them needed 2.7 GB and 20 s per 10^8 values
+    laughs = ["a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    laughs += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]  # 10^10 values once expanded
+    text = "models:\n- name: p\n  generator:\n    kind: python\n    entry_point: m:f\n    options:\n"
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"my.yaml: more than 100000 values once YAML aliases are expanded"):
+        parse_config(text + "".join(f"      {line}\n" for line in laughs), source="my.yaml")
+    assert time.perf_counter() - started < 5
+    with pytest.raises(ConfigError, match="my.yaml: nested too deeply"):
+        parse_config("seed: " + "[" * 5000 + "]" * 5000 + "\n" + GOOD, source="my.yaml")

@@ -12,6 +12,9 @@ from casflow.tasks.datasets.digits import digits
 from casflow.tasks.datasets.hf_parquet import read_hf_parquet
 from casflow.tasks.datasets.imagefolder import read_imagefolder
 from casflow.tasks.errors import InputError
+from casflow.tasks.limits import Limits
+
+LIMITS = Limits()
 
 
 def test_digits_are_real_uint8_images():
@@ -60,7 +63,7 @@ def _hf_table(blobs, labels, names=("cat", "dog")):
 
 
 def test_hf_parquet_reader_decodes_images_and_class_names():
-    data = read_hf_parquet(_hf_table([_png((10, 20, 30)), _png((200, 0, 0))], [1, 0]), "t.parquet")
+    data = read_hf_parquet(_hf_table([_png((10, 20, 30)), _png((200, 0, 0))], [1, 0]), "t.parquet", LIMITS)
     assert data.class_names == ("cat", "dog")
     assert data.images.shape == (2, 4, 4, 3)
     assert tuple(data.images[0, 0, 0]) == (10, 20, 30)
@@ -69,11 +72,11 @@ def test_hf_parquet_reader_decodes_images_and_class_names():
 
 def test_hf_parquet_reader_errors_name_the_row():
     with pytest.raises(InputError, match="row 1"):
-        read_hf_parquet(_hf_table([_png(1), b"not an image"], [0, 1]), "t.parquet")
+        read_hf_parquet(_hf_table([_png(1), b"not an image"], [0, 1]), "t.parquet", LIMITS)
     with pytest.raises(InputError, match="row 1 .*8x8"):
-        read_hf_parquet(_hf_table([_png(1), _png(1, size=8)], [0, 1]), "t.parquet")
+        read_hf_parquet(_hf_table([_png(1), _png(1, size=8)], [0, 1]), "t.parquet", LIMITS)
     with pytest.raises(InputError, match="label 5 outside"):
-        read_hf_parquet(_hf_table([_png(1)], [5]), "t.parquet")
+        read_hf_parquet(_hf_table([_png(1)], [5]), "t.parquet", LIMITS)
 
 
 class DictTree:
@@ -89,7 +92,7 @@ class DictTree:
 
 def test_imagefolder_reader_sorts_class_names():
     tree = DictTree({"zebra/1.png": _png(1, mode="L"), "ant/1.png": _png(2, mode="L"), "ant/2.png": _png(3, mode="L")})
-    data = read_imagefolder(tree)
+    data = read_imagefolder(tree, LIMITS)
     assert data.class_names == ("ant", "zebra")
     assert list(data.labels) == [0, 0, 1]
     assert data.images.shape == (3, 4, 4, 1)
@@ -98,7 +101,7 @@ def test_imagefolder_reader_sorts_class_names():
 @pytest.mark.slow
 def test_cifar10_parquet(cifar10_dir):
     with open(cifar10_dir / "test.parquet", "rb") as f:
-        data = read_hf_parquet(f, "test.parquet")
+        data = read_hf_parquet(f, "test.parquet", LIMITS)
     assert data.images.shape == (10000, 32, 32, 3)
     assert data.class_names[0] == "airplane" and data.class_names[9] == "truck"
     assert data.counts() == (1000,) * 10
@@ -108,3 +111,10 @@ def test_the_registry_lists_every_kind_with_its_config():
     assert set(datasets.SOURCES) == {"digits", "hf-parquet", "imagefolder"}
     for kind, source in datasets.SOURCES.items():
         assert source.config.model_fields["kind"].annotation.__args__ == (kind,)
+
+
+def test_hf_parquet_declared_size_is_checked_before_reading():
+    table = _hf_table([_png(1), _png(2)], [0, 1])
+    with pytest.raises(InputError, match=r"t.parquet: its row groups declare \d+ bytes uncompressed, more than "
+                                         r"limits.max_file_bytes \(100\)"):
+        read_hf_parquet(table, "t.parquet", Limits(max_file_bytes=100))

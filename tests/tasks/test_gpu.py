@@ -21,6 +21,7 @@ from casflow.tasks.classifiers import training
 from casflow.tasks.classifiers.common import ResidentLoader, StreamingLoader, autocast, data_dtype, to_unit_float
 from casflow.tasks.classifiers.training import InMemorySamples
 from casflow.tasks.datasets.hf_parquet import read_hf_parquet
+from casflow.tasks.limits import Limits
 from casflow.tasks.metrics import count_correct
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -191,7 +192,7 @@ def cifar10(cifar10_dir):
     splits = []
     for name in ("train", "test"):
         with open(cifar10_dir / f"{name}.parquet", "rb") as f:
-            splits.append(read_hf_parquet(f, str(cifar10_dir / f"{name}.parquet")))
+            splits.append(read_hf_parquet(f, str(cifar10_dir / f"{name}.parquet"), Limits()))
     return splits
 
 

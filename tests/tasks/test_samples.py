@@ -83,9 +83,9 @@ def test_png_round_trip_is_lossless_and_deterministic():
         image = rng.integers(0, 256, (5, 7, channels), dtype=np.uint8)
         data = encode_png(image)
         assert data == encode_png(image.copy())
-        assert np.array_equal(decode_image(data, "x"), image)
+        assert np.array_equal(decode_image(data, "x", max_pixels=64), image)
 
 
 def test_corrupt_image_names_the_source():
     with pytest.raises(InputError, match="file.png: corrupt or unreadable image"):
-        decode_image(b"\x89PNG\r\n\x1a\n garbage", "file.png")
+        decode_image(b"\x89PNG\r\n\x1a\n garbage", "file.png", max_pixels=64)
