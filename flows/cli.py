@@ -68,6 +68,7 @@ def _open_store(args: argparse.Namespace):
 
 def show_results(store, run_id: str | None, per_class: bool, model: str | None) -> int:
     from casflow.storage import results
+    from casflow.tasks.results import has_scores, scores_cells
 
     runs = results.run_ids(store)
     if not runs:
@@ -80,6 +81,10 @@ def show_results(store, run_id: str | None, per_class: bool, model: str | None) 
     print(f"run {run_id}  dataset {summary[0]['dataset'] if summary else '?'}  recipe {summary[0]['recipe'] if summary else '?'}"
           f"  store {store.url}")
     print(render_summary(summary))
+    scored = [r for r in summary if has_scores(r)]
+    if scored:
+        print("\nscores beside CAS (in the real baseline's classifier; NAS: points of top-1 against real alone):")
+        print(_table([scores_cells(r) for r in scored]))
     if per_class:
         rows = results.read_run(store, "per_class", run_id).to_pylist()
         print()
