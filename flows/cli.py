@@ -92,7 +92,7 @@ def show_results(store, run_id: str | None, per_class: bool, model: str | None) 
     return 0
 
 
-def run(config_path: str, store_url: str | None, fail_on_regression: bool = False) -> int:
+def run(config_path: str, store_url: str | None, fail_on_regression: bool = False, model_deployment: str | None = None) -> int:
     from casflow.flows import steps
     from casflow.storage.store import StoreUnreachable
     from casflow.tasks.config import ConfigError
@@ -107,9 +107,13 @@ def run(config_path: str, store_url: str | None, fail_on_regression: bool = Fals
     except StoreUnreachable as exc:
         print(f"cas: {exc}", file=sys.stderr)
         return 1
+    if model_deployment and not os.environ.get("PREFECT_API_URL"):
+        print("cas: --model-deployment needs the Prefect server where that deployment and its workers are: "
+              "set PREFECT_API_URL (README: Many machines)", file=sys.stderr)
+        return 2
     from casflow.flows.pipeline import cas_evaluation
 
-    state = cas_evaluation(config_path, store_url, return_state=True)
+    state = cas_evaluation(config_path, store_url, model_deployment=model_deployment, return_state=True)
     report = state.result(raise_on_failure=False)
     if not isinstance(report, dict):
         print(f"cas: the run failed before writing results: {report}", file=sys.stderr)
@@ -254,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     run_cmd.add_argument("--store", help="override store.url")
     run_cmd.add_argument("--fail-on-regression", action="store_true",
                          help="exit 3 when a model got significantly worse than its previous run")
+    run_cmd.add_argument("--model-deployment", metavar="FLOW/DEPLOYMENT",
+                         help="run each model as a flow run of this deployment (e.g. cas-model/casflow-model), on its workers")
 
     def where(command: argparse.ArgumentParser) -> None:
         command.add_argument("--config", help="read the store URL and credentials from this config")
@@ -286,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run(DEMO_CONFIG, args.store)
     if args.command == "run":
-        return run(args.config, args.store, args.fail_on_regression)
+        return run(args.config, args.store, args.fail_on_regression, args.model_deployment)
     from casflow.storage.results import ResultsError
     from casflow.storage.store import IntegrityError
 

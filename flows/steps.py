@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import os
+import socket
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
@@ -109,16 +111,24 @@ def read_config(path: str, store_url: str | None = None) -> Config:
 
     ConfigError for anything that stops the run before it starts: a file that is not a regular file or
     is larger than MAX_CONFIG_BYTES, not UTF-8, not valid, or a store that cannot keep the results."""
+    return config_from_text(read_config_text(path), path, store_url)
+
+
+def read_config_text(path: str) -> str:
     try:
-        text = read_local_file(path, path, MAX_CONFIG_BYTES, "a config may have")
+        return read_local_file(path, path, MAX_CONFIG_BYTES, "a config may have")
     except (NotRegularFile, FileTooLarge) as exc:
         raise ConfigError(str(exc)) from None
-    config = parse_config(text, source=path)
+
+
+def config_from_text(text: str, source: str, store_url: str | None = None) -> Config:
+    """A config's YAML text validated (a flow run on another machine gets the text, not the file)."""
+    config = parse_config(text, source=source)
     if store_url:
         config = config.model_copy(update={"store": config.store.model_copy(update={"url": store_url})})
     problem = store_url_problem(config.store.url)
     if problem:
-        raise ConfigError(f"{path}: store.url {config.store.url}: {problem}")
+        raise ConfigError(f"{source}: store.url {config.store.url}: {problem}")
     return config
 
 
@@ -247,6 +257,7 @@ def train_classifier(config: Config, store: Store, samples: SamplesRecord, datas
     net, train_log = training.train(recipe, data, num_classes=len(dataset.class_names), device=torch_device, seed=seed,
                                     resident_limit_gb=config.classifier.resident_limit_gb)
     train_log["fingerprint_inputs"] = inputs
+    train_log["worker"] = os.environ.get("CASFLOW_WORKER") or socket.gethostname()  # who trained it (not fingerprinted)
     artifacts.write_classifier(store, fp, training.weights_bytes(net), train_log)
     return ClassifierRecord(samples.model, fp, seed, samples, False, train_log["train_seconds"], train_log["device"], augment)
 
