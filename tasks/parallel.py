@@ -28,6 +28,7 @@ import multiprocessing
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -60,9 +61,31 @@ def _pool(workers: int) -> ProcessPoolExecutor:
         pool = _pools.get(workers)
         if pool is None:
             method = "fork" if sys.platform.startswith("linux") else "spawn"
-            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_watch_parent,
+                                       initargs=(os.getpid(),))
             _pools[workers] = pool
         return pool
+
+
+def _watch_parent(parent: int) -> None:
+    """In each worker: exit once the process that started it is gone (killed, say), rather than wait forever on
+    its job queue, holding its pipes and memory."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="casflow-parent-watch", daemon=True).start()
+
+
+def shutdown() -> None:
+    """Stops every worker pool of this process (they stop at exit anyway); the next call starts new ones."""
+    with _pools_lock:
+        pools = list(_pools.values())
+        _pools.clear()
+    for pool in pools:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _discard(workers: int, pool: ProcessPoolExecutor) -> None:

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 
 from casflow.tasks.files import FileTree
-from casflow.tasks.images import CHUNK, Transcode, header_shape, png_chunk
+from casflow.tasks.images import CHUNK, Transcode, decode_chunk, header_shape, png_chunk
 from casflow.tasks.parallel import ordered_map
 from casflow.tasks.progress import Progress
 
@@ -91,6 +91,18 @@ def encode_in_order(listing: Listing, order: np.ndarray, transcode: Transcode, *
         spool.close()
         raise
     return _replay(spool, np.searchsorted(wanted, order), listing.labels[order])
+
+
+def check_every_image(listing: Listing, shape: tuple[int, int, int], max_pixels: int, *, workers: int | None = None) -> None:
+    """Reads and decodes every image of the input (on every core, a chunk at a time, nothing kept) and raises
+    the first one's error in input order: an unreadable file, a corrupt image, another size."""
+    chunks = listing.chunks(np.arange(len(listing)))
+    if listing.shape is None:
+        for _ in ordered_map(decode_chunk, ((blobs, sources, max_pixels, shape) for blobs, sources in chunks), workers=workers):
+            pass
+    else:
+        for _ in chunks:
+            pass
 
 
 def _replay(spool: Spool, positions: np.ndarray, labels: np.ndarray) -> Iterator[tuple[int, bytes]]:

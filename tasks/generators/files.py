@@ -30,7 +30,15 @@ from casflow.tasks.generators.common import DrawRequest, Samples, SampleSource, 
 from casflow.tasks.images import CHUNK, IMAGE_EXTENSIONS, Transcode, check_decoded_bytes
 from casflow.tasks.samples import check_labels, conformed_size, select_for_budget
 from casflow.tasks.schema import Frozen, ResizeFilter
-from casflow.tasks.streaming import ImageChunk, Listing, array_chunks, encode_in_order, picked_chunks, tree_listing
+from casflow.tasks.streaming import (
+    ImageChunk,
+    Listing,
+    array_chunks,
+    check_every_image,
+    encode_in_order,
+    picked_chunks,
+    tree_listing,
+)
 
 
 class _FromFiles(Frozen):
@@ -141,18 +149,25 @@ SOURCES = (
 
 
 def _within_budget(listing: Listing, where: str, spec: _FromFiles, request: DrawRequest) -> Samples:
-    """Pass 1's labels checked and the seeded budget subset chosen from them; the input's image size checked
-    against the dataset's; then pass 2 reads, decodes, checks and encodes the chosen images only
-    (`streaming.encode_in_order`), all before anything is written."""
+    """The first image's header and the input's decoded size checked; pass 1's labels checked and the seeded
+    budget subset chosen from them; the image size checked against the dataset's; then pass 2 reads,
+    decodes, checks and encodes the chosen images only (`streaming.encode_in_order`), all before anything
+    is written. When a label, budget or size check fails, every image is read and checked first and an
+    unreadable one is what the error names, as when whole inputs were decoded before any other check."""
     model = request.model
-    labels = check_labels(listing.labels, len(request.class_names), model=model, source=where)
-    order = select_for_budget(labels, request.budget, seed=derive_seed(request.seed, "subset"),
-                              allow_shortfall=spec.allow_shortfall, model=model, source=where)
     try:
         shape = listing.image_shape(request.limits.max_image_pixels)
         if listing.shape is None:  # image files: N x H x W x C from the first image's header
             check_decoded_bytes(len(listing), shape, request.limits.max_decoded_bytes, listing.where)
-        size = conformed_size(shape, listing.dtype, request.image_shape, resize_filter=spec.resize, model=model, source=where)
+        try:
+            labels = check_labels(listing.labels, len(request.class_names), model=model, source=where)
+            order = select_for_budget(labels, request.budget, seed=derive_seed(request.seed, "subset"),
+                                      allow_shortfall=spec.allow_shortfall, model=model, source=where)
+            size = conformed_size(shape, listing.dtype, request.image_shape, resize_filter=spec.resize, model=model,
+                                  source=where)
+        except InputError:
+            check_every_image(listing, shape, request.limits.max_image_pixels)  # an unreadable image is reported first
+            raise
         transcode = Transcode(shape, request.limits.max_image_pixels, size, spec.resize)
         return encode_in_order(dataclasses.replace(listing, labels=labels), order, transcode, what=f"model {model}")
     except InputError as exc:
