@@ -348,8 +348,8 @@ def main() -> None:
     print(f"{header['machine']}; PNG {header['mean_png_bytes']:.0f} bytes on average; work in {work}", flush=True)
 
     rows = []
-    for kind in kinds:
-        for n in sizes:
+    for n in sizes:  # every kind at the anchor first: a run cut short still compares kinds
+        for kind in kinds:
             case = work / f"{kind}-{n}"
             generator = write_input(kind, n, pool, case / "input")
             for stage in ("draw", "decode", "evaluate"):
@@ -393,7 +393,8 @@ def render(header: dict, rows: list[dict], codec: dict, sizes: list[int]) -> str
              "| kind | stage | N | seconds | images/s | x anchor | peak RSS MB | x anchor | workers' peak RSS MB |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     by_key = {(r["kind"], r["stage"], r["n"]): r for r in rows}
-    for r in rows:
+    stages = ("draw", "decode", "evaluate")
+    for r in sorted(rows, key=lambda r: (KINDS.index(r["kind"]), stages.index(r["stage"]), r["n"])):
         base = by_key.get((r["kind"], r["stage"], anchor), r)
         rate, base_rate = r["n"] / r["seconds"], base["n"] / base["seconds"]
         lines.append(f"| {r['kind']} | {r['stage']} | {r['n']:,} | {r['seconds']:.1f} | {rate:,.0f} | {rate / base_rate:.2f} | "
