@@ -102,9 +102,10 @@ def test_at_its_default_the_template_leaves_fingerprints_as_they_were(tmp_path, 
     from casflow.storage.sources import Files
 
     spec = python_entry.PythonGenerator(kind="python", entry_point=f"{STAND_IN}:unprompted")
-    assert "prompt_template" not in python_entry.content(spec, Files(max_file_bytes=2**20, max_files=100), "m")["generator"]
+    files = Files(max_file_bytes=2**20, max_files=100)
+    assert "prompt_template" not in python_entry.content(spec, files, "m")["generator"]
     custom = spec.model_copy(update={"prompt_template": "digit {class_name}"})
-    assert python_entry.content(custom, Files(max_file_bytes=2**20, max_files=100), "m")["generator"]["prompt_template"] == "digit {class_name}"
+    assert python_entry.content(custom, files, "m")["generator"]["prompt_template"] == "digit {class_name}"
 
 
 def test_a_sampler_without_prompts_is_called_as_before(tmp_path, stand_in):
