@@ -96,7 +96,9 @@ def read_hf_parquet(files: SourceFiles, name: str, limits: Limits, what: str = "
                     yield blob, source
                     row += 1
 
-    first = next(images(), None)
+    stream = images()
+    first = next(stream, None)
+    stream.close()
     listing = Listing(name, labels, lambda indices: picked_chunks(images(), indices), first=lambda: first)
     return split_of(listing, class_names, limits, what)
 
