@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 from casflow.storage.local_s3 import LocalS3  # noqa: E402
 from casflow.storage.shards import iter_shard_set, write_shard_set  # noqa: E402
+from casflow.storage.sources import Files  # noqa: E402
 from casflow.storage.store import Store, s3_options  # noqa: E402
 from casflow.tasks.datasets.digits import digits  # noqa: E402
 from casflow.tasks.datasets.hf_parquet import read_hf_parquet  # noqa: E402
@@ -41,8 +42,9 @@ from casflow.tasks.samples import encode_samples  # noqa: E402
 def load_images(count: int) -> tuple[np.ndarray, np.ndarray, str]:
     cifar = REPO.parent / "shared" / "datasets" / "cifar10" / "test.parquet"
     if cifar.exists():
-        with open(cifar, "rb") as f:
-            data = read_hf_parquet(f, str(cifar), Limits())
+        limits = Limits()
+        data = read_hf_parquet(Files(max_file_bytes=limits.max_file_bytes, max_files=limits.max_files), str(cifar),
+                               limits).decoded()
         name = "CIFAR-10 test (32x32x3)"
     else:
         data = digits()

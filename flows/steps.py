@@ -16,6 +16,7 @@ step once as a Prefect task, and tests call these directly.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import logging
@@ -37,11 +38,12 @@ from casflow.tasks.classifiers import training
 from casflow.tasks.config import MAX_CONFIG_BYTES, Config, ConfigError, ModelConfig, StoreConfig, parse_config
 from casflow.tasks.errors import InputError
 from casflow.tasks.fingerprint import derive_seed, fingerprint
-from casflow.tasks.images import decode_stack
+from casflow.tasks.images import CHUNK, decode_chunk, decode_stack
 from casflow.tasks.metrics import EVALUATION_CODE_VERSION, ClassCounts, count_correct, top_predictions
+from casflow.tasks.parallel import ordered_map
 from casflow.tasks.progress import Progress
 from casflow.tasks.results import ModelOutcome, RunInfo, change_rows, per_class_rows, summary_row
-from casflow.tasks.samples import SAMPLES_CODE_VERSION, class_interleaved, encode_samples
+from casflow.tasks.samples import SAMPLES_CODE_VERSION
 
 log = logging.getLogger("casflow.steps")
 
@@ -171,14 +173,15 @@ def prepare_dataset(config: Config, store: Store) -> DatasetRecord:
     if all(committed.values()):
         log.info("dataset %s: cached (%s)", spec.name, fp[:12])
         return DatasetRecord(spec.name, fp, committed["train"], committed["eval"], cached=True)
-    train, held_out = datasets.load(spec, files, config.limits)
-    for split, data in (("train", train), ("eval", held_out)):
-        data = data.take(class_interleaved(data.labels))  # sources often come grouped by class
-        if committed[split] is None:
-            committed[split] = write_shard_set(
-                store, locations[split], encode_samples(data.images, data.labels),
-                shard_size=config.store.shard_size, fingerprint=fp, fingerprint_inputs=inputs | {"split": split},
-                class_names=data.class_names, image_shape=data.image_shape, what=f"{spec.name} {split}")
+    splits = dict(zip(("train", "eval"), datasets.load(spec, files, config.limits)))
+    # every image of both splits read and checked (into local spools) before either is written
+    stored = {split: data.stored() for split, data in splits.items() if committed[split] is None}
+    for split, samples in stored.items():
+        data = splits[split]
+        committed[split] = write_shard_set(
+            store, locations[split], samples, shard_size=config.store.shard_size, fingerprint=fp,
+            fingerprint_inputs=inputs | {"split": split}, class_names=data.class_names, image_shape=data.image_shape,
+            what=f"{spec.name} {split}")
     return DatasetRecord(spec.name, fp, committed["train"], committed["eval"], cached=False)
 
 
@@ -355,8 +358,10 @@ def evaluate_classifier(config: Config, store: Store, classifier: ClassifierReco
     net = training.load_weights(recipe, artifacts.read_weights(store, classifier.fingerprint),
                                 image_shape=dataset.eval.image_shape, num_classes=len(dataset.class_names),
                                 device=torch_device)
-    images, labels = load_decoded(store, dataset.eval, f"{dataset.name} eval split")
-    logits = training.predict(recipe, net, images, torch_device)
+    decoded = decoded_set(store, dataset.eval, f"{dataset.name} eval split")
+    labels = decoded.labels
+    logits = np.concatenate([training.predict(recipe, net, decoded.window(start, start + training.PREDICT_BATCH), torch_device)
+                             for start in range(0, len(labels), training.PREDICT_BATCH)])  # the batches of one call
     counts = count_correct(logits, labels, len(dataset.class_names))
     top5, p_true = top_predictions(logits, labels)
     artifacts.write_evaluation(store, fp, {"fingerprint_inputs": inputs, "counts": dataclasses.asdict(counts)},
@@ -612,30 +617,54 @@ def describe_failure(model: str, exc: BaseException) -> str:
 # ---------------------------------------------------------------- decoding shard sets
 
 def load_decoded(store: Store, shard_set: ShardSet, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """A shard set as uint8 images and labels, decoded once per manifest and cached locally."""
+    """A shard set as uint8 images (a read-only memory map of the local cache) and labels."""
+    decoded = decoded_set(store, shard_set, what)
+    return decoded.images, decoded.labels
 
-    def build() -> tuple[np.ndarray, np.ndarray]:
-        images, labels = [], []
+
+def decoded_set(store: Store, shard_set: ShardSet, what: str) -> decoded_cache.Decoded:
+    """A shard set decoded once per manifest into the local cache, chunk by chunk on every core."""
+
+    def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         progress = Progress(f"{what}: decoding {shard_set.location}", shard_set.num_samples)
-        for chunk_images, chunk_labels in decoded_chunks(store, shard_set, shard_set.shards):
-            images.append(chunk_images)
-            labels.append(chunk_labels)
-            progress.update(len(chunk_labels))
-        return np.concatenate(images), np.concatenate(labels)
+        for images, labels in decoded_chunks(store, shard_set, shard_set.shards):
+            progress.update(len(labels))
+            yield images, labels
 
-    return decoded_cache.load_or_build(shard_set.manifest_sha256, build)
+    return decoded_cache.load_or_build(shard_set.manifest_sha256, shard_set.image_shape, chunks)
 
 
 def decoded_chunks(store: Store, shard_set: ShardSet, shards: Sequence[ShardInfo]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(images, labels) per shard, streamed from the store with sha256 checks."""
-    for shard in shards:
-        one = dataclasses.replace(shard_set, shards=(shard,))
-        blobs, labels, keys = [], [], []
-        for key, parts in iter_shard_set(store, one):
-            blobs.append(parts["png"])
-            labels.append(int(parts["cls"]))
-            keys.append(f"{store.uri(shard_set.location)}/{shard.name} key {key}")
-        height, width, channels = shard_set.image_shape  # our own shards hold images of their manifest's shape
-        images = decode_stack(blobs, keys, max_pixels=height * width, max_decoded_bytes=len(blobs) * height * width * channels,
-                              what=f"{store.uri(shard_set.location)}/{shard.name}")
-        yield images, np.array(labels, dtype=np.int64)
+    """(images, labels) per shard, streamed from the store with sha256 checks, decoded on every core
+    (jobs of CHUNK images, across shard boundaries, so the workers never wait for the next shard)."""
+    height, width, channels = shard_set.image_shape  # our own shards hold images of their manifest's shape
+    jobs_labels: collections.deque[tuple[str, np.ndarray]] = collections.deque()
+
+    def jobs() -> Iterator[tuple]:
+        for shard in shards:
+            one = dataclasses.replace(shard_set, shards=(shard,))
+            where = f"{store.uri(shard_set.location)}/{shard.name}"
+            blobs, labels, keys = [], [], []
+            for key, parts in iter_shard_set(store, one):
+                blobs.append(parts["png"])
+                labels.append(int(parts["cls"]))
+                keys.append(f"{where} key {key}")
+                if len(blobs) == CHUNK:
+                    jobs_labels.append((shard.name, np.array(labels, dtype=np.int64)))
+                    yield blobs, keys, height * width, (height, width, channels)
+                    blobs, labels, keys = [], [], []
+            if blobs:
+                jobs_labels.append((shard.name, np.array(labels, dtype=np.int64)))
+                yield blobs, keys, height * width, (height, width, channels)
+
+    images, labels, current = [], [], None
+    for decoded in ordered_map(decode_chunk, jobs()):
+        name, chunk_labels = jobs_labels.popleft()
+        if name != current and images:
+            yield np.concatenate(images), np.concatenate(labels)
+            images, labels = [], []
+        current = name
+        images.append(decoded)
+        labels.append(chunk_labels)
+    if images:
+        yield np.concatenate(images), np.concatenate(labels)

@@ -14,8 +14,15 @@ class InputError(ValueError):
         where = " ".join(p for p in (f"model '{model}'" if model else "", source or "") if p)
         super().__init__(f"{where}: {problem}" if where else problem)
 
+    def __reduce__(self):  # raised in a worker process, re-raised in the caller with the same fields
+        return _rebuild, (type(self), self.problem, self.model, self.source)
+
     def for_model(self, model: str) -> "InputError":
         """The same error, naming the model (when the raiser did not know it)."""
         if self.model:
             return self
         return InputError(self.problem, model=model, source=self.source)
+
+
+def _rebuild(cls: type[InputError], problem: str, model: str | None, source: str | None) -> InputError:
+    return cls(problem, model=model, source=source)

@@ -7,18 +7,14 @@ clipping to the declared range (values outside it are an error first).
 
 from __future__ import annotations
 
+import dataclasses
 import io
-import os
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
 
 from casflow.tasks.errors import InputError
-
-T = TypeVar("T")
+from casflow.tasks.parallel import ordered_map
 
 PNG_COMPRESS_LEVEL = 1  # zlib level: fast; shards are about 10% larger than at level 6
 RESIZE_FILTERS = {
@@ -102,8 +98,8 @@ def decode_image(data: bytes, source: str, *, max_pixels: int, shape: tuple[int,
 
 
 def decode_stack(blobs: list[bytes], sources: list[str], *, max_pixels: int, max_decoded_bytes: int,
-                 what: str) -> np.ndarray:
-    """Images of one size decoded into one uint8 NHWC array, on every core.
+                 what: str, workers: int | None = None) -> np.ndarray:
+    """Images of one size decoded into one uint8 NHWC array, on every core (`parallel.ordered_map`).
 
     Sizes are checked before pixels are decoded: the first image's header
     gives (H, W, C), N x H x W x C must not exceed max_decoded_bytes, and every
@@ -111,18 +107,63 @@ def decode_stack(blobs: list[bytes], sources: list[str], *, max_pixels: int, max
     names the input in the error about its total."""
     if not blobs:
         return np.zeros((0, 1, 1, 1), dtype=np.uint8)
-    with _open(blobs[0], sources[0]) as first:
-        shape = _declared_shape(first, sources[0], max_pixels)
-    total = len(blobs) * shape[0] * shape[1] * shape[2]
-    if total > max_decoded_bytes:
-        raise InputError(f"{len(blobs)} images of {_hwc(shape)} decode to {total} bytes, more than "
-                         f"limits.max_decoded_bytes ({max_decoded_bytes}); refused before decoding", source=what)
+    shape = header_shape(blobs[0], sources[0], max_pixels)
+    check_decoded_bytes(len(blobs), shape, max_decoded_bytes, what)
     out = np.empty((len(blobs), *shape), dtype=np.uint8)
+    jobs = ((blobs[i : i + CHUNK], sources[i : i + CHUNK], max_pixels, shape) for i in range(0, len(blobs), CHUNK))
+    for start, chunk in zip(range(0, len(blobs), CHUNK), ordered_map(decode_chunk, jobs, workers=workers)):
+        out[start : start + len(chunk)] = chunk
+    return out
 
-    def decode_into(i: int) -> None:
-        out[i] = decode_image(blobs[i], sources[i], max_pixels=max_pixels, shape=shape)
 
-    in_threads(decode_into, range(len(blobs)))
+def header_shape(blob: bytes, source: str, max_pixels: int) -> tuple[int, int, int]:
+    """(H, W, C) an image declares in its header, checked against max_pixels; no pixel is decoded."""
+    with _open(blob, source) as img:
+        return _declared_shape(img, source, max_pixels)
+
+
+def check_decoded_bytes(count: int, shape: tuple[int, int, int], max_decoded_bytes: int, what: str) -> None:
+    """N x H x W x C of an input's images, from the first image's header, against limits.max_decoded_bytes."""
+    total = count * shape[0] * shape[1] * shape[2]
+    if total > max_decoded_bytes:
+        raise InputError(f"{count} images of {_hwc(shape)} decode to {total} bytes, more than "
+                         f"limits.max_decoded_bytes ({max_decoded_bytes}); refused before decoding", source=what)
+
+
+# ---------------------------------------------------------------- jobs for the worker processes (parallel.py)
+
+CHUNK = 256  # images per job: large enough to amortise the trip to a worker, small enough to bound memory
+
+
+def decode_chunk(blobs: list[bytes], sources: list[str], max_pixels: int, shape: tuple[int, int, int]) -> np.ndarray:
+    """Image files -> uint8 (N, H, W, C), each checked against `shape` from its header first."""
+    out = np.empty((len(blobs), *shape), dtype=np.uint8)
+    for i, (blob, source) in enumerate(zip(blobs, sources)):
+        out[i] = decode_image(blob, source, max_pixels=max_pixels, shape=shape)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Transcode:
+    """What happens to each image between its source and a shard: decoded (image files) and checked
+    against the source's `shape` (the first image's, from its header), resized to `size` (H, W) with
+    `resize_filter` when that differs from the source's, encoded as PNG."""
+
+    shape: tuple[int, int, int]
+    max_pixels: int
+    size: tuple[int, int] | None = None
+    resize_filter: str | None = None
+
+
+def png_chunk(images: np.ndarray | list[bytes], sources: list[str], transcode: Transcode) -> list[bytes]:
+    """uint8 NHWC images, or image files, -> PNG bytes each; the same bytes in any process."""
+    out = []
+    for i, image in enumerate(images):
+        if isinstance(image, bytes):
+            image = decode_image(image, sources[i], max_pixels=transcode.max_pixels, shape=transcode.shape)
+        if transcode.size is not None and image.shape[:2] != transcode.size:
+            image = resize(image[None], *transcode.size, transcode.resize_filter)[0]
+        out.append(encode_png(image))
     return out
 
 
@@ -160,16 +201,10 @@ def to_uint8(array: np.ndarray, output_range: str, *, model: str, source: str) -
     return np.rint(unit.astype(np.float64) * 255).astype(np.uint8)
 
 
-def in_threads(fn: Callable[..., T], *columns: Sequence[Any]) -> list[T]:
-    """fn over the items in order, on every core: PIL and zlib release the GIL while they work."""
-    if len(columns[0]) < 256:
-        return list(map(fn, *columns))
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        return list(pool.map(fn, *columns, chunksize=64))
-
-
-def encode_many(images: np.ndarray) -> list[bytes]:
-    return in_threads(encode_png, images)
+def encode_many(images: np.ndarray, workers: int | None = None) -> list[bytes]:
+    """PNG bytes of uint8 NHWC images, on every core."""
+    jobs = ((images[i : i + CHUNK], [], Transcode(tuple(images.shape[1:]), 0)) for i in range(0, len(images), CHUNK))
+    return [png for chunk in ordered_map(png_chunk, jobs, workers=workers) for png in chunk]
 
 
 def _hwc(shape: tuple[int, ...]) -> str:

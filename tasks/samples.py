@@ -75,19 +75,30 @@ def check_labels(labels: np.ndarray, num_classes: int, *, model: str, source: st
 def conform_images(images: np.ndarray, image_shape: tuple[int, int, int], *, resize_filter: str | None,
                    model: str, source: str) -> np.ndarray:
     """uint8 NHWC at the dataset's size: resized only when the config asks, else a mismatch is an error."""
-    if images.dtype != np.uint8:
-        raise InputError(f"expected uint8 images, got dtype {images.dtype}", model=model, source=source)
     if images.ndim != 4:
+        if images.dtype != np.uint8:
+            raise InputError(f"expected uint8 images, got dtype {images.dtype}", model=model, source=source)
         raise InputError(f"expected images of shape (N, H, W, C), got shape {images.shape}", model=model, source=source)
+    size = conformed_size(images.shape[1:], images.dtype, image_shape, resize_filter=resize_filter, model=model, source=source)
+    return images if size is None else resize(images, *size, resize_filter)
+
+
+def conformed_size(shape: tuple[int, ...], dtype: np.dtype, image_shape: tuple[int, int, int], *, resize_filter: str | None,
+                   model: str, source: str) -> tuple[int, int] | None:
+    """Checks images of (H, W, C) `shape` against the dataset's `image_shape`, before any is read:
+    uint8, the same channels, and the same size unless the config asks to resize. Returns the
+    (H, W) to resize to, or None when the sizes agree."""
+    if dtype != np.uint8:
+        raise InputError(f"expected uint8 images, got dtype {dtype}", model=model, source=source)
     height, width, channels = image_shape
-    if images.shape[3] != channels:
-        raise InputError(f"images have {images.shape[3]} channels, the dataset has {channels}", model=model, source=source)
-    if images.shape[1:3] != (height, width):
-        if resize_filter is None:
-            raise InputError(f"images are {images.shape[1]}x{images.shape[2]}, the dataset's are {height}x{width} "
-                             "(set resize: bicubic, say, to resize)", model=model, source=source)
-        images = resize(images, height, width, resize_filter)
-    return images
+    if shape[2] != channels:
+        raise InputError(f"images have {shape[2]} channels, the dataset has {channels}", model=model, source=source)
+    if tuple(shape[:2]) == (height, width):
+        return None
+    if resize_filter is None:
+        raise InputError(f"images are {shape[0]}x{shape[1]}, the dataset's are {height}x{width} "
+                         "(set resize: bicubic, say, to resize)", model=model, source=source)
+    return height, width
 
 
 def check_class_count(num_source_classes: int, num_classes: int, *, model: str, source: str) -> None:
@@ -95,10 +106,10 @@ def check_class_count(num_source_classes: int, num_classes: int, *, model: str, 
         raise InputError(f"{num_source_classes} classes, the dataset has {num_classes}", model=model, source=source)
 
 
-def encode_samples(images: np.ndarray, labels: np.ndarray, chunk: int = 1024) -> Iterator[tuple[int, bytes]]:
+def encode_samples(images: np.ndarray, labels: np.ndarray, chunk: int = 4096) -> Iterator[tuple[int, bytes]]:
     """(label, PNG bytes) per sample, in order; storage assigns the keys.
 
-    Encoded on every core a chunk at a time, to bound memory."""
+    Encoded on every core (worker processes) a chunk at a time, to bound memory."""
     for start in range(0, len(images), chunk):
         pngs = encode_many(images[start : start + chunk])
         yield from zip((int(label) for label in labels[start : start + chunk]), pngs)

@@ -24,6 +24,8 @@ from torch import nn
 log = logging.getLogger("casflow.train")
 
 WHITENING_SAMPLE = 5000  # images used to fit input statistics and the whitening layer
+PREDICT_BATCH = 2000  # images per forward pass in prediction; callers that predict a set window by window use it too
+UPLOAD_CHUNK = 65536  # images copied to the device at a time (the set may be a memory map of the decoded cache)
 
 
 # ---------------------------------------------------------------- precision
@@ -119,7 +121,9 @@ class ResidentLoader:
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.num_samples = len(images)
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
-        images_u8 = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+        images_u8 = torch.empty(images.shape, dtype=torch.uint8, device=device)
+        for start in range(0, len(images), UPLOAD_CHUNK):
+            images_u8[start : start + UPLOAD_CHUNK].copy_(torch.from_numpy(np.array(images[start : start + UPLOAD_CHUNK])))
         self.images = to_unit_float(images_u8, data_dtype(device))
         if flip:
             self.images = random_flip(self.images, self.generator)
@@ -285,7 +289,7 @@ class EpochLog:
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: np.ndarray, device: torch.device, *, tta_level: int, flip: bool,
-                   batch_size: int = 2000) -> np.ndarray:
+                   batch_size: int = PREDICT_BATCH) -> np.ndarray:
     """float32 logits (N, classes) for uint8 NHWC images.
 
     TTA levels as airbench: 0 none, 1 mirror, 2 mirror and a 1-pixel

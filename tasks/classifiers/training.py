@@ -20,10 +20,12 @@ import numpy as np
 import torch
 
 from casflow.tasks.classifiers import Recipe
-from casflow.tasks.classifiers.common import ResidentLoader, StreamingLoader, predict_features, predict_logits
+from casflow.tasks.classifiers.common import PREDICT_BATCH, ResidentLoader, StreamingLoader, predict_features, predict_logits
 from casflow.tasks.fingerprint import derive_seed
 
 DataPath = Literal["resident", "streaming"]
+__all__ = ["PREDICT_BATCH", "DataPath", "InMemorySamples", "TrainingSamples", "data_path", "features", "load_weights",
+           "predict", "train", "weights_bytes"]
 
 
 class TrainingSamples(Protocol):

@@ -11,6 +11,7 @@ from casflow.tasks.datasets import digits, hf_parquet, imagefolder
 from casflow.tasks.datasets.common import (
     DatasetSource,
     LabeledImages,
+    Split,
     Splits,
     content_digest,
     stratified_split,
@@ -28,7 +29,7 @@ SOURCES: dict[str, DatasetSource] = {s.kind: s for s in (
     imagefolder.SOURCE,
 )}
 
-__all__ = ["SOURCES", "DatasetSource", "LabeledImages", "Splits", "content_digest", "digits_splits",
+__all__ = ["SOURCES", "DatasetSource", "LabeledImages", "Split", "Splits", "content_digest", "digits_splits",
            "fingerprint_inputs", "load", "stratified_split", "subset_per_class"]
 
 
@@ -39,7 +40,8 @@ def fingerprint_inputs(spec: Any, files: SourceFiles) -> dict[str, Any]:
 
 
 def load(spec: Any, files: SourceFiles, limits: Limits) -> Splits:
-    """The train and eval splits, checked to agree on classes and image shape; read within `limits`."""
+    """The train and eval splits, checked to agree on classes and image shape; read within `limits`.
+    Their images are read when `Split.stored()` encodes them."""
     try:
         train, held_out = SOURCES[spec.kind].load(spec, files, limits)
     except InputError:

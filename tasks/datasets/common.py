@@ -1,5 +1,6 @@
-"""What every dataset kind shares: labelled uint8 images, seeded splits, and
-the record a kind module registers (its config, its content digest, its loader)."""
+"""What every dataset kind shares: labelled uint8 images, splits read in two
+passes (`Split`), seeded splits and subsets, and the record a kind module
+registers (its config, its content digest, its loader)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,19 @@ import dataclasses
 import hashlib
 import json
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from casflow.tasks.errors import InputError
 from casflow.tasks.files import SourceFiles
+from casflow.tasks.images import Transcode, check_decoded_bytes, decode_chunk
 from casflow.tasks.limits import Limits
+from casflow.tasks.parallel import ordered_map
+from casflow.tasks.samples import class_interleaved
 from casflow.tasks.schema import Frozen, location_fields
+from casflow.tasks.streaming import Listing, array_chunks, encode_in_order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +45,74 @@ class LabeledImages:
     def take(self, indices: np.ndarray) -> LabeledImages:
         return LabeledImages(self.images[indices], self.labels[indices], self.class_names)
 
+    def split(self, what: str) -> Split:
+        """As a `Split` (images already in memory)."""
+        listing = Listing(what, self.labels, lambda indices: array_chunks(self.images, indices), shape=self.image_shape)
+        return Split(listing, self.class_names, self.image_shape, self.images.shape[1] * self.images.shape[2], what)
 
-Splits = tuple[LabeledImages, LabeledImages]  # (train, eval)
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """A real split as it is read: labels, class names and image shape now (pass 1 and the first image's
+    header), images when `stored()` encodes them (`streaming.encode_in_order`), so a split of any size
+    is sharded in memory that does not grow with it."""
+
+    listing: Listing
+    class_names: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+    max_pixels: int
+    what: str  # names the dataset in errors: "dataset cifar10"
+    keep: np.ndarray | None = None  # the indices kept (a per-class limit), sorted; None: all
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.listing.labels if self.keep is None else self.listing.labels[self.keep]
+
+    def counts(self) -> tuple[int, ...]:
+        return tuple(int(n) for n in np.bincount(self.labels, minlength=len(self.class_names)))
+
+    def stored(self, workers: int | None = None) -> Iterator[tuple[int, bytes]]:
+        """(label, PNG) per sample in the stored order (classes interleaved: sources often come grouped
+        by class), every image read and checked before this returns."""
+        kept = np.arange(len(self.listing)) if self.keep is None else self.keep
+        order = kept[class_interleaved(self.listing.labels[kept])]
+        try:
+            return encode_in_order(self.listing, order, Transcode(self.image_shape, self.max_pixels), what=self.what,
+                                   workers=workers)
+        except InputError:
+            raise
+        except ValueError as exc:  # what the files refuse to read (not a regular file, over a limit): the message names it
+            raise InputError(str(exc), source=self.what) from None
+
+    def decoded(self) -> LabeledImages:
+        """The whole split decoded in memory (small data: tests, the built-in digits)."""
+        kept = np.arange(len(self.listing)) if self.keep is None else self.keep
+        images = np.empty((len(kept), *self.image_shape), dtype=np.uint8)
+        chunks = self.listing.chunks(kept)
+        if self.listing.shape is None:  # image files
+            chunks = ordered_map(decode_chunk, ((blobs, sources, self.max_pixels, self.image_shape) for blobs, sources in chunks))
+        else:
+            chunks = (images for images, _ in chunks)
+        done = 0
+        for chunk in chunks:
+            images[done : done + len(chunk)] = chunk
+            done += len(chunk)
+        return LabeledImages(images, self.labels, self.class_names)
+
+
+def split_of(listing: Listing, class_names: tuple[str, ...], limits: Limits, what: str,
+             keep: np.ndarray | None = None) -> Split:
+    """A split with its image shape from the first image's header, N x H x W x C checked against
+    limits.max_decoded_bytes (as the whole split would decode) before any image is decoded."""
+    try:
+        shape = listing.image_shape(limits.max_image_pixels)
+    except InputError as exc:
+        raise exc if exc.source else InputError(exc.problem, source=what) from None
+    check_decoded_bytes(len(listing), shape, limits.max_decoded_bytes, listing.where)
+    return Split(listing, class_names, shape, limits.max_image_pixels, what, keep)
+
+
+Splits = tuple[Split, Split]  # (train, eval)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +121,7 @@ class DatasetSource:
 
     config: type[Frozen]  # with a `kind` literal, a `name`, and LOCATION_FIELDS for files it reads
     content: Callable[[Any, SourceFiles], dict[str, str]]  # digests of the data, never where it lives
-    load: Callable[[Any, SourceFiles, Limits], Splits]  # (spec, files, limits) -> (train, eval)
+    load: Callable[[Any, SourceFiles, Limits], Splits]  # (spec, files, limits) -> (train, eval), images unread
 
     @property
     def kind(self) -> str:

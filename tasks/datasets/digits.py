@@ -40,7 +40,8 @@ def digits_splits(eval_fraction: float, split_seed: int) -> Splits:
 
 
 def load(spec: DigitsDataset, files: SourceFiles, limits: Limits) -> Splits:
-    return digits_splits(spec.eval_fraction, spec.split_seed)  # embedded: nothing to bound
+    train, held_out = digits_splits(spec.eval_fraction, spec.split_seed)  # embedded: nothing to bound
+    return train.split(f"dataset {spec.name} train"), held_out.split(f"dataset {spec.name} eval")
 
 
 def content(spec: DigitsDataset, files: SourceFiles) -> dict[str, str]:

@@ -1,5 +1,5 @@
 """`imagefolder`: one folder per split, one subfolder per class, class names
-sorted as torchvision's ImageFolder sorts them."""
+sorted as torchvision's ImageFolder sorts them. Read file by file."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from casflow.tasks.datasets.common import DatasetSource, LabeledImages, Splits, file_digests
+from casflow.tasks.datasets.common import DatasetSource, Split, Splits, file_digests, split_of
 from casflow.tasks.errors import InputError
 from casflow.tasks.files import FileTree, SourceFiles
-from casflow.tasks.images import IMAGE_EXTENSIONS, decode_stack
+from casflow.tasks.images import IMAGE_EXTENSIONS
 from casflow.tasks.limits import Limits
 from casflow.tasks.schema import Frozen
+from casflow.tasks.streaming import tree_listing
 
 
 class ImageFolderDataset(Frozen):
@@ -26,10 +27,11 @@ class ImageFolderDataset(Frozen):
 
 
 def load(spec: ImageFolderDataset, files: SourceFiles, limits: Limits) -> Splits:
-    return read_imagefolder(files.tree(spec.train), limits), read_imagefolder(files.tree(spec.eval), limits)
+    what = f"dataset {spec.name}"
+    return read_imagefolder(files.tree(spec.train), limits, what), read_imagefolder(files.tree(spec.eval), limits, what)
 
 
-def read_imagefolder(tree: FileTree, limits: Limits) -> LabeledImages:
+def read_imagefolder(tree: FileTree, limits: Limits, what: str = "dataset") -> Split:
     """<root>/<class name>/<image>; class names sorted, as torchvision's ImageFolder."""
     files = [p for p in tree.paths() if "/" in p and p.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS]
     class_names = tuple(sorted({p.split("/", 1)[0] for p in files}))
@@ -37,10 +39,7 @@ def read_imagefolder(tree: FileTree, limits: Limits) -> LabeledImages:
         raise InputError("no class folders with images found", source=tree.name)
     index = {name: i for i, name in enumerate(class_names)}
     labels = np.array([index[p.split("/", 1)[0]] for p in files], dtype=np.int64)
-    sources = [f"{tree.name}/{p}" for p in files]
-    images = decode_stack([tree.read(p) for p in files], sources, max_pixels=limits.max_image_pixels,
-                          max_decoded_bytes=limits.max_decoded_bytes, what=tree.name)
-    return LabeledImages(images, labels, class_names)
+    return split_of(tree_listing(tree, files, labels), class_names, limits, what)
 
 
 SOURCE = DatasetSource(ImageFolderDataset, file_digests, load)

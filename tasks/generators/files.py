@@ -2,19 +2,23 @@
 (ADM / guided-diffusion), `imagefolder`, `dataset-json` (StyleGAN2-ADA, EDM)
 and `webdataset` shards.
 
-Each reader returns (uint8 NHWC images, int labels) and names the file in
-every error; then the labels are checked, the seeded budget subset taken and
-the images conformed to the dataset's size, all before anything is written.
+Each reader returns a `streaming.Listing` (the labels now, the images when
+asked) and names the file in every error; then the labels are checked, the
+seeded budget subset chosen from them, and only the chosen images read,
+decoded, checked and conformed to the dataset's size, a chunk at a time on
+every core, all before anything is written. Memory stays a few chunks
+whatever the input's size.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any, ClassVar, Literal
 
 import numpy as np
@@ -23,10 +27,18 @@ from casflow.tasks.errors import InputError
 from casflow.tasks.files import FileTree, SourceFiles
 from casflow.tasks.fingerprint import derive_seed, sha256_bytes
 from casflow.tasks.generators.common import DrawRequest, Samples, SampleSource, settings_and_files
-from casflow.tasks.images import IMAGE_EXTENSIONS, decode_stack
-from casflow.tasks.limits import Limits
-from casflow.tasks.samples import check_labels, conform_images, encode_samples, select_for_budget
+from casflow.tasks.images import CHUNK, IMAGE_EXTENSIONS, Transcode, check_decoded_bytes
+from casflow.tasks.samples import check_labels, conformed_size, select_for_budget
 from casflow.tasks.schema import Frozen, ResizeFilter
+from casflow.tasks.streaming import (
+    ImageChunk,
+    Listing,
+    array_chunks,
+    check_every_image,
+    encode_in_order,
+    picked_chunks,
+    tree_listing,
+)
 
 
 class _FromFiles(Frozen):
@@ -75,21 +87,20 @@ def draw_npz(spec: NpzGenerator, request: DrawRequest) -> Samples:
         except FileNotFoundError:
             raise InputError("no such file", model=request.model, source=spec.path) from None
         with file:
-            images, labels = read_npz(file, spec.path, request.model, max_decoded_bytes=request.limits.max_decoded_bytes)
-    return _within_budget(images, labels, spec.path, spec, request)
+            listing = read_npz(file, spec.path, request.model, max_decoded_bytes=request.limits.max_decoded_bytes)
+            return _within_budget(listing, spec.path, spec, request)  # reads the images before the file closes
 
 
 def draw_imagefolder(spec: ImageFolderGenerator, request: DrawRequest) -> Samples:
     with _naming_files(request.model):
-        images, labels = read_class_folders(_tree(spec.path, request), request.class_names, request.model,
-                                            limits=request.limits)
-    return _within_budget(images, labels, spec.path, spec, request)
+        listing = read_class_folders(_tree(spec.path, request), request.class_names, request.model)
+        return _within_budget(listing, spec.path, spec, request)
 
 
 def draw_dataset_json(spec: DatasetJsonGenerator, request: DrawRequest) -> Samples:
     with _naming_files(request.model):
-        images, labels = read_dataset_json(_tree(spec.path, request), request.model, limits=request.limits)
-    return _within_budget(images, labels, spec.path, spec, request)
+        listing = read_dataset_json(_tree(spec.path, request), request.model)
+        return _within_budget(listing, spec.path, spec, request)
 
 
 def draw_webdataset(spec: WebDatasetGenerator, request: DrawRequest) -> Samples:
@@ -97,9 +108,8 @@ def draw_webdataset(spec: WebDatasetGenerator, request: DrawRequest) -> Samples:
         names = request.files.tar_names(spec.url)
         if not names:
             raise InputError("no .tar shards found", model=request.model, source=spec.url)
-        images, labels = read_webdataset(request.files.iter_webdataset(names), spec.url, request.model,
-                                         limits=request.limits)
-    return _within_budget(images, labels, spec.url, spec, request)
+        listing = read_webdataset(lambda: request.files.iter_webdataset(names), spec.url, request.model)
+        return _within_budget(listing, spec.url, spec, request)
 
 
 def webdataset_content(spec: WebDatasetGenerator, files: SourceFiles, model: str) -> dict[str, Any]:
@@ -138,13 +148,30 @@ SOURCES = (
 )
 
 
-def _within_budget(images: np.ndarray, labels: np.ndarray, where: str, spec: _FromFiles, request: DrawRequest) -> Samples:
-    """Labels checked, the seeded budget subset taken, images at the dataset's size; then encoded as they are stored."""
-    labels = check_labels(labels, len(request.class_names), model=request.model, source=where)
-    chosen = select_for_budget(labels, request.budget, seed=derive_seed(request.seed, "subset"),
-                               allow_shortfall=spec.allow_shortfall, model=request.model, source=where)
-    images = conform_images(images[chosen], request.image_shape, resize_filter=spec.resize, model=request.model, source=where)
-    return encode_samples(images, labels[chosen])
+def _within_budget(listing: Listing, where: str, spec: _FromFiles, request: DrawRequest) -> Samples:
+    """The first image's header and the input's decoded size checked; pass 1's labels checked and the seeded
+    budget subset chosen from them; the image size checked against the dataset's; then pass 2 reads,
+    decodes, checks and encodes the chosen images only (`streaming.encode_in_order`), all before anything
+    is written. When a label, budget or size check fails, every image is read and checked first and an
+    unreadable one is what the error names, as when whole inputs were decoded before any other check."""
+    model = request.model
+    try:
+        shape = listing.image_shape(request.limits.max_image_pixels)
+        if listing.shape is None:  # image files: N x H x W x C from the first image's header
+            check_decoded_bytes(len(listing), shape, request.limits.max_decoded_bytes, listing.where)
+        try:
+            labels = check_labels(listing.labels, len(request.class_names), model=model, source=where)
+            order = select_for_budget(labels, request.budget, seed=derive_seed(request.seed, "subset"),
+                                      allow_shortfall=spec.allow_shortfall, model=model, source=where)
+            size = conformed_size(shape, listing.dtype, request.image_shape, resize_filter=spec.resize, model=model,
+                                  source=where)
+        except InputError:
+            check_every_image(listing, shape, request.limits.max_image_pixels)  # an unreadable image is reported first
+            raise
+        transcode = Transcode(shape, request.limits.max_image_pixels, size, spec.resize)
+        return encode_in_order(dataclasses.replace(listing, labels=labels), order, transcode, what=f"model {model}")
+    except InputError as exc:
+        raise exc.for_model(model) from None
 
 
 def _tree(name: str, request: DrawRequest) -> FileTree:
@@ -154,37 +181,78 @@ def _tree(name: str, request: DrawRequest) -> FileTree:
         raise InputError("no such file or folder", model=request.model, source=name) from None
 
 
-def read_npz(file: IO[bytes], source: str, model: str, *, max_decoded_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+def read_npz(file: IO[bytes], source: str, model: str, *, max_decoded_bytes: int) -> Listing:
     """ADM / guided-diffusion `sample.py` output: arr_0 uint8 (N, H, W, C), arr_1 int labels (N,).
 
     Each array's shape is read from its .npy header first: one larger than max_decoded_bytes, or
-    larger than its archive member holds, is an error before numpy allocates it."""
+    larger than its archive member holds, is an error before numpy allocates it. The labels are read
+    now; the images later, a slice at a time, of the chosen rows only (stored or deflated members alike)."""
     try:
-        loaded = np.load(file, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise InputError(f"not an npz archive (np.load gives a {type(loaded).__name__}); expected arr_0 images "
+        if file.read(6) == b"\x93NUMPY":
+            raise InputError("not an npz archive (np.load gives a ndarray); expected arr_0 images "
                              "and arr_1 labels as np.savez writes them", model=model, source=source)
-        with loaded as npz:
-            keys = set(npz.files)
-            if "arr_0" not in keys:
-                raise InputError(f"no arr_0 (images) in the npz; it holds {sorted(keys)}", model=model, source=source)
-            if "arr_1" not in keys:
-                raise InputError("no arr_1 (labels) in the npz: was it sampled class-conditionally?", model=model, source=source)
-            for key in ("arr_0", "arr_1"):
-                _check_npy_header(npz.zip, f"{key}.npy", max_decoded_bytes, model=model, source=source)
-            images, labels = npz["arr_0"], npz["arr_1"]
+        file.seek(0)
+        archive = zipfile.ZipFile(file)
+        members = {name.removesuffix(".npy"): name for name in archive.namelist()}
+        if "arr_0" not in members:
+            raise InputError(f"no arr_0 (images) in the npz; it holds {sorted(members)}", model=model, source=source)
+        if "arr_1" not in members:
+            raise InputError("no arr_1 (labels) in the npz: was it sampled class-conditionally?", model=model, source=source)
+        for key in ("arr_0", "arr_1"):
+            _check_npy_header(archive, members[key], max_decoded_bytes, model=model, source=source)
+        with archive.open(members["arr_1"]) as f:
+            labels = np.lib.format.read_array(f, allow_pickle=False)
+        with archive.open(members["arr_0"]) as f:
+            shape, fortran_order, dtype, header_bytes = _npy_header(f)
     except InputError:
         raise
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
         raise InputError(f"truncated or corrupt npz ({type(exc).__name__}: {exc})", model=model, source=source) from None
-    if images.ndim != 4:
-        raise InputError(f"arr_0 has shape {images.shape}, expected (N, H, W, C)", model=model, source=source)
-    if images.shape[1] in (1, 3) and images.shape[3] not in (1, 3):
-        raise InputError(f"arr_0 has shape {images.shape}, which looks (N, C, H, W); expected (N, H, W, C)",
+    if len(shape) != 4:
+        raise InputError(f"arr_0 has shape {shape}, expected (N, H, W, C)", model=model, source=source)
+    if shape[1] in (1, 3) and shape[3] not in (1, 3):
+        raise InputError(f"arr_0 has shape {shape}, which looks (N, C, H, W); expected (N, H, W, C)",
                          model=model, source=source)
-    if len(images) != len(labels):
-        raise InputError(f"arr_0 has {len(images)} images but arr_1 {len(labels)} labels", model=model, source=source)
-    return images, labels
+    if shape[0] != len(labels):
+        raise InputError(f"arr_0 has {shape[0]} images but arr_1 {len(labels)} labels", model=model, source=source)
+
+    def chunks(indices: np.ndarray) -> Iterator[ImageChunk]:
+        try:
+            with archive.open(members["arr_0"]) as f:
+                if fortran_order:  # rare (np.save of a Fortran-ordered array): no row is contiguous, read it whole
+                    yield from array_chunks(np.lib.format.read_array(f, allow_pickle=False), indices)
+                    return
+                yield from _npy_rows(f, header_bytes, shape, dtype, indices)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+            raise InputError(f"truncated or corrupt npz ({type(exc).__name__}: {exc})", model=model, source=source) from None
+
+    return Listing(source, labels, chunks, shape=tuple(int(d) for d in shape[1:]), dtype=dtype)
+
+
+def _npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, fortran_order, dtype, header length) from the start of a .npy stream."""
+    version = np.lib.format.read_magic(f)
+    shape, fortran_order, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0(f))
+    return shape, fortran_order, dtype, f.tell()
+
+
+def _npy_rows(f: IO[bytes], header_bytes: int, shape: tuple[int, ...], dtype: np.dtype,
+              indices: np.ndarray) -> Iterator[ImageChunk]:
+    """Rows of a C-ordered .npy stream at sorted indices, CHUNK source rows read at a time (seeking forward only)."""
+    row_bytes = math.prod(shape[1:]) * dtype.itemsize
+    k = 0
+    while k < len(indices):
+        first = int(indices[k])
+        block = indices[k : np.searchsorted(indices, first + CHUNK)]
+        span = int(block[-1]) - first + 1
+        f.seek(header_bytes + first * row_bytes)
+        data = f.read(span * row_bytes)
+        if len(data) != span * row_bytes:
+            raise EOFError(f"arr_0 ends within row {first + len(data) // row_bytes}")
+        rows = np.frombuffer(data, dtype=dtype).reshape(span, *shape[1:])
+        yield rows[block - first], []
+        k += len(block)
 
 
 def _check_npy_header(archive: zipfile.ZipFile, member: str, max_bytes: int, *, model: str, source: str) -> None:
@@ -227,18 +295,17 @@ def match_class_folders(folders: Iterable[str], class_names: tuple[str, ...], *,
     return mapping
 
 
-def read_class_folders(tree: FileTree, class_names: tuple[str, ...], model: str, *,
-                       limits: Limits) -> tuple[np.ndarray, np.ndarray]:
+def read_class_folders(tree: FileTree, class_names: tuple[str, ...], model: str) -> Listing:
     """<root>/<class>/<image>: one subfolder per class, matched to the dataset's class names."""
     files = [p for p in tree.paths() if "/" in p and p.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS]
     if not files:
         raise InputError("no images in class subfolders", model=model, source=tree.name)
     mapping = match_class_folders((p.split("/", 1)[0] for p in files), class_names, model=model, source=tree.name)
     labels = np.array([mapping[p.split("/", 1)[0]] for p in files], dtype=np.int64)
-    return _decode(tree, files, model, limits), labels
+    return tree_listing(tree, files, labels)
 
 
-def read_dataset_json(tree: FileTree, model: str, *, limits: Limits) -> tuple[np.ndarray, np.ndarray]:
+def read_dataset_json(tree: FileTree, model: str) -> Listing:
     """StyleGAN2-ADA / EDM layout: dataset.json {"labels": [[relative_path, int], ...]} beside the images."""
     paths = set(tree.paths())
     if "dataset.json" not in paths:
@@ -257,13 +324,31 @@ def read_dataset_json(tree: FileTree, model: str, *, limits: Limits) -> tuple[np
             raise InputError(f"dataset.json lists {entry[0]}, which is not in the archive", model=model, source=tree.name)
         files.append(entry[0])
         labels.append(entry[1])
-    return _decode(tree, files, model, limits), np.array(labels, dtype=np.int64)
+    return tree_listing(tree, files, np.array(labels, dtype=np.int64))
 
 
-def read_webdataset(samples: Iterable[tuple[str, dict[str, bytes]]], source: str, model: str, *,
-                    limits: Limits) -> tuple[np.ndarray, np.ndarray]:
-    """WebDataset samples with `.cls` and one image extension each."""
-    blobs, labels, sources = [], [], []
+def read_webdataset(samples: Callable[[], Iterable[tuple[str, dict[str, bytes]]]], source: str, model: str) -> Listing:
+    """WebDataset samples with `.cls` and one image extension each; `samples()` streams them from the start
+    (it is called once for the labels and once more for the chosen images)."""
+    labels, first = [], None
+    for label, blob, where in _labelled(samples(), source, model):
+        labels.append(label)
+        first = first or (blob, where)
+    if first is None:
+        raise InputError("no samples in the shards", model=model, source=source)
+
+    def images() -> Iterator[tuple[bytes, str]]:
+        for i, (label, blob, where) in enumerate(_labelled(samples(), source, model)):
+            if i >= len(labels) or label != labels[i]:
+                raise InputError("the shards changed while being read", model=model, source=where)
+            yield blob, where
+
+    return Listing(source, np.array(labels, dtype=np.int64), lambda indices: picked_chunks(images(), indices),
+                   first=lambda: first)
+
+
+def _labelled(samples: Iterable[tuple[str, dict[str, bytes]]], source: str, model: str) -> Iterator[tuple[int, bytes, str]]:
+    """(label, image file, name) per WebDataset sample, each checked for one image and an integer `.cls`."""
     for key, parts in samples:
         where = f"{source} key {key}"
         image_ext = next((e for e in IMAGE_EXTENSIONS if e in parts), None)
@@ -272,25 +357,7 @@ def read_webdataset(samples: Iterable[tuple[str, dict[str, bytes]]], source: str
         if "cls" not in parts:
             raise InputError("no .cls label in sample", model=model, source=where)
         try:
-            labels.append(int(parts["cls"].decode().strip()))
+            label = int(parts["cls"].decode().strip())
         except (ValueError, UnicodeDecodeError):
             raise InputError(f"label {parts['cls'][:20]!r} is not an integer", model=model, source=where) from None
-        blobs.append(parts[image_ext])
-        sources.append(where)
-    if not blobs:
-        raise InputError("no samples in the shards", model=model, source=source)
-    return _decode_stack(blobs, sources, model, limits, what=source), np.array(labels, dtype=np.int64)
-
-
-def _decode(tree: FileTree, files: list[str], model: str, limits: Limits) -> np.ndarray:
-    sources = [f"{tree.name}/{p}" for p in files]
-    return _decode_stack([tree.read(p) for p in files], sources, model, limits, what=tree.name)
-
-
-def _decode_stack(blobs: list[bytes], sources: list[str], model: str, limits: Limits, *, what: str) -> np.ndarray:
-    """Decode into one array, sizes checked first; errors name the model as well as the file."""
-    try:
-        return decode_stack(blobs, sources, max_pixels=limits.max_image_pixels,
-                            max_decoded_bytes=limits.max_decoded_bytes, what=what)
-    except InputError as exc:
-        raise exc.for_model(model) from None
+        yield label, parts[image_ext], where

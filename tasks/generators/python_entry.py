@@ -20,6 +20,7 @@ class name ("a photo of a {class_name}" -> "a photo of a cat").
 from __future__ import annotations
 
 import _compat_pickle
+import collections
 import hashlib
 import importlib
 import importlib.util
@@ -42,9 +43,10 @@ from casflow.tasks.errors import InputError
 from casflow.tasks.files import SourceFiles
 from casflow.tasks.fingerprint import derive_seed
 from casflow.tasks.generators.common import DrawRequest, Samples, SampleSource, settings_and_files
-from casflow.tasks.images import to_uint8
+from casflow.tasks.images import Transcode, png_chunk, to_uint8
+from casflow.tasks.parallel import ordered_map
 from casflow.tasks.progress import Progress
-from casflow.tasks.samples import check_class_count, conform_images, encode_samples, label_schedule
+from casflow.tasks.samples import check_class_count, conform_images, label_schedule
 from casflow.tasks.schema import Frozen, ResizeFilter
 
 DEFAULT_PROMPT_TEMPLATE = "a photo of a {class_name}"  # CLIP's zero-shot template (Radford et al. 2021)
@@ -125,11 +127,20 @@ def draw_python(spec: PythonGenerator, request: DrawRequest) -> Samples:
     prompts = class_prompts(spec.prompt_template, request.class_names) if takes_prompts(sampler) else None
 
     def stream() -> Samples:
+        """Batches drawn (and checked) here, encoded by the worker processes meanwhile, in order."""
         progress = Progress(f"model {request.model}: sampling", sum(request.budget))
-        for images, labels in draw(sampler, request.budget, seed=request.seed, batch_size=spec.batch_size,
-                                   output_range=spec.output_range, layout=spec.layout, image_shape=request.image_shape,
-                                   resize_filter=spec.resize, model=request.model, prompts_per_class=prompts):
-            yield from encode_samples(images, labels)
+        drawn_labels: collections.deque[np.ndarray] = collections.deque()
+
+        def jobs() -> Iterator[tuple]:
+            for images, labels in draw(sampler, request.budget, seed=request.seed, batch_size=spec.batch_size,
+                                       output_range=spec.output_range, layout=spec.layout, image_shape=request.image_shape,
+                                       resize_filter=spec.resize, model=request.model, prompts_per_class=prompts):
+                drawn_labels.append(labels)
+                yield images, [], Transcode(tuple(images.shape[1:]), 0)
+
+        for pngs in ordered_map(png_chunk, jobs()):
+            labels = drawn_labels.popleft()
+            yield from zip((int(label) for label in labels), pngs)
             progress.update(len(labels))
 
     return stream()

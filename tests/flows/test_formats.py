@@ -312,8 +312,10 @@ def test_webdataset_folder_finds_shards_in_subfolders(tmp_path, train):
     user_files = sources.Files(max_file_bytes=LIMITS.max_file_bytes, max_files=LIMITS.max_files)
     urls = user_files.tar_names(str(root))
     assert urls == [f"{root}/part-a/shard-000000.tar", f"{root}/part-b/shard-000000.tar"]
-    images, labels = files.read_webdataset(user_files.iter_webdataset(urls), str(root), "m", limits=LIMITS)
-    assert images.shape == (5, 8, 8, 1) and list(labels) == list(train.labels[:5])
+    listing = files.read_webdataset(lambda: user_files.iter_webdataset(urls), str(root), "m")
+    assert list(listing.labels) == list(train.labels[:5])
+    images = [images for images, _ in listing.chunks(np.arange(5))][0]
+    assert len(images) == 5 and images[0][:4] == b"\x89PNG"
 
 
 def test_resize_on_request(tmp_path, good_store, train):

@@ -212,13 +212,13 @@ def test_nightly_deployment_end_to_end(tmp_path, s3, prefect_api):
                               start_new_session=True)
     try:
         run = ["deployment", "run", "cas-evaluation/nightly-cas", "--param", f"store_url={s3.store_url}",
-               "--watch", "--watch-interval", "1", "--watch-timeout", "240"]
-        cli(*run, timeout=300)
+               "--watch", "--watch-interval", "1", "--watch-timeout", "540"]  # minutes on a busy 2-core machine
+        cli(*run, timeout=600)
         store = Store(s3.store_url)
         first = summaries(store)
         assert {r["model"] for r in first} == {"real", "gaussian-pca32", "gaussian-pca32-t0.3"}
         assert {r["status"] for r in first} == {"ok"} and not any(r["cached"] for r in first)
-        cli(*run, timeout=300)
+        cli(*run, timeout=600)
         rows = summaries(store)
         second = [r for r in rows if r["run_id"] != first[0]["run_id"]]
         assert len(second) == 3 and all(r["cached"] for r in second)  # nothing recomputed

@@ -62,8 +62,23 @@ def _hf_table(blobs, labels, names=("cat", "dog")):
     return buffer
 
 
+class BytesFiles:
+    """SourceFiles.open over one file in memory."""
+
+    def __init__(self, buffer):
+        self.data = buffer.getvalue() if hasattr(buffer, "getvalue") else buffer.read()
+
+    def open(self, name):
+        return io.BytesIO(self.data)
+
+
+def _read_parquet(buffer, name, limits):
+    """Both passes: the split read, then decoded whole."""
+    return read_hf_parquet(BytesFiles(buffer), name, limits).decoded()
+
+
 def test_hf_parquet_reader_decodes_images_and_class_names():
-    data = read_hf_parquet(_hf_table([_png((10, 20, 30)), _png((200, 0, 0))], [1, 0]), "t.parquet", LIMITS)
+    data = _read_parquet(_hf_table([_png((10, 20, 30)), _png((200, 0, 0))], [1, 0]), "t.parquet", LIMITS)
     assert data.class_names == ("cat", "dog")
     assert data.images.shape == (2, 4, 4, 3)
     assert tuple(data.images[0, 0, 0]) == (10, 20, 30)
@@ -72,11 +87,11 @@ def test_hf_parquet_reader_decodes_images_and_class_names():
 
 def test_hf_parquet_reader_errors_name_the_row():
     with pytest.raises(InputError, match="row 1"):
-        read_hf_parquet(_hf_table([_png(1), b"not an image"], [0, 1]), "t.parquet", LIMITS)
+        _read_parquet(_hf_table([_png(1), b"not an image"], [0, 1]), "t.parquet", LIMITS)
     with pytest.raises(InputError, match="row 1 .*8x8"):
-        read_hf_parquet(_hf_table([_png(1), _png(1, size=8)], [0, 1]), "t.parquet", LIMITS)
+        _read_parquet(_hf_table([_png(1), _png(1, size=8)], [0, 1]), "t.parquet", LIMITS)
     with pytest.raises(InputError, match="label 5 outside"):
-        read_hf_parquet(_hf_table([_png(1)], [5]), "t.parquet", LIMITS)
+        _read_parquet(_hf_table([_png(1)], [5]), "t.parquet", LIMITS)
 
 
 class DictTree:
@@ -92,7 +107,7 @@ class DictTree:
 
 def test_imagefolder_reader_sorts_class_names():
     tree = DictTree({"zebra/1.png": _png(1, mode="L"), "ant/1.png": _png(2, mode="L"), "ant/2.png": _png(3, mode="L")})
-    data = read_imagefolder(tree, LIMITS)
+    data = read_imagefolder(tree, LIMITS).decoded()
     assert data.class_names == ("ant", "zebra")
     assert list(data.labels) == [0, 0, 1]
     assert data.images.shape == (3, 4, 4, 1)
@@ -101,7 +116,7 @@ def test_imagefolder_reader_sorts_class_names():
 @pytest.mark.slow
 def test_cifar10_parquet(cifar10_dir):
     with open(cifar10_dir / "test.parquet", "rb") as f:
-        data = read_hf_parquet(f, "test.parquet", LIMITS)
+        data = _read_parquet(f, "test.parquet", LIMITS)
     assert data.images.shape == (10000, 32, 32, 3)
     assert data.class_names[0] == "airplane" and data.class_names[9] == "truck"
     assert data.counts() == (1000,) * 10
@@ -117,4 +132,4 @@ def test_hf_parquet_declared_size_is_checked_before_reading():
     table = _hf_table([_png(1), _png(2)], [0, 1])
     with pytest.raises(InputError, match=r"t.parquet: its row groups declare \d+ bytes uncompressed, more than "
                                          r"limits.max_file_bytes \(100\)"):
-        read_hf_parquet(table, "t.parquet", Limits(max_file_bytes=100))
+        _read_parquet(table, "t.parquet", Limits(max_file_bytes=100))

@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+from casflow.storage.sources import Files
 from casflow.tasks import classifiers, datasets
 from casflow.tasks.classifiers import training
 from casflow.tasks.classifiers.common import ResidentLoader, StreamingLoader, autocast, data_dtype, to_unit_float
@@ -190,9 +191,9 @@ def test_same_seed_twice_on_cuda_gives_the_same_accuracy(cuda):
 @pytest.fixture(scope="module")
 def cifar10(cifar10_dir):
     splits = []
+    files = Files(max_file_bytes=Limits().max_file_bytes, max_files=Limits().max_files)
     for name in ("train", "test"):
-        with open(cifar10_dir / f"{name}.parquet", "rb") as f:
-            splits.append(read_hf_parquet(f, str(cifar10_dir / f"{name}.parquet"), Limits()))
+        splits.append(read_hf_parquet(files, str(cifar10_dir / f"{name}.parquet"), Limits()).decoded())
     return splits
 
 
