@@ -33,8 +33,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from casflow.flows import artifacts, placement, steps
 from casflow.storage.store import is_transient
+from casflow.tasks import devices
 from casflow.tasks.config import Config
-from casflow.tasks.devices import visible_devices
 from casflow.tasks.results import RunInfo, regressions
 
 # casflow's loggers reach Prefect's handlers through PREFECT_LOGGING_EXTRA_LOGGERS=casflow
@@ -76,7 +76,10 @@ write_report = task(name="write-report", retries=3, retry_delay_seconds=RETRY_DE
                     retry_condition_fn=_retry_if_transient, cache_policy=NO_CACHE)(steps.write_report)
 
 
-def _cuda_count() -> int:
+def _cuda_count(spec: str) -> int:
+    """The GPUs this process sees, when `spec` may use one; torch is imported only where one may be."""
+    if devices.parse(spec) == ["cpu"] or not devices.may_have_gpus():
+        return 0
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -122,7 +125,8 @@ def cas_evaluation(config_path: str = DEMO_CONFIG, store_url: str | None = None,
 
     dataset = prepare_dataset.submit(config, store).result()
     models = config.all_models
-    lanes = placement.assign_lanes([m.name for m in models], visible_devices(config.classifier.device, _cuda_count()))
+    spec = config.classifier.device
+    lanes = placement.assign_lanes([m.name for m in models], devices.visible_devices(spec, _cuda_count(spec)))
     futures: dict[str, list[PrefectFuture]] = {}
     lane_tail: dict[str, PrefectFuture] = {}
     for model in models:  # within a lane, one step after another: each device works on one model at a time

@@ -31,7 +31,7 @@ from casflow.storage.shards import ShardInfo, ShardSet, iter_shard_set, load_sha
 from casflow.storage.sources import Files, FileTooLarge, NotRegularFile, read_local_file
 from casflow.storage.store import Store, s3_options, store_url_problem
 from casflow.tasks import compare, datasets, devices, generators, report
-from casflow.tasks.classifiers import training
+from casflow.tasks.classifiers import data_path
 from casflow.tasks.config import MAX_CONFIG_BYTES, Config, ConfigError, ModelConfig, StoreConfig, parse_config
 from casflow.tasks.errors import InputError
 from casflow.tasks.fingerprint import derive_seed, fingerprint
@@ -232,6 +232,8 @@ def train_classifier(config: Config, store: Store, samples: SamplesRecord, datas
         log.info("model %s: classifier (seed %d) cached (%s)", samples.model, seed, fp[:12])
         return ClassifierRecord(samples.model, fp, seed, samples, True, train_log["train_seconds"], train_log["device"])
 
+    from casflow.tasks.classifiers import training  # torch: imported only when something is trained or evaluated
+
     recipe, torch_device = config.classifier.resolved, devices.torch_device(device)
     log.info("model %s: training %s classifier (seed %d) on %d samples on %s", samples.model, recipe.name, seed,
              samples.shard_set.num_samples, torch_device)
@@ -250,7 +252,7 @@ def classifier_inputs(config: Config, samples: ShardSet, num_classes: int, seed:
         "samples": samples.manifest_sha256,
         "num_classes": num_classes,
         "seed": seed,
-        "data_path": training.data_path(samples.num_samples, samples.image_shape, spec.resident_limit_gb),
+        "data_path": data_path(samples.num_samples, samples.image_shape, spec.resident_limit_gb),
     }
 
 
@@ -292,6 +294,8 @@ def evaluate_classifier(config: Config, store: Store, classifier: ClassifierReco
     if stored is not None:
         return EvaluationRecord(classifier.model, fp, classifier, ClassCounts.from_dict(stored["counts"]), cached=True,
                                 seconds=0.0)
+
+    from casflow.tasks.classifiers import training
 
     recipe, torch_device = config.classifier.resolved, devices.torch_device(device)
     net = training.load_weights(recipe, artifacts.read_weights(store, classifier.fingerprint),
