@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: demo test s3 bench server deploy worker clean
+.PHONY: demo test s3 bench server deploy worker gpu-worker clean
 
 $(BIN)/cas: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,17 +32,22 @@ bench: $(BIN)/cas
 	$(BIN)/python benchmarks/storage_throughput.py
 
 # the Prefect server `make server` starts; export PREFECT_API_URL yourself to use another
-deploy worker: export PREFECT_API_URL ?= http://127.0.0.1:4200/api
+deploy worker gpu-worker: export PREFECT_API_URL ?= http://127.0.0.1:4200/api
 
 server: $(BIN)/cas
 	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
 
 deploy: $(BIN)/cas
 	$(BIN)/prefect work-pool create casflow-local --type process --overwrite
+	$(BIN)/prefect work-pool create casflow-gpu --type process --overwrite
 	CASFLOW_PROJECT_DIR=$(CURDIR) $(BIN)/prefect --no-prompt deploy --all
 
 worker: $(BIN)/cas
 	$(BIN)/prefect worker start --pool casflow-local --type process
+
+# on each GPU machine, one per GPU: CUDA_VISIBLE_DEVICES=0 CASFLOW_WORKER=gpu0 make gpu-worker
+gpu-worker: $(BIN)/cas
+	$(BIN)/prefect worker start --pool casflow-gpu --type process --limit 1
 
 clean:
 	rm -rf casflow-store .pytest_cache

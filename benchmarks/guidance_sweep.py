@@ -147,44 +147,33 @@ def run_seed(config: Config, device: str) -> tuple[dict[str, dict], dict[str, in
     records = {}
     for model in config.models:
         samples = steps.draw_samples(config, store, model, dataset, device)
-        classifier = steps.train_classifier(config, store, samples, dataset, device)
+        classifier = steps.train_classifier(config, store, samples, dataset, device, config.seed)
         records[model.name] = (samples, steps.evaluate_classifier(config, store, classifier, dataset, device))
 
-    real_net = training.load_weights(recipe, artifacts.read_weights(store, records["real"][1].classifier.fingerprint),
-                                     image_shape=dataset.train.image_shape, num_classes=num_classes, device=torch_device)
-    train_images, _ = steps.load_decoded(store, dataset.train, "digits train")
-    eval_images, eval_labels = steps.load_decoded(store, dataset.eval, "digits eval")
-    train_features = training.features(recipe, real_net, train_images, torch_device)
-    eval_features = training.features(recipe, real_net, eval_images, torch_device)
     real_top1 = records["real"][1].counts.top1
-
+    real = records["real"][1].classifier
     out = {}
     for name, (samples, evaluation) in records.items():
-        images, labels = steps.load_decoded(store, samples.shard_set, name)
-        sample_features = training.features(recipe, real_net, images, torch_device)
-        gan_test = scores.gan_test(training.predict(recipe, real_net, images, torch_device), labels, num_classes)
-        pr = scores.precision_recall(eval_features, sample_features)
-        dc = scores.density_coverage(eval_features, sample_features)
-        copies_pixels = scores.near_copies(pixels(train_images), pixels(images))
-        copies_features = scores.near_copies(train_features, sample_features)
+        scored = steps.score_samples(config, store, samples, real, dataset, device)  # what every run computes
+        overall = scored.overall
         out[name] = {
             "cas_top1": evaluation.counts.top1, "cas_ratio": evaluation.counts.top1 / real_top1,
-            "gan_test": gan_test.top1, "precision": pr.precision, "recall": pr.recall,
-            "density": dc.density, "coverage": dc.coverage, "fd": scores.frechet_distance(eval_features, sample_features),
-            "near_copies_pixels": copies_pixels.fraction, "near_copies_features": copies_features.fraction,
-            "per_class": {
-                "cas_top1": evaluation.counts.per_class_top1(), "gan_test": gan_test.per_class_top1(),
-                "precision_recall": [dataclasses.asdict(r) for r in scores.per_class(
-                    scores.precision_recall, eval_features, eval_labels, sample_features, labels, num_classes)],
-                "fd": scores.per_class(scores.frechet_distance, eval_features, eval_labels, sample_features, labels,
-                                       num_classes),
-                "near_copies_pixels": scores.fraction_per_class(copies_pixels.flags, labels, num_classes).tolist(),
-            },
-            "samples_fingerprint": samples.shard_set.fingerprint,
-            "near_copy_thresholds": {"pixels": copies_pixels.threshold, "features": copies_features.threshold},
+            "gan_test": overall["gan_test_top1"], "precision": overall["precision"], "recall": overall["recall"],
+            "density": overall["density"], "coverage": overall["coverage"], "fd": overall["fd"],
+            "near_copies_pixels": overall["memorized_fraction"], "near_copies_features": overall["memorized_fraction_features"],
+            "per_class": {"cas_top1": evaluation.counts.per_class_top1()} | scored.per_class,
+            "samples_fingerprint": samples.shard_set.fingerprint, "scores_fingerprint": scored.fingerprint,
         }
         print(f"seed {config.seed} {name}: " + ", ".join(f"{k} {out[name][k]:.4f}" for k in METRICS), flush=True)
-    out["_controls"] = {  # fresh real images (the eval split) under the near-copy rule: its base rate
+
+    # fresh real images (the eval split) under the near-copy rule: its base rate, for the plot and the table
+    real_net = training.load_weights(recipe, artifacts.read_weights(store, real.fingerprint),
+                                     image_shape=dataset.train.image_shape, num_classes=num_classes, device=torch_device)
+    train_images, _ = steps.load_decoded(store, dataset.train, "digits train")
+    eval_images, _ = steps.load_decoded(store, dataset.eval, "digits eval")
+    train_features = training.features(recipe, real_net, train_images, torch_device)
+    eval_features = training.features(recipe, real_net, eval_images, torch_device)
+    out["_controls"] = {
         "eval_near_copies_pixels": scores.near_copies(pixels(train_images), pixels(eval_images)).fraction,
         "eval_near_copies_features": scores.near_copies(train_features, eval_features).fraction,
     }

@@ -7,7 +7,7 @@ from __future__ import annotations
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from casflow.flows.steps import ResultsRecord
-from casflow.tasks.results import ModelOutcome, change_cells, summary_cells
+from casflow.tasks.results import ModelOutcome, change_cells, has_scores, scores_cells, summary_cells
 
 WORST_CLASSES_SHOWN = 3
 
@@ -34,12 +34,12 @@ def worst_classes_markdown(record: ResultsRecord, outcomes: list[ModelOutcome], 
         if not outcome.ok:
             lines += [f"## {outcome.model}: failed", "", f"{outcome.error}", ""]
             continue
-        scores = outcome.scores
-        per_class = scores.per_class_top1()
+        accuracy = outcome.accuracy
+        per_class = accuracy.per_class_top1()
         worst = sorted(range(len(per_class)), key=lambda c: per_class[c])[:WORST_CLASSES_SHOWN]
-        lines += [f"## {outcome.model}: top-1 {_pct(scores.top1)}", "",
+        lines += [f"## {outcome.model}: top-1 {_pct(accuracy.top1)}", "",
                   "| class | top-1 | eval images |", "| --- | --- | --- |"]
-        lines += [f"| {class_names[c]} | {_pct(per_class[c])} | {scores.n_eval[c]} |" for c in worst]
+        lines += [f"| {class_names[c]} | {_pct(per_class[c])} | {accuracy.n_eval[c]} |" for c in worst]
         lines.append("")
     return "\n".join(lines)
 
@@ -53,6 +53,10 @@ def publish(record: ResultsRecord, outcomes: list[ModelOutcome], class_names: tu
     create_table_artifact(key="cas-summary", table=summary_table(record), description=f"CAS run {record.run_id}")
     create_table_artifact(key="cas-changes", table=changes_table(record) or [{"model": "-", "verdict": "nothing to compare"}],
                           description=f"Changes since each model's previous run, run {record.run_id}")
+    scored = [scores_cells(row) for row in record.summary if has_scores(row)]
+    if scored:
+        create_table_artifact(key="cas-scores", table=scored,
+                              description=f"Scores beside CAS, in the real baseline's classifier, run {record.run_id}")
     create_markdown_artifact(key="cas-worst-classes",
                              markdown=worst_classes_markdown(record, outcomes, class_names, report_uri),
                              description=f"Worst classes per model, run {record.run_id}")

@@ -74,6 +74,7 @@ def _open_store(args: argparse.Namespace):
 
 def show_results(store, run_id: str | None, per_class: bool, model: str | None) -> int:
     from casflow.storage import results
+    from casflow.tasks.results import has_scores, scores_cells
 
     runs = results.run_ids(store)
     if not runs:
@@ -86,6 +87,10 @@ def show_results(store, run_id: str | None, per_class: bool, model: str | None) 
     print(f"run {run_id}  dataset {summary[0]['dataset'] if summary else '?'}  recipe {summary[0]['recipe'] if summary else '?'}"
           f"  store {store.url}")
     print(render_summary(summary))
+    scored = [r for r in summary if has_scores(r)]
+    if scored:
+        print("\nscores beside CAS (in the real baseline's classifier; NAS: points of top-1 against real alone):")
+        print(_table([scores_cells(r) for r in scored]))
     if per_class:
         rows = results.read_run(store, "per_class", run_id).to_pylist()
         print()
@@ -93,7 +98,8 @@ def show_results(store, run_id: str | None, per_class: bool, model: str | None) 
     return 0
 
 
-def run(config_path: str, store_url: str | None, fail_on_regression: bool = False, temporary_server: bool = False) -> int:
+def run(config_path: str, store_url: str | None, fail_on_regression: bool = False, model_deployment: str | None = None,
+        temporary_server: bool = False) -> int:
     """Evaluate a config's models in a Prefect flow, on a running Prefect server or a temporary one (`flows.server`).
 
     SIGTERM and SIGINT (Ctrl-C) end the run within seconds (`_stop`): the flow runs in a thread of its own
@@ -111,8 +117,13 @@ def run(config_path: str, store_url: str | None, fail_on_regression: bool = Fals
             except (ConfigError, OSError) as exc:
                 print(f"cas: {exc}", file=sys.stderr)
                 return 2
+            if model_deployment and (not os.environ.get("PREFECT_API_URL") or temporary_server
+                                     or os.environ.get("CASFLOW_PREFECT_SERVER") == "temporary"):
+                print("cas: --model-deployment needs the Prefect server where that deployment and its workers are: "
+                      "set PREFECT_API_URL, and no temporary server (README: Many machines)", file=sys.stderr)
+                return 2
             try:
-                return _evaluate(live, config, config_path, store_url, fail_on_regression, temporary_server)
+                return _evaluate(live, config, config_path, store_url, fail_on_regression, model_deployment, temporary_server)
             except (ServerProblem, StoreUnreachable) as exc:
                 print(f"cas: {exc}", file=sys.stderr)
                 return 1
@@ -136,7 +147,7 @@ class _Live:
 
 
 def _evaluate(live: _Live, config, config_path: str, store_url: str | None, fail_on_regression: bool,
-              temporary_server: bool) -> int:
+              model_deployment: str | None, temporary_server: bool) -> int:
     from casflow.flows import steps
     from casflow.flows.server import RunServer
 
@@ -154,7 +165,7 @@ def _evaluate(live: _Live, config, config_path: str, store_url: str | None, fail
     flow = cas_evaluation.with_options(on_running=[note_flow_run_id])
     with temporary_settings({PREFECT_API_URL: api_url}), _quiet_hook(note_flow_run_id.__name__):
         try:
-            state = _in_thread(lambda: flow(config_path, store_url, return_state=True))
+            state = _in_thread(lambda: flow(config_path, store_url, model_deployment=model_deployment, return_state=True))
         except Exception:
             _drain_prefect()
             raise
@@ -423,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--temporary-server", action="store_true",
                              help="run on a temporary Prefect server of its own, even when one is running or configured "
                                   "(also CASFLOW_PREFECT_SERVER=temporary)")
+    run_cmd.add_argument("--model-deployment", metavar="FLOW/DEPLOYMENT",
+                         help="run each model as a flow run of this deployment (e.g. cas-model/casflow-model), on its workers")
 
     def where(command: argparse.ArgumentParser) -> None:
         command.add_argument("--config", help="read the store URL and credentials from this config")
@@ -455,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run(DEMO_CONFIG, args.store, temporary_server=args.temporary_server)
     if args.command == "run":
-        return run(args.config, args.store, args.fail_on_regression, args.temporary_server)
+        return run(args.config, args.store, args.fail_on_regression, args.model_deployment, args.temporary_server)
     from casflow.storage.results import ResultsError
     from casflow.storage.store import IntegrityError
 

@@ -17,9 +17,14 @@ fails the run at once instead: long retries are for a store that answered.
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import functools
+import inspect
 import logging
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +45,7 @@ from casflow.tasks.results import RunInfo, regressions
 # casflow's loggers reach Prefect's handlers through PREFECT_LOGGING_EXTRA_LOGGERS=casflow
 # (set by the `cas` command and in prefect.yaml); their level is ours to set.
 logging.getLogger("casflow").setLevel(logging.INFO)
+log = logging.getLogger("casflow.pipeline")
 
 DEMO_CONFIG = str(Path(__file__).with_name("demo.yaml"))
 RETRY_DELAYS = [2, 5, 15]
@@ -55,10 +61,42 @@ def _cached_state(record: Any) -> Any:
     return Completed(data=record, name="Cached", message="committed on the store") if record.cached else record
 
 
+class StepTimeLimit(RuntimeError):
+    """A step ran past `limits.step_seconds` (not a TimeoutError: that would be retried as transient)."""
+
+
+def _within_time_limit(seconds: float, step: str, fn, *args: Any, **kwargs: Any) -> Any:
+    """fn(*args, **kwargs), given up after `seconds`: user code (a sample() that never returns, a read that
+    never ends) cannot be interrupted from outside, so it runs in a daemon thread that is abandoned at the
+    limit. It commits nothing half-written if it ever finishes (every write is atomic, markers last), and
+    it ends with the process."""
+    outcome: dict[str, Any] = {}
+    context = contextvars.copy_context()  # Prefect's run context: the step's logs stay with its task run
+
+    def run() -> None:
+        try:
+            outcome["value"] = context.run(fn, *args, **kwargs)
+        except BaseException as exc:  # handed to the caller's thread as is
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, name=f"casflow-{step}", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise StepTimeLimit(f"{step} did not finish within limits.step_seconds = {seconds:g} s; "
+                            "it was given up and its device went on with the next model")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def _step(fn, name: str, retries: int = 3, run_name: str | None = None):
+    signature = inspect.signature(fn)
+
     @functools.wraps(fn)  # keeps the signature: Prefect binds parameters by name
     def body(*args: Any, **kwargs: Any) -> Any:
-        return _cached_state(fn(*args, **kwargs))
+        config = signature.bind(*args, **kwargs).arguments["config"]
+        return _cached_state(_within_time_limit(config.limits.step_seconds, name, fn, *args, **kwargs))
 
     return task(name=name, task_run_name=run_name, retries=retries, retry_delay_seconds=RETRY_DELAYS,
                 retry_condition_fn=_retry_if_transient, cache_policy=NO_CACHE)(body)
@@ -69,6 +107,7 @@ verify_store = task(name="verify-store", retries=3, retry_delay_seconds=RETRY_DE
 prepare_dataset = _step(steps.prepare_dataset, "prepare-dataset")
 draw_samples = _step(steps.draw_samples, "draw-samples", run_name="samples-{model.name}")
 train_classifier = _step(steps.train_classifier, "train-classifier", run_name="train-{samples.model}-seed{seed}")
+score_samples = _step(steps.score_samples, "score-samples", run_name="scores-{samples.model}")
 evaluate_classifier = _step(steps.evaluate_classifier, "evaluate", run_name="evaluate-{classifier.model}-seed{classifier.seed}")
 write_results = task(name="write-results", retries=3, retry_delay_seconds=RETRY_DELAYS,
                      retry_condition_fn=_retry_if_transient, cache_policy=NO_CACHE)(steps.write_results)
@@ -85,36 +124,50 @@ def _cuda_count(spec: str) -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _settle(config: Config, futures: dict[str, list[PrefectFuture]]) -> list:
-    """Each model's outcome: its records (samples, then a classifier and an evaluation per seed),
+def _settle(config: Config, futures: dict[str, list[PrefectFuture]]) -> dict[str, tuple[list, str | None]]:
+    """Each model's records (samples; a classifier and an evaluation per seed; the same per NAS ratio),
     or the first step's error, named."""
-    outcomes = []
-    for model in config.all_models:
-        records, error = [], None
-        for future in futures[model.name]:
-            future.wait()
-            if future.state.is_completed():
-                records.append(future.result())
-                continue
-            if future.state.is_failed() or future.state.is_crashed():
-                exc = future.result(raise_on_failure=False)
-                error = steps.describe_failure(model.name, exc if isinstance(exc, BaseException) else RuntimeError(str(exc)))
-            break  # a step that did not run because an earlier one failed
-        if error is None and len(records) < len(futures[model.name]):
-            error = f"model '{model.name}': did not finish"
-        samples = records[0] if records else None
-        outcomes.append(steps.outcome(model, samples, records[1::2], records[2::2], error=error))
-    return outcomes
+    return {name: _settle_chain(name, chain) for name, chain in futures.items()}
+
+
+def _score(config: Config, store: Any, dataset: Any, lanes: dict[str, str], settled: dict[str, tuple[list, str | None]]) -> dict:
+    """Scores beside CAS for every model that finished, in the real baseline's classifier (its first seed).
+    Without that classifier there is nothing to score with: said once, the columns stay empty, the run goes on."""
+    spec = config.scores
+    if not (spec.gan_test or spec.features or spec.memorization):
+        return {}
+    real_records, real_error = settled[config.baseline.name]
+    if real_error is not None:
+        log.warning("no scores beside CAS in this run: the real baseline '%s' failed, and GAN-test and the feature "
+                    "scores need its classifier", config.baseline.name)
+        return {}
+    futures = {name: score_samples.submit(config, store, records[0], real_records[1], dataset, lanes[name])
+               for name, (records, error) in settled.items() if error is None}
+    scored = {}
+    for name, future in futures.items():
+        future.wait()
+        if future.state.is_completed():
+            scored[name] = future.result()
+        else:
+            log.warning("model %s: no scores beside CAS: %s", name, future.result(raise_on_failure=False))
+    return scored
 
 
 @flow(name="cas-evaluation", task_runner=ThreadPoolTaskRunner(max_workers=8))
 def cas_evaluation(config_path: str = DEMO_CONFIG, store_url: str | None = None,
-                   verify: Literal["off", "quick", "full"] = "off") -> Any:
+                   verify: Literal["off", "quick", "full"] = "off", model_deployment: str | None = None) -> Any:
     """Evaluate every model of a config by CAS and append the results to the store.
 
     `verify` quick or full first checks every committed object on the store (`cas verify`) and
-    removes what this run can rebuild; the nightly deployment runs it full."""
-    config = steps.read_config(config_path, store_url)
+    removes what this run can rebuild; the nightly deployment runs it full.
+
+    `model_deployment` ("cas-model/<deployment>") fans the models out: each model's chain runs as a
+    flow run of that deployment, picked up by the workers of its work pool (one per GPU machine, or
+    one per GPU), all side by side. What they compute is committed on the shared store; this flow then
+    reads it from there (every step a cache hit), scores the models and writes the results. Without it
+    every model runs in this process, one lane per visible GPU."""
+    config_text = steps.read_config_text(config_path)
+    config = steps.config_from_text(config_text, config_path, store_url)
     store = steps.open_store(config.store)
     store.probe()  # a store that never answers fails here, in about 30 s, naming its endpoint
     if verify != "off":
@@ -125,21 +178,28 @@ def cas_evaluation(config_path: str = DEMO_CONFIG, store_url: str | None = None,
 
     dataset = prepare_dataset.submit(config, store).result()
     models = config.all_models
+    remote, remote_errors = _fan_out(model_deployment, config_text, config_path, store_url, config) if model_deployment else ({}, {})
     spec = config.classifier.device
     lanes = placement.assign_lanes([m.name for m in models], devices.visible_devices(spec, _cuda_count(spec)))
     futures: dict[str, list[PrefectFuture]] = {}
     lane_tail: dict[str, PrefectFuture] = {}
     for model in models:  # within a lane, one step after another: each device works on one model at a time
+        if model.name in remote_errors:
+            continue
         device = lanes[model.name]
         after = [allow_failure(lane_tail[device])] if device in lane_tail else []
-        chain = [draw_samples.submit(config, store, model, dataset, device, wait_for=after)]
-        for seed in config.classifier_seeds:
-            classifier = train_classifier.submit(config, store, chain[0], dataset, device, seed, wait_for=chain[-1:])
-            chain += [classifier, evaluate_classifier.submit(config, store, classifier, dataset, device)]
-        futures[model.name] = chain
-        lane_tail[device] = chain[-1]
+        futures[model.name] = _submit_chain(config, store, model, dataset, device, after)
+        lane_tail[device] = futures[model.name][-1]
 
-    outcomes = _settle(config, futures)
+    settled = _settle(config, futures) | {name: ([], error) for name, error in remote_errors.items()}
+    scored = _score(config, store, dataset, lanes, settled)
+    seeds = len(config.classifier_seeds)
+    outcomes = [steps.outcome(model, records[0] if records else None, records[1 : 1 + 2 * seeds : 2],
+                              records[2 : 2 + 2 * seeds : 2], error, augmented=records[2 + 2 * seeds :: 2],
+                              sample_scores=scored.get(model.name))
+                for model in models for records, error in [settled[model.name]]]
+    # fanned-out models were computed by their flow runs: what they found cached and how long sampling took
+    outcomes = [dataclasses.replace(o, **remote[o.model]) if o.model in remote else o for o in outcomes]
     recipe = config.classifier.resolved
     run = RunInfo(run_id, started, flow_run_id, dataset.name, dataset.fingerprint, dataset.class_names,
                   recipe.name, recipe.fingerprint, config.seed, config.classifier_seeds)
@@ -157,3 +217,107 @@ def cas_evaluation(config_path: str = DEMO_CONFIG, store_url: str | None = None,
         return Failed(message=f"{len(failed)} of {len(outcomes)} models failed: "
                               + "; ".join(o.error for o in failed), data=report)
     return report
+
+
+@flow(name="cas-model", task_runner=ThreadPoolTaskRunner(max_workers=4))
+def cas_model(config_yaml: str, model_name: str, source: str = "config", store_url: str | None = None) -> Any:
+    """One model's chain on the worker that picked this flow run up (the fan-out of `cas_evaluation`):
+    its samples, a classifier and an evaluation per classifier seed, and the Naive Augmentation Score's
+    classifiers, each committed on the shared store. The config comes as YAML text: the worker needs the
+    store, not the parent's files. It trains on the first device `classifier.device` names here: give
+    each worker its own GPU (CUDA_VISIBLE_DEVICES) and a concurrency limit of 1."""
+    config = steps.config_from_text(config_yaml, source, store_url)
+    store = steps.open_store(config.store)
+    store.probe()
+    model = next((m for m in config.all_models if m.name == model_name), None)
+    if model is None:
+        return Failed(message=f"model '{model_name}': not in the config {source}")
+    dataset = prepare_dataset.submit(config, store).result()  # committed by the parent run: a cache hit
+    spec = config.classifier.device
+    device = devices.visible_devices(spec, _cuda_count(spec))[0]
+    chain = _submit_chain(config, store, model, dataset, device, after=[])
+    records, error = _settle_chain(model.name, chain)
+    if error is not None:
+        return Failed(message=error)
+    return {"model": model_name, "device": device, "steps": len(records)}
+
+
+def _submit_chain(config: Config, store: Any, model: Any, dataset: Any, device: str, after: list) -> list[PrefectFuture]:
+    """One model's steps on one device, one after another: samples; a classifier and an evaluation per
+    seed; the same per Naive Augmentation Score ratio (not for the real baseline)."""
+    chain = [draw_samples.submit(config, store, model, dataset, device, wait_for=after)]
+    for seed in config.classifier_seeds:
+        classifier = train_classifier.submit(config, store, chain[0], dataset, device, seed, wait_for=chain[-1:])
+        chain += [classifier, evaluate_classifier.submit(config, store, classifier, dataset, device)]
+    for ratio in config.scores.augmentation if model.generator.kind != "real" else ():
+        classifier = train_classifier.submit(config, store, chain[0], dataset, device, config.classifier_seeds[0], ratio,
+                                             wait_for=chain[-1:])
+        chain += [classifier, evaluate_classifier.submit(config, store, classifier, dataset, device)]
+    return chain
+
+
+def _fan_out(deployment: str, config_text: str, source: str, store_url: str | None,
+             config: Config) -> tuple[dict[str, dict], dict[str, str]]:
+    """Each model's chain as a flow run of `deployment`, all at once. Returns, per model that finished
+    there, what its flow run found cached and how long its sampling took (the parent's own pass over the
+    store finds everything cached), and, per model that did not, its error. A flow run that has not
+    finished after the time its steps may take (limits.step_seconds each) counts as failed: its worker
+    may have died; a rerun recomputes only it."""
+    from prefect.deployments import run_deployment
+
+    steps_per_model = 1 + 2 * (len(config.classifier_seeds) + len(config.scores.augmentation))
+    timeout = config.limits.step_seconds * steps_per_model
+
+    def one(model_name: str) -> dict | str:
+        child = run_deployment(deployment, parameters={"config_yaml": config_text, "model_name": model_name,
+                                                       "source": source, "store_url": store_url},
+                               timeout=timeout, as_subflow=True)
+        if child.state is not None and child.state.is_completed():
+            return _remote_steps(child.id)
+        state = child.state.name if child.state else "no state"
+        detail = (child.state.message or "") if child.state else ""
+        if detail.startswith(f"model '{model_name}'"):
+            return detail
+        return f"model '{model_name}': its flow run {child.name} ({deployment}) ended {state}" + (f": {detail}" if detail else "")
+
+    names = [m.name for m in config.all_models]
+    with ThreadPoolExecutor(len(names)) as pool:
+        answers = dict(zip(names, pool.map(one, names)))
+    return ({name: a for name, a in answers.items() if isinstance(a, dict)},
+            {name: a for name, a in answers.items() if isinstance(a, str)})
+
+
+def _remote_steps(flow_run_id: uuid.UUID) -> dict:
+    """ModelOutcome fields as the model's own flow run saw them, from its task runs' states."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    by_kind: dict[str, list] = {}
+    for run in task_runs:
+        by_kind.setdefault(run.name.split("-", 1)[0], []).append(run)
+
+    def cached(kind: str) -> bool | None:
+        return all(r.state_name == "Cached" for r in by_kind[kind]) if by_kind.get(kind) else None
+
+    samples = by_kind.get("samples", [])
+    return {"samples_cached": cached("samples"), "classifier_cached": cached("train"), "evaluation_cached": cached("evaluate"),
+            "sample_seconds": 0.0 if cached("samples") or not samples else round(samples[0].total_run_time.total_seconds(), 3)}
+
+
+def _settle_chain(model_name: str, chain: list[PrefectFuture]) -> tuple[list, str | None]:
+    """A model's records in chain order, or the first step's error, named."""
+    records, error = [], None
+    for future in chain:
+        future.wait()
+        if future.state.is_completed():
+            records.append(future.result())
+            continue
+        if future.state.is_failed() or future.state.is_crashed():
+            exc = future.result(raise_on_failure=False)
+            error = steps.describe_failure(model_name, exc if isinstance(exc, BaseException) else RuntimeError(str(exc)))
+        break  # a step that did not run because an earlier one failed
+    if error is None and len(records) < len(chain):
+        error = f"model '{model_name}': did not finish"
+    return records, error

@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import os
+import socket
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
@@ -30,7 +32,7 @@ from casflow.storage import artifacts, decoded_cache, results, verify
 from casflow.storage.shards import ShardInfo, ShardSet, iter_shard_set, load_shard_set, sample_key, write_shard_set
 from casflow.storage.sources import Files, FileTooLarge, NotRegularFile, read_local_file
 from casflow.storage.store import Store, s3_options, store_url_problem
-from casflow.tasks import compare, datasets, devices, generators, report
+from casflow.tasks import compare, datasets, devices, generators, report, scores
 from casflow.tasks.classifiers import data_path
 from casflow.tasks.config import MAX_CONFIG_BYTES, Config, ConfigError, ModelConfig, StoreConfig, parse_config
 from casflow.tasks.errors import InputError
@@ -79,6 +81,7 @@ class ClassifierRecord:
     cached: bool
     train_seconds: float
     device: str
+    augment: float | None = None  # trained on the real train split plus this share of it in samples (NAS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,16 +111,24 @@ def read_config(path: str, store_url: str | None = None) -> Config:
 
     ConfigError for anything that stops the run before it starts: a file that is not a regular file or
     is larger than MAX_CONFIG_BYTES, not UTF-8, not valid, or a store that cannot keep the results."""
+    return config_from_text(read_config_text(path), path, store_url)
+
+
+def read_config_text(path: str) -> str:
     try:
-        text = read_local_file(path, path, MAX_CONFIG_BYTES, "a config may have")
+        return read_local_file(path, path, MAX_CONFIG_BYTES, "a config may have")
     except (NotRegularFile, FileTooLarge) as exc:
         raise ConfigError(str(exc)) from None
-    config = parse_config(text, source=path)
+
+
+def config_from_text(text: str, source: str, store_url: str | None = None) -> Config:
+    """A config's YAML text validated (a flow run on another machine gets the text, not the file)."""
+    config = parse_config(text, source=source)
     if store_url:
         config = config.model_copy(update={"store": config.store.model_copy(update={"url": store_url})})
     problem = store_url_problem(config.store.url)
     if problem:
-        raise ConfigError(f"{path}: store.url {config.store.url}: {problem}")
+        raise ConfigError(f"{source}: store.url {config.store.url}: {problem}")
     return config
 
 
@@ -223,37 +234,45 @@ def real_train(store: Store, dataset: DatasetRecord) -> datasets.LabeledImages:
 # ---------------------------------------------------------------- step 3: a classifier per model
 
 def train_classifier(config: Config, store: Store, samples: SamplesRecord, dataset: DatasetRecord, device: str,
-                     seed: int) -> ClassifierRecord:
-    """Train (or find) the classifier for one model's samples and one classifier seed."""
-    inputs = classifier_inputs(config, samples.shard_set, len(dataset.class_names), seed)
+                     seed: int, augment: float | None = None) -> ClassifierRecord:
+    """Train (or find) the classifier for one model's samples and one classifier seed.
+
+    With `augment` r, the Naive Augmentation Score's classifier (Ravuri & Vinyals 2019, section 4):
+    trained on the real train split plus the first round(r x its size) of the samples."""
+    data = StoredSamples(store, samples.shard_set, f"model {samples.model}", seed)  # a training.TrainingSamples
+    if augment is not None:
+        data = MixedSamples(StoredSamples(store, dataset.train, f"{dataset.name} train split", seed), data,
+                            round(augment * dataset.train.num_samples))
+    inputs = classifier_inputs(config, samples.shard_set, len(dataset.class_names), seed, augment, dataset.train)
     fp = fingerprint("classifier", TRAIN_CODE_VERSION, inputs)
+    what = f"model {samples.model}: classifier (seed {seed}" + (")" if augment is None else f", real + {augment:g} samples)")
     train_log = artifacts.read_train_log(store, fp)
     if train_log is not None:
-        log.info("model %s: classifier (seed %d) cached (%s)", samples.model, seed, fp[:12])
-        return ClassifierRecord(samples.model, fp, seed, samples, True, train_log["train_seconds"], train_log["device"])
+        log.info("%s cached (%s)", what, fp[:12])
+        return ClassifierRecord(samples.model, fp, seed, samples, True, train_log["train_seconds"], train_log["device"],
+                                augment)
 
     from casflow.tasks.classifiers import training  # torch: imported only when something is trained or evaluated
 
     recipe, torch_device = config.classifier.resolved, devices.torch_device(device)
-    log.info("model %s: training %s classifier (seed %d) on %d samples on %s", samples.model, recipe.name, seed,
-             samples.shard_set.num_samples, torch_device)
-    net, train_log = training.train(
-        recipe, StoredSamples(store, samples.shard_set, f"model {samples.model}", seed),
-        num_classes=len(dataset.class_names), device=torch_device, seed=seed,
-        resident_limit_gb=config.classifier.resident_limit_gb)
+    log.info("%s: training %s on %d images on %s", what, recipe.name, data.num_samples, torch_device)
+    net, train_log = training.train(recipe, data, num_classes=len(dataset.class_names), device=torch_device, seed=seed,
+                                    resident_limit_gb=config.classifier.resident_limit_gb)
     train_log["fingerprint_inputs"] = inputs
+    train_log["worker"] = os.environ.get("CASFLOW_WORKER") or socket.gethostname()  # who trained it (not fingerprinted)
     artifacts.write_classifier(store, fp, training.weights_bytes(net), train_log)
-    return ClassifierRecord(samples.model, fp, seed, samples, False, train_log["train_seconds"], train_log["device"])
+    return ClassifierRecord(samples.model, fp, seed, samples, False, train_log["train_seconds"], train_log["device"], augment)
 
 
-def classifier_inputs(config: Config, samples: ShardSet, num_classes: int, seed: int) -> dict:
+def classifier_inputs(config: Config, samples: ShardSet, num_classes: int, seed: int, augment: float | None = None,
+                      real_train: ShardSet | None = None) -> dict:
     spec = config.classifier
-    return spec.resolved.fingerprint_inputs() | {
-        "samples": samples.manifest_sha256,
-        "num_classes": num_classes,
-        "seed": seed,
-        "data_path": data_path(samples.num_samples, samples.image_shape, spec.resident_limit_gb),
-    }
+    num_samples = samples.num_samples
+    inputs = spec.resolved.fingerprint_inputs() | {"samples": samples.manifest_sha256, "num_classes": num_classes, "seed": seed}
+    if augment is not None:
+        num_samples = real_train.num_samples + round(augment * real_train.num_samples)
+        inputs |= {"samples": real_train.manifest_sha256, "augment_with": samples.manifest_sha256, "augment_ratio": augment}
+    return inputs | {"data_path": data_path(num_samples, samples.image_shape, spec.resident_limit_gb)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,6 +300,45 @@ class StoredSamples:
         shards = self.shard_set.shards
         order = np.random.default_rng(derive_seed(self.seed, "shard-order", epoch)).permutation(len(shards))
         return decoded_chunks(self.store, self.shard_set, [shards[i] for i in order])
+
+
+@dataclasses.dataclass(frozen=True)
+class MixedSamples:
+    """The real train split and the first `extra_count` of a model's samples as one training set (NAS).
+    Stored sets interleave their classes, so a prefix is class-balanced."""
+
+    real: StoredSamples
+    extra: StoredSamples
+    extra_count: int
+
+    @property
+    def num_samples(self) -> int:
+        return self.real.num_samples + self.extra_count
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.real.image_shape
+
+    def decoded(self) -> tuple[np.ndarray, np.ndarray]:
+        (real_images, real_labels), (images, labels) = self.real.decoded(), self.extra.decoded()
+        return (np.concatenate([real_images, images[: self.extra_count]]),
+                np.concatenate([real_labels, labels[: self.extra_count]]))
+
+    def chunks(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The real split's chunks alternating with the prefix's, both in their epoch's order."""
+        shards, left, prefix = self.extra.shard_set.shards, self.extra_count, []
+        for shard in shards:
+            if left <= 0:
+                break
+            prefix.append((shard, min(left, shard.num_samples)))
+            left -= shard.num_samples
+        order = np.random.default_rng(derive_seed(self.extra.seed, "shard-order", epoch)).permutation(len(prefix))
+        extra = (
+            (images[:keep], labels[:keep])
+            for (images, labels), keep in zip(decoded_chunks(self.extra.store, self.extra.shard_set,
+                                                             [prefix[i][0] for i in order]), [prefix[i][1] for i in order]))
+        for real_chunk, extra_chunk in itertools.zip_longest(self.real.chunks(epoch), extra):
+            yield from (chunk for chunk in (real_chunk, extra_chunk) if chunk is not None)
 
 
 # ---------------------------------------------------------------- step 4: per-class evaluation on the real eval split
@@ -311,6 +369,92 @@ def evaluate_classifier(config: Config, store: Store, classifier: ClassifierReco
              sum(counts.n_eval))
     return EvaluationRecord(classifier.model, fp, classifier, counts, cached=False,
                             seconds=round(time.perf_counter() - started, 3))
+
+
+# ---------------------------------------------------------------- step 4b: scores beside CAS, in the real baseline's classifier
+
+SCORES_CODE_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoresRecord:
+    model: str
+    fingerprint: str
+    classifier: str  # the real baseline's classifier: GAN-test's predictions and the features come from it
+    overall: dict[str, float | None]
+    per_class: dict[str, list[float | None]]
+    cached: bool
+
+
+def score_samples(config: Config, store: Store, samples: SamplesRecord, real: ClassifierRecord, dataset: DatasetRecord,
+                  device: str) -> ScoresRecord:
+    """GAN-test, feature-space scores and near copies of one model's samples (tasks/scores.py), with the
+    classifier trained on the real train split (its first seed), whatever `config.scores` asks for.
+
+    References: Frechet distance, precision/recall and density/coverage against the real eval split
+    (images the classifier never saw, so the `real` model's row is an honest floor); near copies against
+    the real train split, in pixels and in features."""
+    spec = config.scores
+    inputs = {"samples": samples.shard_set.manifest_sha256, "classifier": real.fingerprint,
+              "eval": dataset.eval.manifest_sha256, "train": dataset.train.manifest_sha256,
+              "asked": spec.model_dump(exclude={"augmentation"}), "precision_recall_k": scores.PRECISION_RECALL_K,
+              "density_coverage_k": scores.DENSITY_COVERAGE_K, "near_copy_quantile": scores.NEAR_COPY_QUANTILE}
+    fp = fingerprint("scores", SCORES_CODE_VERSION, inputs)
+    stored = artifacts.read_scores(store, fp)
+    if stored is not None:
+        return ScoresRecord(samples.model, fp, real.fingerprint, stored["overall"], stored["per_class"], cached=True)
+
+    from casflow.tasks.classifiers import training
+
+    recipe, torch_device, num_classes = config.classifier.resolved, devices.torch_device(device), len(dataset.class_names)
+    net = training.load_weights(recipe, artifacts.read_weights(store, real.fingerprint), image_shape=dataset.train.image_shape,
+                                num_classes=num_classes, device=torch_device)
+    images, labels = load_decoded(store, samples.shard_set, f"model {samples.model}")
+    features = lambda x: training.features(recipe, net, x, torch_device)  # noqa: E731
+    overall: dict[str, float | None] = {}
+    per_class: dict[str, list[float | None]] = {}
+    if spec.gan_test:
+        counts = scores.gan_test(training.predict(recipe, net, images, torch_device), labels, num_classes)
+        overall["gan_test_top1"], per_class["gan_test_top1"] = counts.top1, counts.per_class_top1()
+    sample_features = features(images) if spec.features or spec.memorization else None
+    if spec.features:
+        eval_images, eval_labels = load_decoded(store, dataset.eval, f"{dataset.name} eval split")
+        eval_features = features(eval_images)
+        overall |= feature_scores(eval_features, sample_features)
+        by_class = [feature_scores(eval_features[eval_labels == c], sample_features[labels == c]) for c in range(num_classes)]
+        per_class |= {name: [scores_of_class[name] for scores_of_class in by_class] for name in by_class[0]}
+    if spec.memorization:
+        train_images, train_labels = load_decoded(store, dataset.train, f"{dataset.name} train split")
+        flat = lambda x: x.reshape(len(x), -1).astype(np.float32)  # noqa: E731
+        pixels = scores.near_copies(flat(train_images), flat(images))
+        in_features = scores.near_copies(features(train_images), sample_features)
+        overall["memorized_fraction"], overall["memorized_fraction_features"] = pixels.fraction, in_features.fraction
+        per_class["memorized_fraction"] = list(scores.fraction_per_class(pixels.flags, labels, num_classes))
+    overall = {k: _finite(v) for k, v in overall.items()}
+    per_class = {k: [_finite(v) for v in values] for k, values in per_class.items()}
+    artifacts.write_scores(store, fp, {"fingerprint_inputs": inputs, "overall": overall, "per_class": per_class})
+    log.info("model %s: scores %s", samples.model, ", ".join(f"{k} {v:.4g}" for k, v in overall.items() if v is not None))
+    return ScoresRecord(samples.model, fp, real.fingerprint, overall, per_class, cached=False)
+
+
+def feature_scores(real: np.ndarray, fake: np.ndarray) -> dict[str, float | None]:
+    """Frechet distance, precision/recall and density/coverage of two feature sets; None where a set (one
+    class's, say) has too few points for a score."""
+    out: dict[str, float | None] = {}
+    for names, score in ((("fd",), lambda: (scores.frechet_distance(real, fake),)),
+                         (("precision", "recall"), lambda: dataclasses.astuple(scores.precision_recall(real, fake))),
+                         (("density", "coverage"), lambda: dataclasses.astuple(scores.density_coverage(real, fake)))):
+        try:
+            values = score()
+        except ValueError:
+            values = (None,) * len(names)
+        out |= {name: _finite(value) for name, value in zip(names, values)}
+    return out
+
+
+def _finite(value: float | None) -> float | None:
+    """NaN and infinities (an empty class) are stored as null."""
+    return None if value is None or not np.isfinite(value) else float(value)
 
 
 # ---------------------------------------------------------------- step 5: results, judged against the previous run
@@ -436,8 +580,10 @@ def first_per_class(store: Store, shard_set: ShardSet, per_class: int) -> tuple[
 
 
 def outcome(model: ModelConfig, samples: SamplesRecord | None, classifiers: Sequence[ClassifierRecord],
-            evaluations: Sequence[EvaluationRecord], error: str | None) -> ModelOutcome:
-    """What one model's steps produced (a classifier and an evaluation per seed), for the result rows."""
+            evaluations: Sequence[EvaluationRecord], error: str | None, augmented: Sequence[EvaluationRecord] = (),
+            sample_scores: ScoresRecord | None = None) -> ModelOutcome:
+    """What one model's steps produced (a classifier and an evaluation per seed; the NAS classifiers'
+    evaluations; the scores beside CAS), for the result rows."""
     complete = error is None and samples is not None and len(evaluations) == len(classifiers) > 0
     return ModelOutcome(
         model=model.name,
@@ -455,6 +601,9 @@ def outcome(model: ModelConfig, samples: SamplesRecord | None, classifiers: Sequ
         samples_cached=samples.cached if samples else None,
         classifier_cached=all(c.cached for c in classifiers) if classifiers else None,
         evaluation_cached=all(e.cached for e in evaluations) if evaluations else None,
+        scores=None if sample_scores is None else {"classifier": sample_scores.classifier, "overall": sample_scores.overall,
+                                                   "per_class": sample_scores.per_class},
+        augmented=tuple((e.classifier.augment, e.counts) for e in augmented) if complete else (),
     )
 
 

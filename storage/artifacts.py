@@ -6,6 +6,8 @@
   evaluations/<fp>/predictions.parquet   per real eval image: key, true class, top-5 classes, p(true class)
   evaluations/<fp>/metrics.json          per-class counts, with the predictions' sha256 and size; written
                                          last, it commits the evaluation
+  scores/<fp>/scores.json                GAN-test, feature-space scores and near copies of one model's
+                                         samples; one object, its own commit
 
 Every object a marker names is checked against its digest when it is read
 (an IntegrityError names it); markers written before digests were kept
@@ -28,6 +30,7 @@ from casflow.storage.store import REBUILD, IntegrityError, Store
 WEIGHTS = "model.pt"
 TRAIN_LOG = "train_log.json"
 METRICS = "metrics.json"
+SCORES = "scores.json"
 PREDICTIONS = "predictions.parquet"
 PREDICTIONS_SCHEMA = pa.schema([
     pa.field("key", pa.string(), nullable=False),  # the image's key in the real eval shards
@@ -87,6 +90,18 @@ def read_predictions(store: Store, fingerprint: str) -> pa.Table | None:
     marker = read_evaluation(store, fingerprint) or {}
     data = _read_checked(store, location, marker.get("predictions_sha256"))
     return pq.read_table(io.BytesIO(data), schema=PREDICTIONS_SCHEMA).sort_by("key")
+
+
+def write_scores(store: Store, fingerprint: str, scores: dict[str, Any]) -> None:
+    store.write_bytes(store.location("scores", fingerprint, SCORES), json.dumps(scores, sort_keys=True).encode())
+
+
+def read_scores(store: Store, fingerprint: str) -> dict[str, Any] | None:
+    """The committed scores, or None when they are not committed."""
+    location = store.location("scores", fingerprint, SCORES)
+    if not store.exists(location):
+        return None
+    return _read_marker(store, location)
 
 
 def _read_marker(store: Store, location: str) -> dict[str, Any]:

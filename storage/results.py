@@ -46,6 +46,14 @@ PER_CLASS_SCHEMA = pa.schema(_RUN_KEYS + [
     pa.field("top1_ci_high", pa.float64(), nullable=False),
     pa.field("cached", pa.bool_(), nullable=False),  # every step of this model came from the store
     pa.field("top1_seed_std", pa.float64()),  # spread of top1 across classifier seeds; null with one seed
+    # scores beside CAS (config `scores`), in the real baseline's classifier; null when not asked for or not computable
+    pa.field("gan_test_top1", pa.float64()),  # that classifier's accuracy on this class's samples
+    pa.field("fd", pa.float64()),  # Frechet distance to this class's real eval images (biased at few images per class)
+    pa.field("precision", pa.float64()),
+    pa.field("recall", pa.float64()),
+    pa.field("density", pa.float64()),
+    pa.field("coverage", pa.float64()),
+    pa.field("memorized_fraction", pa.float64()),  # share of this class's samples that are near copies of train images
 ])
 
 SUMMARY_SCHEMA = pa.schema(_RUN_KEYS + [
@@ -81,6 +89,19 @@ SUMMARY_SCHEMA = pa.schema(_RUN_KEYS + [
     pa.field("change", pa.string()),  # better | worse | same; null without a comparable previous run
     pa.field("delta_top1", pa.float64()),  # cas_top1 minus the previous run's, on the same eval images
     pa.field("change_p_value", pa.float64()),  # exact McNemar (sign) test of that change
+    # scores beside CAS (config `scores`; tasks/scores.py), in the real baseline's classifier (first seed)
+    pa.field("scores_classifier_fingerprint", pa.string()),  # the classifier GAN-test and the features come from
+    pa.field("gan_test_top1", pa.float64()),  # its accuracy on the samples (Shmelkov et al. 2018)
+    pa.field("fd", pa.float64()),  # Frechet distance to the real eval split, in its penultimate features
+    pa.field("precision", pa.float64()),  # k-NN precision and recall, k = 3 (Kynkaanniemi et al. 2019)
+    pa.field("recall", pa.float64()),
+    pa.field("density", pa.float64()),  # density and coverage, k = 5 (Naeem et al. 2020)
+    pa.field("coverage", pa.float64()),
+    pa.field("memorized_fraction", pa.float64()),  # share of samples that are near copies of train images, in pixels
+    pa.field("memorized_fraction_features", pa.float64()),  # the same in the features
+    pa.field("nas_ratios", pa.list_(pa.float64())),  # Naive Augmentation Score: synthetic share of the real train count
+    pa.field("nas_top1", pa.list_(pa.float64())),  # top-1 of the classifier trained on real + that share of samples
+    pa.field("nas_delta_top1", pa.list_(pa.float64())),  # nas_top1 minus real_top1 of the same classifier seed
 ])
 
 CHANGES_SCHEMA = pa.schema([

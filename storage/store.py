@@ -5,6 +5,7 @@ Layout (the only place paths are built; see `Store.location`):
   samples/<samples_fp>/shard-000000.tar ... manifest.json
   classifiers/<classifier_fp>/model.pt, train_log.json
   evaluations/<evaluation_fp>/predictions.parquet, metrics.json
+  scores/<scores_fp>/scores.json
   results/{per_class,changes,summary}/date=YYYY-MM-DD/run=<run_id>/part-0.parquet
   reports/<run_id>/index.html
 """
@@ -22,8 +23,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from casflow.storage.atomic import atomic_file, is_debris, is_temporary
 
-Kind = Literal["real", "samples", "classifiers", "evaluations"]
-KINDS: tuple[str, ...] = ("real", "samples", "classifiers", "evaluations")
+Kind = Literal["real", "samples", "classifiers", "evaluations", "scores"]
+KINDS: tuple[str, ...] = ("real", "samples", "classifiers", "evaluations", "scores")
 
 
 def s3_options(endpoint_url: str | None = None, region: str | None = None, key: str | None = None,

@@ -7,6 +7,7 @@ What is checked (storage/ alone knows this layout):
                                            size and (full check) sha256; nothing else but debris
   classifiers/<fp>/                        train_log.json parses; model.pt is there with its sha256
   evaluations/<fp>/                        metrics.json parses; predictions.parquet with its sha256
+  scores/<fp>/                             scores.json parses
   results/<table>/date=.../run=.../        part-0.parquet is a readable Parquet file of that table
 A folder without its commit marker is an interrupted write: debris once it
 has not changed for STALE_SECONDS (a younger one may be another run's
@@ -46,7 +47,7 @@ class Finding:
 def verify(store: Store, *, full: bool = True) -> list[Finding]:
     """Everything wrong on the store; `full` also re-hashes every shard (reads every byte)."""
     started, findings, checked = time.perf_counter(), [], 0
-    for check in (_shard_sets(store, full), _classifiers(store), _evaluations(store), _results(store)):
+    for check in (_shard_sets(store, full), _classifiers(store), _evaluations(store), _scores(store), _results(store)):
         for finding in check:
             if finding is None:
                 checked += 1
@@ -129,6 +130,22 @@ def _evaluations(store: Store) -> Iterator[Finding | None]:
             yield Finding(folder, _problem(exc), folder)
             continue
         yield from _debris(store, folder, [n for n in names if n not in (artifacts.METRICS, artifacts.PREDICTIONS)])
+        yield None
+
+
+def _scores(store: Store) -> Iterator[Finding | None]:
+    for fp in store.listdir("scores"):
+        folder = f"scores/{fp}"
+        names = store.listdir(folder)
+        if artifacts.SCORES not in names:
+            yield from _uncommitted(store, folder, names, f"no {artifacts.SCORES}")
+            continue
+        try:
+            artifacts.read_scores(store, fp)
+        except IntegrityError as exc:
+            yield Finding(folder, _problem(exc), folder)
+            continue
+        yield from _debris(store, folder, [n for n in names if n != artifacts.SCORES])
         yield None
 
 

@@ -9,6 +9,7 @@ models of the kinds the registries list (`tasks.datasets`, `tasks.generators`).
 from __future__ import annotations
 
 import functools
+import json
 from typing import Annotated, Any, Literal, Union
 
 import yaml
@@ -16,6 +17,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 
 from casflow.tasks import classifiers, datasets, devices, generators
 from casflow.tasks.datasets.digits import DigitsDataset
+from casflow.tasks.fingerprint import canonical_json
 from casflow.tasks.generators.builtin import RealGenerator
 from casflow.tasks.limits import Limits
 from casflow.tasks.schema import Frozen
@@ -53,10 +55,10 @@ class ClassifierConfig(Frozen):
     seeds: list[Annotated[int, Field(ge=0, lt=2**32)]] | None = Field(None, min_length=1)  # one classifier per seed
     # per model; default: the run's seed. Results carry the mean and spread across seeds.
 
-    @functools.cached_property
+    @property
     def resolved(self) -> classifiers.Recipe:
-        """The recipe module with the options applied: resolved once per config."""
-        return classifiers.resolve(self.recipe, self.options)
+        """The recipe module with the options applied, resolved once per distinct (recipe, options)."""
+        return _resolve(self.recipe, canonical_json(self.options))
 
     @model_validator(mode="after")
     def _recipe_and_options_known(self) -> ClassifierConfig:
@@ -77,6 +79,29 @@ class ClassifierConfig(Frozen):
         return value
 
 
+class ScoresConfig(Frozen):
+    """What casflow scores beside CAS (tasks/scores.py); each can be turned off."""
+
+    gan_test: bool = True  # the real baseline's classifier on the samples (Shmelkov et al. 2018)
+    features: bool = True  # Frechet distance, precision/recall, density/coverage in its penultimate features
+    memorization: bool = True  # near copies of real train images, in pixels and in features
+    augmentation: list[Annotated[float, Field(gt=0, le=1)]] = [0.25, 0.5, 1.0]  # Naive Augmentation Score: real
+    # train split plus this share of it in samples; one classifier per ratio and model; [] turns it off
+
+    @field_validator("augmentation")
+    @classmethod
+    def _ratios_distinct(cls, value: list[float]) -> list[float]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"ratios must be distinct, got {value}")
+        return sorted(value)
+
+
+@functools.lru_cache(maxsize=64)
+def _resolve(recipe: str, options_json: str) -> classifiers.Recipe:
+    # keyed by value, not held on the config: a model_copy with other options must not see a stale recipe
+    return classifiers.resolve(recipe, json.loads(options_json))
+
+
 class ModelConfig(Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     generator: GeneratorConfig
@@ -88,6 +113,7 @@ class Config(Frozen):
     dataset: DatasetConfig = DigitsDataset()
     classifier: ClassifierConfig = ClassifierConfig()
     limits: Limits = Limits()  # what one input may make casflow read (tasks/limits.py)
+    scores: ScoresConfig = ScoresConfig()
     seed: int = Field(0, ge=0, lt=2**32)
     models: list[ModelConfig] = Field(min_length=1)
 

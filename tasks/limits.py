@@ -9,6 +9,9 @@ and the run goes on for the other models. The defaults are far above what
 CAS inputs need (CIFAR-10's 50,000 samples decode to 150 MB, ImageNet 64x64's
 1.28 million to 15.7 GB). Limits never change results, so they are not part
 of any fingerprint.
+
+`step_seconds` bounds time instead: a `sample()` that never returns or an
+input that never ends fails its model, not the night.
 """
 
 from __future__ import annotations
@@ -25,3 +28,5 @@ class Limits(Frozen):
     max_image_pixels: int = Field(4096 * 4096, gt=0)  # width x height of one image, from its header
     max_decoded_bytes: int = Field(16 * GiB, gt=0)  # one input's images decoded (N x H x W x C), or an npz array
     max_files: int = Field(10_000_000, gt=0)  # files a folder or zip holds, shards a folder or brace pattern names
+    step_seconds: float = Field(6 * 3600, gt=0)  # one step of one model (sampling, one training, one evaluation,
+    # scoring): past it the model fails, naming the step and the limit, and its device goes on with the next model

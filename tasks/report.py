@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from casflow.tasks.results import change_cells, summary_cells
+from casflow.tasks.results import change_cells, has_scores, scores_cells, summary_cells
 
 GRID_CLASSES = 10  # classes shown in sample grids and per-class bars (the first ones; all of them below this)
 GRID_PER_CLASS = 8  # samples per class in a grid
@@ -63,6 +63,7 @@ def render(data: ReportData) -> str:
         f" &middot; store <code>{_e(data.store_url)}</code> &middot; written {data.generated:%Y-%m-%d %H:%M} UTC</p>",
         "<h2>Summary</h2>", _summary_table(data.summary),
         "<h2>Changes since each model's previous run</h2>", _changes_section(data.changes),
+        "<h2>Scores beside CAS</h2>", _scores_section(data.summary),
         "<h2>Per-class accuracy beside the real baseline</h2>",
         _per_class_section(data.per_class, models, data.class_names),
         "<h2>Trend over runs</h2>", _trend_section(data.history, models),
@@ -116,6 +117,17 @@ def _changes_section(changes: list[dict[str, Any]]) -> str:
     note = ("<p>Paired on the same real eval images: exact McNemar test, Holm-adjusted across classes; "
             "classes are listed when they changed significantly.</p>")
     return note + _table([change_cells(row) for row in shown], [row["direction"] for row in shown])
+
+
+def _scores_section(summary: list[dict[str, Any]]) -> str:
+    rows = [scores_cells(row) for row in summary if has_scores(row)]
+    if not rows:
+        return "<p>No scores beside CAS in this run (turned off in the config, or no real baseline to score with).</p>"
+    return ("<p>In the penultimate features of the classifier trained on the real train split: GAN-test is its accuracy "
+            "on the samples (high with a low CAS: sharp but not diverse); Frechet distance, precision/recall (k = 3) and "
+            "density/coverage (k = 5) against the real eval split; near copies: samples closer to a train image than 99% of "
+            "train images are to any other, in pixels and in features. NAS: change in top-1 when that share of the real "
+            "train count in samples is added to the real train split.</p>" + _table(rows))
 
 
 def _img(png: bytes, alt: str = "") -> str:

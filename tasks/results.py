@@ -52,6 +52,8 @@ class ModelOutcome:
     samples_cached: bool | None = None
     classifier_cached: bool | None = None
     evaluation_cached: bool | None = None
+    scores: dict[str, Any] | None = None  # {"classifier": fp, "overall": {...}, "per_class": {...}} (steps.score_samples)
+    augmented: tuple[tuple[float, ClassCounts], ...] = ()  # (ratio, counts) of each Naive Augmentation Score classifier
 
     @property
     def ok(self) -> bool:
@@ -62,7 +64,7 @@ class ModelOutcome:
         return bool(self.samples_cached and self.classifier_cached and self.evaluation_cached)
 
     @property
-    def scores(self) -> SeedScores:
+    def accuracy(self) -> SeedScores:
         return SeedScores(self.counts)
 
 
@@ -129,17 +131,18 @@ def _keys(run: RunInfo, outcome: ModelOutcome) -> dict[str, Any]:
 def per_class_rows(run: RunInfo, outcome: ModelOutcome) -> list[dict[str, Any]]:
     if not outcome.ok:
         return []
-    scores = outcome.scores
+    accuracy = outcome.accuracy
+    class_scores = (outcome.scores or {}).get("per_class", {})
     rows = []
-    for c, (name, spread) in enumerate(zip(run.class_names, scores.per_class_seed_std())):
-        n, top1, top5 = scores.n_eval[c], float(scores.top1_correct[c]), float(scores.top5_correct[c])
+    for c, (name, spread) in enumerate(zip(run.class_names, accuracy.per_class_seed_std())):
+        n, top1, top5 = accuracy.n_eval[c], float(accuracy.top1_correct[c]), float(accuracy.top5_correct[c])
         low, high = wilson_interval(top1, n)
         rows.append(_keys(run, outcome) | {
             "class_index": c, "class_name": name,
             "n_train": outcome.n_train_per_class[c] if outcome.n_train_per_class else 0, "n_eval": n,
             "top1": top1 / n if n else 0.0, "top5": top5 / n if n else 0.0,
             "top1_ci_low": low, "top1_ci_high": high, "top1_seed_std": spread, "cached": outcome.cached,
-        })
+        } | {score: values[c] for score, values in class_scores.items()})
     return rows
 
 
@@ -159,20 +162,27 @@ def summary_row(run: RunInfo, outcome: ModelOutcome, baseline: ModelOutcome | No
     }
     if not outcome.ok:
         return row
-    scores = outcome.scores
-    n_eval = sum(scores.n_eval)
-    low, high = wilson_interval(float(scores.top1_correct.sum()), n_eval)
-    worst = scores.worst_class()
+    accuracy = outcome.accuracy
+    n_eval = sum(accuracy.n_eval)
+    low, high = wilson_interval(float(accuracy.top1_correct.sum()), n_eval)
+    worst = accuracy.worst_class()
     row |= {
-        "n_eval": n_eval, "cas_top1": scores.top1, "cas_top5": scores.top5,
-        "cas_top1_ci_low": low, "cas_top1_ci_high": high, "cas_top1_seed_std": scores.top1_seed_std,
-        "worst_class": run.class_names[worst], "worst_class_top1": scores.per_class_top1()[worst],
+        "n_eval": n_eval, "cas_top1": accuracy.top1, "cas_top5": accuracy.top5,
+        "cas_top1_ci_low": low, "cas_top1_ci_high": high, "cas_top1_seed_std": accuracy.top1_seed_std,
+        "worst_class": run.class_names[worst], "worst_class_top1": accuracy.per_class_top1()[worst],
     }
+    if outcome.scores:
+        row |= outcome.scores["overall"] | {"scores_classifier_fingerprint": outcome.scores["classifier"]}
     if baseline is not None and baseline.ok:
-        real1, real5 = baseline.scores.top1, baseline.scores.top5
+        real1, real5 = baseline.accuracy.top1, baseline.accuracy.top5
         row |= {"real_top1": real1, "real_top5": real5,
-                "cas_ratio_top1": scores.top1 / real1 if real1 else None,
-                "cas_ratio_top5": scores.top5 / real5 if real5 else None}
+                "cas_ratio_top1": accuracy.top1 / real1 if real1 else None,
+                "cas_ratio_top5": accuracy.top5 / real5 if real5 else None}
+        if outcome.augmented:  # against the real classifier of the same (first) seed
+            real_first_seed = baseline.counts[0].top1
+            row |= {"nas_ratios": [ratio for ratio, _ in outcome.augmented],
+                    "nas_top1": [counts.top1 for _, counts in outcome.augmented],
+                    "nas_delta_top1": [counts.top1 - real_first_seed for _, counts in outcome.augmented]}
     return row
 
 
@@ -216,6 +226,30 @@ def summary_cells(row: dict[str, Any]) -> dict[str, str]:
     }
 
 
+SCORE_COLUMNS = ("gan_test_top1", "fd", "precision", "recall", "density", "coverage", "memorized_fraction",
+                 "memorized_fraction_features", "nas_delta_top1")
+
+
+def has_scores(row: dict[str, Any]) -> bool:
+    return any(row.get(column) is not None for column in SCORE_COLUMNS)
+
+
+def scores_cells(row: dict[str, Any]) -> dict[str, str]:
+    """The scores beside CAS of a summary row as the cells people read (NAS in points of top-1 per ratio)."""
+    number = lambda value, digits=3: "-" if value is None else f"{value:.{digits}f}"  # noqa: E731
+    ratios, deltas = row.get("nas_ratios") or [], row.get("nas_delta_top1") or []
+    near = (row.get("memorized_fraction"), row.get("memorized_fraction_features"))
+    return {
+        "model": row["model"],
+        "GAN-test": _pct(row.get("gan_test_top1")),
+        "FD": number(row.get("fd"), 2),
+        "precision": number(row.get("precision")), "recall": number(row.get("recall")),
+        "density": number(row.get("density")), "coverage": number(row.get("coverage")),
+        "near copies px/feat": "-" if near[0] is None else f"{_pct(near[0])} / {_pct(near[1])}",
+        "NAS (ratio: change)": " ".join(f"{r:g}:{100 * d:+.2f}" for r, d in zip(ratios, deltas)) or "-",
+    }
+
+
 def change_cells(row: dict[str, Any]) -> dict[str, str]:
     """A row of the changes table as the cells people read (deltas in percentage points)."""
     return {
@@ -244,4 +278,6 @@ def per_class_cells(row: dict[str, Any]) -> dict[str, str]:
         "model": row["model"], "class": class_label(row["class_index"], row["class_name"]), "n_train": str(row["n_train"]),
         "n_eval": str(row["n_eval"]), "top-1": _pct(row["top1"]),
         "95% interval": f"{_pct(row['top1_ci_low'])} - {_pct(row['top1_ci_high'])}", "top-5": _pct(row["top5"]),
-    }
+    } | ({} if row.get("gan_test_top1") is None else {"GAN-test": _pct(row["gan_test_top1"])}) | (
+        {} if row.get("precision") is None else {"precision": f"{row['precision']:.3f}", "recall": f"{row['recall']:.3f}"}) | (
+        {} if row.get("memorized_fraction") is None else {"near copies": _pct(row["memorized_fraction"])})

@@ -53,8 +53,8 @@ def test_cas_demo_twice_second_run_all_cached(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     second = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
-    table = second.stdout.split("cached")[1].split("results:")[0]
-    rows = [line.split() for line in table.strip().splitlines()[1:]]
+    table = second.stdout.split("cached\n", 1)[1].split("\n\n")[0]  # the summary table ends at the first blank line
+    rows = [line.split() for line in table.splitlines()[1:]]
     assert [r[0] for r in rows] == ["real", "gaussian-pca32", "gaussian-pca32-t0.3", "gaussian-pca4", "shuffled-labels"]
     assert all(r[-1] == "yes" for r in rows)
     assert "training fast classifier" not in second.stdout + second.stderr

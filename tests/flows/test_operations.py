@@ -5,6 +5,7 @@ Faults: an S3 restart in the middle of a run, a SIGKILL in the middle of
 sharding, two runs at once on one store, a nightly deployment run twice.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -164,7 +165,8 @@ def test_nightly_deployment_end_to_end(tmp_path, s3, prefect_api):
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         return result.stdout
 
-    cli("work-pool", "create", "casflow-local", "--type", "process", "--overwrite")
+    for pool in ("casflow-local", "casflow-gpu"):
+        cli("work-pool", "create", pool, "--type", "process", "--overwrite")
     cli("--no-prompt", "deploy", "--all")
     _pause_schedules(prefect_api, "cas-evaluation/nightly-cas")
     worker = subprocess.Popen([prefect, "worker", "start", "--pool", "casflow-local", "--type", "process", "--limit", "2"],
@@ -199,3 +201,96 @@ def _pause_schedules(prefect_api: dict, name: str) -> None:
         assert [s.schedule.cron for s in deployment.schedules] == ["0 2 * * *"]
         for schedule in deployment.schedules:
             client.update_deployment_schedule(deployment.id, schedule.id, active=False)
+
+
+@pytest.mark.s3
+@pytest.mark.deployment
+def test_models_fan_out_to_two_workers_and_a_lost_worker_loses_nothing(tmp_path, s3, prefect_api):
+    """Each model's chain as a flow run of the casflow-model deployment on two workers (separate processes,
+    one model at a time each), against SeaweedFS: both work, the results equal the single-process run's.
+    Then a worker is killed in the middle of a model: a rerun completes, recomputing only that model."""
+    (tmp_path / "slow_gen.py").write_text(textwrap.dedent(SLOW_GENERATOR))
+    env = cas_env(tmp_path, prefect_api, s3, CASFLOW_PROJECT_DIR=str(REPO), PREFECT_CLI_PROMPT="false",
+                  PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="1", PYTHONPATH=str(tmp_path))
+    prefect = prefect_command()
+
+    def cli(*args, timeout=180):
+        result = subprocess.run([prefect, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    def start_worker(name: str) -> subprocess.Popen:
+        return subprocess.Popen([prefect, "worker", "start", "--pool", "casflow-gpu", "--type", "process", "--limit", "1"],
+                                env=env | {"CASFLOW_WORKER": name}, cwd=tmp_path, stdout=open(tmp_path / f"worker-{name}.log", "w"),
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+    def fan_out(config: Path) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "casflow.flows.cli", "run", str(config), "--model-deployment",
+                                 "cas-model/casflow-model"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    cli("work-pool", "create", "casflow-gpu", "--type", "process", "--overwrite")
+    cli("--no-prompt", "deploy", "--name", "casflow-model")
+    workers = {name: start_worker(name) for name in ("A", "B")}
+    try:
+        small_shards = {"url": s3.store_url, "shard_size": 100}  # the slow model's shards show its progress
+        config = write_config(tmp_path, GAUSSIANS, store=small_shards)
+        finish(fan_out(config))
+        store = Store(s3.store_url)
+        rows = summaries(store)
+        assert [r["status"] for r in rows] == ["ok"] * 5
+        trained_by = {json.loads(store.read_bytes(f"classifiers/{fp}/train_log.json"))["worker"] for fp in store.listdir("classifiers")}
+        assert trained_by == {"A", "B"}  # both workers did work (and the parent trained nothing)
+
+        single = write_config(tmp_path, GAUSSIANS, store=small_shards | {"url": f"{s3.store_url}-single"}, name="single.yaml")
+        finish(start_cas(single, env, tmp_path))
+        assert {r["model"]: r["cas_top1"] for r in summaries(Store(f"{s3.store_url}-single"))} == {r["model"]: r["cas_top1"] for r in rows}
+
+        # a worker lost in the middle of a model (its machine died): kill it and the run waiting for it
+        slow = [{"name": "slow", "generator": {"kind": "python", "entry_point": "slow_gen:make", "batch_size": 100}}]
+        grown = write_config(tmp_path, GAUSSIANS[:2] + slow, store=small_shards, name="grown.yaml")
+        parent = fan_out(grown)
+        def slow_in_progress() -> str | None:  # the one uncommitted sample set, three shards in
+            for fp in store.listdir("samples"):
+                names = store.listdir(f"samples/{fp}")
+                if "shard-000002.tar" in names and "manifest.json" not in names:
+                    return f"samples/{fp}"
+            return None
+
+        folder = wait_for(slow_in_progress, what="the slow model's third shard")
+        for name in ("A", "B"):  # both machines die: their workers and whatever flow runs they started
+            for pid in _processes_with_env("CASFLOW_WORKER", name):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            del workers[name]
+        os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait()
+        assert store.exists(f"{folder}/shard-000000.tar") and not store.exists(f"{folder}/manifest.json")
+
+        workers["C"] = start_worker("C")
+        out = finish(fan_out(grown))
+        assert "slow" in out
+        everything = summaries(store)
+        rerun = [r for r in everything if r["run_id"] == max(x["run_id"] for x in everything) and r["model"] != "real"]
+        assert {r["model"]: (r["status"], r["cached"]) for r in rerun} == {
+            "gauss-4": ("ok", True), "gauss-8": ("ok", True), "slow": ("ok", False)}  # only the lost model recomputed
+        assert load_shard_set(store, folder).num_samples == 1438
+    finally:
+        for worker in workers.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.pid, signal.SIGINT)
+        for worker in workers.values():
+            try:
+                worker.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+
+
+def _processes_with_env(key: str, value: str) -> list[int]:
+    """PIDs of this user's processes whose environment has key=value: a worker and every flow run it started."""
+    wanted, found = f"{key}={value}".encode(), []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if wanted in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+    return found

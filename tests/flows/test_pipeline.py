@@ -7,6 +7,7 @@ import pytest
 
 from casflow.flows.pipeline import cas_evaluation
 from casflow.tasks.classifiers import training
+from helpers import TINY_CLASSIFIER
 
 MODELS = [
     {"name": "gauss", "generator": {"kind": "gaussian", "components": 16}},
@@ -212,3 +213,68 @@ def test_flow_on_a_store_that_never_answers_fails_fast_naming_it(tiny_config, mo
     assert state.is_failed()
     assert f"store s3://casflow/nightly at {endpoints.url('silent')} did not answer" in state.message, state.message
     assert seconds < 35, seconds
+
+
+def test_scores_beside_cas_in_the_flow_their_opt_outs_and_a_failed_baseline(tiny_config, tmp_path, monkeypatch, caplog):
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    report = cas_evaluation(str(tiny_config(MODELS[:1], scores={"augmentation": [0.5]})))
+    rows = summary(tmp_path / "store", report["run_id"])
+    gauss = rows["gauss"]
+    assert gauss["gan_test_top1"] > 0.5 and gauss["fd"] > 0 and 0 < gauss["precision"] <= 1 and gauss["memorized_fraction"] < 0.05
+    assert gauss["scores_classifier_fingerprint"] == rows["real"]["classifier_fingerprint"]
+    assert list(gauss["nas_ratios"]) == [0.5] and len(gauss["nas_delta_top1"]) == 1 and rows["real"]["nas_ratios"] is None
+    per_class = duckdb.sql(f"SELECT count(precision) FROM read_parquet('{tmp_path}/store/results/per_class/**/*.parquet', "
+                           f"union_by_name=true) WHERE run_id = '{report['run_id']}' AND model = 'gauss'").fetchall()
+    assert per_class == [(10,)]
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["cas-scores"])),
+                                            sort=ArtifactSort.CREATED_DESC, limit=1)
+    assert "gauss" in str(artifact.data) and "GAN-test" in str(artifact.data)
+
+    off = {"gan_test": False, "features": False, "memorization": False, "augmentation": []}
+    report = cas_evaluation(str(tiny_config(MODELS[:1], name="off.yaml", scores=off)))
+    gauss = summary(tmp_path / "store", report["run_id"])["gauss"]
+    assert gauss["gan_test_top1"] is None and gauss["fd"] is None and gauss["nas_ratios"] is None and gauss["cas_top1"] > 0.5
+
+    from casflow.tasks.classifiers import training
+
+    original = training.train
+    monkeypatch.setattr(training, "train", lambda recipe, data, **kw: (_ for _ in ()).throw(RuntimeError("GPU on fire"))
+                        if getattr(data, "what", "") == "model real" else original(recipe, data, **kw))
+    state = cas_evaluation(str(tiny_config(MODELS[:1], name="no-real.yaml", classifier=TINY_CLASSIFIER | {"seeds": [7]})),
+                           return_state=True)
+    report = state.result(raise_on_failure=False)
+    rows = summary(tmp_path / "store", report["run_id"])
+    assert rows["real"]["status"] == "failed" and rows["gauss"]["status"] == "ok" and rows["gauss"]["gan_test_top1"] is None
+    assert len([r for r in caplog.records if "no scores beside CAS in this run" in r.getMessage()]) == 1
+
+
+def test_a_step_past_its_time_limit_fails_its_model_and_the_lane_goes_on(tiny_config, tmp_path, monkeypatch):
+    """A sample() that never returns: its model fails naming the step and the limit, and the next model
+    on the same device (one lane: the CPU) still runs and is written."""
+    import time
+
+    (tmp_path / "stuck_gen.py").write_text(textwrap.dedent("""
+        import time
+
+        def make(checkpoint, device):
+            class S:
+                def sample(self, labels, seed):
+                    time.sleep(3600)
+            return S()
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    models = [{"name": "stuck", "generator": {"kind": "python", "entry_point": "stuck_gen:make"}}, MODELS[0]]
+    started = time.monotonic()
+    state = cas_evaluation(str(tiny_config(models, limits={"step_seconds": 4})), return_state=True)
+    assert time.monotonic() - started < 300
+    report = state.result(raise_on_failure=False)
+    assert state.is_failed() and report["models"]["gauss"] == "ok" and report["models"]["real"] == "ok"
+    error = report["models"]["stuck"]
+    assert error.startswith("model 'stuck': ") and "draw-samples did not finish within limits.step_seconds = 4 s" in error
+    rows = summary(tmp_path / "store", report["run_id"])
+    assert rows["stuck"]["status"] == "failed" and rows["gauss"]["status"] == "ok"
+    assert not list((tmp_path / "store" / "samples").glob("*/manifest.json"))[1:]  # only gauss's set is committed
