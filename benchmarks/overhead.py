@@ -1,16 +1,17 @@
-"""What does casflow add to Prefect's own cost? `cas demo` (flows/demo.yaml: five models, 18 tasks), fully
-cached and uncached, on a running Prefect server and on a temporary one, beside a bare Prefect flow of 18
-no-op tasks in the same shape (the anchor), measured in the same run. Prints one table and writes it, with
-the raw numbers, to benchmarks/results/.
+"""What does casflow add to Prefect's own cost? `cas demo` (flows/demo.yaml: five models, 47 tasks),
+fully cached and uncached, on a running Prefect server and on a temporary one, beside a bare Prefect flow
+of as many no-op tasks in the same shape (the anchor, `bare_flow`), measured in the same run. Prints one
+table and writes it, with the raw numbers, to benchmarks/results/.
 
     python benchmarks/overhead.py [--repeats 3] [--out benchmarks/results]
 
 Each row is the wall time of one command as a user runs it (interpreter start to exit), median and
 spread (min-max) of --repeats; the bare flow's process imports Prefect and nothing else. Against the
 running server every process gets PREFECT_API_URL; the temporary-server rows get none (the bare flow then
-gets Prefect's own temporary server, `cas` its own, CASFLOW_PREFECT_SERVER=temporary). Uncached runs start
-from an empty store and an empty decoded-image cache; their compute share is the models' sample + train +
-evaluate seconds (the summary table's) over the flow's time (its first to its last log line).
+gets Prefect's own temporary server, `cas` its own, CASFLOW_PREFECT_SERVER=temporary; each with a PREFECT_HOME of its
+own). Uncached runs start from an empty store and an empty decoded-image cache, on the running server
+only; their compute share is the part of the flow run in which a step that computes ran (read back from
+the server: `compute_share`).
 """
 
 from __future__ import annotations
@@ -32,14 +33,28 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-MODELS = 5  # flows/demo.yaml: the real baseline and four others
 
 
 # ---------------------------------------------------------------- the anchor: a bare flow of the demo's shape
 
-def bare_flow() -> None:
-    """18 no-op tasks wired as the demo's: one, then per model three in a chain (each model after the one
-    before, as on one device lane), then two; the same task runner."""
+def demo_shape() -> tuple[list[int], int]:
+    """The demo's task graph, from flows/demo.yaml as `cas_evaluation` builds it: per model the length of
+    its chain (samples; a classifier and an evaluation per seed; the same per Naive Augmentation Score
+    ratio, not for the real baseline), and how many models are scored beside CAS."""
+    from casflow.flows.pipeline import DEMO_CONFIG
+    from casflow.flows.steps import read_config
+
+    config = read_config(DEMO_CONFIG, None)
+    seeds, ratios = len(config.classifier_seeds), len(config.scores.augmentation)
+    chains = [1 + 2 * seeds + (0 if m.generator.kind == "real" else 2 * ratios) for m in config.all_models]
+    scored = len(chains) if (config.scores.gan_test or config.scores.features or config.scores.memorization) else 0
+    return chains, scored
+
+
+def bare_flow(chains: list[int], scored: int) -> None:
+    """No-op tasks wired as the demo's: one (the dataset), then per model its chain, each step after the one
+    before and each chain after the one before (one device lane on a CPU), then one per scored model side
+    by side, then two (results, report); the same task runner."""
     from prefect import allow_failure, flow, task
     from prefect.cache_policies import NO_CACHE
     from prefect.task_runners import ThreadPoolTaskRunner
@@ -51,13 +66,16 @@ def bare_flow() -> None:
     @flow(name="bare", task_runner=ThreadPoolTaskRunner(max_workers=8))
     def bare():
         first = noop.submit().result()
-        futures, tail = [], None
-        for _ in range(MODELS):
-            draw = noop.submit(first, wait_for=[allow_failure(tail)] if tail else [])
-            train = noop.submit(draw, wait_for=[draw])
-            tail = noop.submit(train)
-            futures += [draw, train, tail]
-        for future in futures:
+        tails, tail = [], None
+        for length in chains:
+            step = noop.submit(first, wait_for=[allow_failure(tail)] if tail else [])
+            for _ in range(length - 1):
+                step = noop.submit(first, wait_for=[step])
+            tail = step
+            tails.append(tail)
+        for future in tails:
+            future.wait()
+        for future in [noop.submit(first) for _ in range(scored)]:
             future.wait()
         noop(1)
         noop(2)
@@ -85,13 +103,31 @@ def flow_seconds(log: str) -> float:
     return stamps[-1] - stamps[0]
 
 
-def compute_seconds(store: Path) -> float:
-    """sample + train + evaluate seconds of every model of the store's latest run (its summary table)."""
-    import pyarrow.parquet as pq
+COMPUTE_TASKS = ("prepare-dataset", "samples-", "train-", "evaluate-", "scores-")  # task run names of the steps that compute
 
-    (summary,) = sorted(store.glob("results/summary/*/*/part-0.parquet"))[-1:]
-    rows = pq.read_table(summary).to_pylist()
-    return sum((r["sample_seconds"] or 0) + (r["train_seconds"] or 0) + (r["eval_seconds"] or 0) for r in rows)
+
+def compute_share(api_url: str) -> tuple[float, float]:
+    """The latest cas-evaluation flow run on the server at `api_url`: its seconds (start to end, the server's
+    timestamps), and the share of them in which at least one step that computes ran (the union of those
+    task runs' intervals: dataset, samples, classifiers, evaluations, scores)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["cas-evaluation"])),
+                                       sort=FlowRunSort.START_TIME_DESC, limit=1)
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])), limit=500)
+    spans = sorted((t.start_time, t.end_time) for t in tasks if t.name.startswith(COMPUTE_TASKS) and t.start_time and t.end_time)
+    busy, until = 0.0, None
+    for start, end in spans:
+        start = max(start, until) if until else start
+        if end > start:
+            busy += (end - start).total_seconds()
+            until = end
+    flow = (run.end_time - run.start_time).total_seconds()
+    return flow, busy / flow
 
 
 def summarise(values: list[float]) -> dict:
@@ -125,10 +161,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)  # run the anchor flow once, in this process
+    parser.add_argument("--bare", help=argparse.SUPPRESS)  # "3,9,9,9,9/5": run the anchor flow once, in this process
     args = parser.parse_args()
     if args.bare:
-        bare_flow()
+        chains, scored = args.bare.split("/")
+        bare_flow([int(n) for n in chains.split(",")], int(scored))
         return
 
     work = Path(tempfile.mkdtemp(prefix="casflow-overhead-"))
@@ -138,34 +175,38 @@ def main() -> None:
     for key in ("PREFECT_API_URL", "CASFLOW_PREFECT_SERVER"):
         base.pop(key, None)
     running = dict(base, PREFECT_API_URL=f"http://127.0.0.1:{port}/api")
-    temporary = dict(base, CASFLOW_PREFECT_SERVER="temporary")
+    temporary = dict(base, CASFLOW_PREFECT_SERVER="temporary", PREFECT_HOME=str(work / "prefect-temporary"))
     cas = [str(Path(sys.executable).with_name("cas")), "demo", "--store"]
-    bare = [sys.executable, str(Path(__file__).resolve()), "--bare"]
+    chains, scored = demo_shape()
+    args.tasks = 1 + sum(chains) + scored + 2
+    bare = [sys.executable, str(Path(__file__).resolve()), "--bare", f"{','.join(map(str, chains))}/{scored}"]
     server = start_server(home, port)
     results: dict[str, dict] = {}
     try:
         cached = work / "cached-store"
         timed(cas + [str(cached)], running, work)  # fills the store; warms the database and the file cache
         timed(bare, running, work)
-        timed(bare, base, work)  # Prefect's temporary server migrates its database once
+        timed(bare, temporary, work)  # Prefect's own temporary server: its database, in its PREFECT_HOME, made once
+        timed(cas + [str(cached)], temporary, work)
         for where, env in (("running server", running), ("temporary server", temporary)):
             samples: dict[str, list] = {"bare": [], "cached": [], "cached flow": [], "uncached": [], "uncached flow": [],
-                                        "compute": []}
+                                        "compute share": []}
             for repeat in range(args.repeats):  # interleaved, so that the machine's load falls on every row alike
-                samples["bare"].append(timed(bare, env if env is running else base, work)[0])
+                samples["bare"].append(timed(bare, env, work)[0])
                 seconds, log = timed(cas + [str(cached)], env, work)
                 samples["cached"].append(seconds)
                 samples["cached flow"].append(flow_seconds(log))
-                store = work / f"uncached-{where.split()[0]}-{repeat}"
-                shutil.rmtree(work / "cache", ignore_errors=True)
-                seconds, log = timed(cas + [str(store)], env, work)
-                samples["uncached"].append(seconds)
-                samples["uncached flow"].append(flow_seconds(log))
-                samples["compute"].append(compute_seconds(store))
-                print(f"{where} {repeat + 1}/{args.repeats}: bare {samples['bare'][-1]:.2f} s, cached demo {samples['cached'][-1]:.2f} s, "
-                      f"uncached demo {samples['uncached'][-1]:.2f} s", flush=True)
-            results[where] = {key: summarise(values) for key, values in samples.items()}
-            results[where]["compute share"] = summarise([c / f for c, f in zip(samples["compute"], samples["uncached flow"])])
+                line = f"{where} {repeat + 1}/{args.repeats}: bare {samples['bare'][-1]:.2f} s, cached demo {samples['cached'][-1]:.2f} s"
+                if env is running:  # uncached: on the running server only, where its flow run can be read back
+                    shutil.rmtree(work / "cache", ignore_errors=True)
+                    seconds, log = timed(cas + [str(work / f"uncached-{repeat}")], env, work)
+                    flow, share = compute_share(env["PREFECT_API_URL"])
+                    samples["uncached"].append(seconds)
+                    samples["uncached flow"].append(flow)
+                    samples["compute share"].append(share)
+                    line += f", uncached demo {seconds:.2f} s (flow {flow:.2f} s, compute {100 * share:.0f}%)"
+                print(line, flush=True)
+            results[where] = {key: summarise(values) for key, values in samples.items() if values}
     finally:
         server.terminate()
         server.wait(30)
@@ -184,20 +225,23 @@ def write(results: dict, args: argparse.Namespace) -> None:
               "repeats": args.repeats, "load": f"{os.getloadavg()[0]:.1f} (1-minute load average at the end)"}
     spread = lambda s, unit="s": f"{s['median']:.2f} {unit} ({s['min']:.2f}-{s['max']:.2f})"  # noqa: E731
     ratio = lambda a, b: f"{a['median'] / b['median']:.2f}x"  # noqa: E731
-    lines = ["| server | bare flow, 18 no-op tasks (anchor) | cached `cas demo` | cached / bare | its flow alone | "
+    lines = [f"| server | bare flow, {args.tasks} no-op tasks (anchor) | cached `cas demo` | cached / bare | its flow alone | "
              "uncached `cas demo` | compute share of its flow |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for where, r in results.items():
-        share = r["compute share"]
+        uncached, share = r.get("uncached"), r.get("compute share")
         lines.append(f"| {where} | {spread(r['bare'])} | {spread(r['cached'])} | {ratio(r['cached'], r['bare'])} | "
-                     f"{spread(r['cached flow'])} | {spread(r['uncached'])} | "
-                     f"{100 * share['median']:.0f}% ({100 * share['min']:.0f}-{100 * share['max']:.0f}%) |")
+                     f"{spread(r['cached flow'])} | {spread(uncached) if uncached else 'not measured'} | "
+                     + (f"{100 * share['median']:.0f}% ({100 * share['min']:.0f}-{100 * share['max']:.0f}%) |" if share else "- |"))
     table = "\n".join(lines)
     text = (f"# casflow's overhead over Prefect's own\n\n{header['machine']}; {header['date']}; commit {header['commit']}; "
             f"Python {header['python']}, Prefect {header['prefect']}, torch {header['torch']}; median (min-max) of "
             f"{args.repeats}; load {header['load']}.\n\nWall time of each command, interpreter start to exit. The anchor is "
-            "a bare Prefect flow of 18 no-op tasks in the demo's shape, measured in the same run: on the running server with "
-            "the same PREFECT_API_URL, on the temporary-server row with Prefect's own temporary server. Compute share: the "
-            "models' sample + train + evaluate seconds over the uncached flow's time.\n\n" + table + "\n")
+            f"a bare Prefect flow of {args.tasks} no-op tasks in the demo's shape, measured in the same run: on the running server with "
+            "the same PREFECT_API_URL, on the temporary-server row with Prefect's own temporary server (cas: its own, "
+            "CASFLOW_PREFECT_SERVER=temporary). Its flow alone: the cached flow's first to last log line. Uncached: an empty "
+            "store and an empty decoded-image cache, on the running server only (a temporary server adds what the cached rows "
+            "show). Compute share: the part of the uncached flow run (the server's start and end) in which a step that "
+            "computes ran (dataset, samples, classifiers, evaluations, scores: the union of their task runs).\n\n" + table + "\n")
     print("\n" + text)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"overhead-{date:%Y-%m-%d}"

@@ -154,6 +154,8 @@ class TemporaryServer:
 
     def start(self) -> TemporaryServer:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # as uvicorn sets it: its connections left in TIME_WAIT when the server ends do not hold the port
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", 0))
         listener.listen(2048)
         self.api_url = f"http://127.0.0.1:{listener.getsockname()[1]}/api"

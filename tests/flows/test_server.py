@@ -170,8 +170,12 @@ def test_killed_mid_flow_no_process_of_the_run_is_left_and_its_port_is_free(tmp_
         started = time.monotonic()
         os.kill(process.pid, signum)  # cas alone, not its process group: its server is its own to end
         out, _ = process.communicate(timeout=30)
-        wait_for(lambda: not any(running(pid) for pid in family) and port_is_free(port), timeout=5,
-                 what=f"end of every process of the run and a free port {port}")
+        try:
+            wait_for(lambda: not any(running(pid) for pid in family) and port_is_free(port), timeout=5,
+                     what=f"end of every process of the run and a free port {port}")
+        except TimeoutError:
+            left = {pid: Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")[:120] for pid in family if running(pid)}
+            raise AssertionError(f"left running: {left}; port {port} free: {port_is_free(port)}; {out[-2000:]}") from None
         assert time.monotonic() - started < 8, time.monotonic() - started
     finally:
         if process.poll() is None:
