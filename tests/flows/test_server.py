@@ -213,3 +213,30 @@ def test_failing_models_print_no_traceback(tmp_path):
         assert word not in output, output[-4000:]
     summary = output.split("failed:")[1]
     assert "raises: model 'raises'" in summary and "missing: model 'missing'" in summary and "wrong-size: model 'wrong-size'" in summary
+
+
+# ---------------------------------------------------------------- start-up under load
+
+BUSY_LOOP = "while True: pass"
+
+
+def test_start_up_under_load_the_run_completes_while_two_busy_loops_hold_both_cores(cached, tmp_path):
+    """A temporary server with a fresh database (its migrations: the slowest start there is) while two busy
+    loops hold both cores of a 2-core machine (every core, elsewhere): it comes up within the default start
+    timeout and the run completes, with nothing alarming printed."""
+    folder, config = cached
+    env = env_for(folder, PREFECT_HOME=str(tmp_path / "prefect-home"))  # a database that does not exist yet
+    loops = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(max(2, os.cpu_count() or 2))]
+    try:
+        started = time.monotonic()
+        done = subprocess.run([*CAS, "run", str(config)], env=env, cwd=folder, capture_output=True, text=True, timeout=600)
+        seconds = time.monotonic() - started
+        assert all(loop.poll() is None for loop in loops), "the busy loops ran throughout"
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert TEMPORARY_LINE in done.stderr and (tmp_path / "prefect-home" / "prefect.db").exists()
+    assert "Traceback" not in done.stdout + done.stderr, (done.stdout + done.stderr)[-4000:]
+    print(f"under load: {seconds:.1f} s")
