@@ -17,9 +17,9 @@ temporary server runs it) under uvicorn, in a child process that casflow starts 
   - it dies with its parent, whatever ends the parent (SIGKILL too): on Linux the kernel sends it SIGKILL
     when the parent dies (PR_SET_PDEATHSIG), and everywhere it watches a pipe from its parent and exits
     when the pipe closes, which the kernel does when the parent dies;
-  - it gets CASFLOW_SERVER_START_TIMEOUT seconds (default 120: a fresh database takes 12-18 s on an idle
-    2-core machine, and several times that with both cores busy) to answer, else the run stops with one
-    line naming the remedy (`ServerDidNotStart`).
+  - it gets CASFLOW_SERVER_START_TIMEOUT seconds (default 120, several times what a start with a fresh
+    database took with busy loops on both cores of a 2-core machine) to answer, else the run stops with
+    one line naming the remedy (`ServerDidNotStart`).
 Its database is Prefect's default, $PREFECT_HOME/prefect.db, as for Prefect's own temporary server, so
 the runs show in `make server`'s UI later.
 
