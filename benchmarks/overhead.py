@@ -85,12 +85,20 @@ def bare_flow(chains: list[int], scored: int) -> None:
 
 # ---------------------------------------------------------------- measuring
 
-def timed(command: list[str], env: dict, cwd: Path) -> tuple[float, str]:
+FAILURES: list[str] = []  # commands that failed once (retried once; reported with the table)
+
+
+def timed(command: list[str], env: dict, cwd: Path, retry: bool = True) -> tuple[float, str]:
     started = time.perf_counter()
     done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=1800)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or [""]
+        FAILURES.append(f"`{' '.join(Path(c).name for c in command[:2])}` exited {done.returncode} ({tail[0][:200]})")
+        print(f"{' '.join(command)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}", flush=True)
+        if retry:
+            return timed(command, env, cwd, retry=False)
+        raise SystemExit(1)
     return seconds, done.stdout + done.stderr
 
 
@@ -250,12 +258,13 @@ def write(results: dict, args: argparse.Namespace) -> None:
             "CASFLOW_PREFECT_SERVER=temporary). Its flow alone: the cached flow's first to last log line. Uncached: an empty "
             "store and an empty decoded-image cache, on the running server only (a temporary server adds what the cached rows "
             "show). Compute share: the part of the uncached flow run (the server's start and end) in which a step that "
-            "computes ran (dataset, samples, classifiers, evaluations, scores: the union of their task runs).\n\n" + table + "\n")
+            "computes ran (dataset, samples, classifiers, evaluations, scores: the union of their task runs).\n\n" + table + "\n"
+            + ("".join(f"\nFailed once and rerun: {f}." for f in FAILURES) + "\n" if FAILURES else ""))
     print("\n" + text)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"overhead-{date:%Y-%m-%d}"
     stem.with_suffix(".md").write_text(text)
-    stem.with_suffix(".json").write_text(json.dumps({"header": header, "results": results}, indent=1))
+    stem.with_suffix(".json").write_text(json.dumps({"header": header, "results": results, "failures": FAILURES}, indent=1))
 
 
 def _commit() -> str:

@@ -466,9 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from casflow.flows.pipeline import DEMO_CONFIG
 
-        return run(DEMO_CONFIG, args.store, temporary_server=args.temporary_server)
+        return _end(run(DEMO_CONFIG, args.store, temporary_server=args.temporary_server), argv)
     if args.command == "run":
-        return run(args.config, args.store, args.fail_on_regression, args.model_deployment, args.temporary_server)
+        return _end(run(args.config, args.store, args.fail_on_regression, args.model_deployment, args.temporary_server), argv)
     from casflow.storage.results import ResultsError
     from casflow.storage.store import IntegrityError
 
@@ -495,6 +495,19 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ResultsError, IntegrityError) as exc:  # the message names the file
         print(f"cas: {exc}", file=sys.stderr)
         return 1
+
+
+def _end(code: int, argv: list[str] | None) -> int:
+    """As the `cas` command (`argv` None), a run ends the process here: its output flushed, with no interpreter
+    shutdown. Prefect's and the steps' daemon threads (a task runner's pool, Prefect's event loop) may still
+    be inside native code then, and tearing the interpreter down under them once aborted a finished cached run
+    ("terminate called without an active exception", exit -6). Its logs and events were sent (`_drain_prefect`)
+    and its temporary server is stopped; called as a function (tests), it returns."""
+    if argv is not None:
+        return code
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
