@@ -46,7 +46,7 @@ def cached(tmp_path_factory, prefect_api):
     folder = tmp_path_factory.mktemp("cached")
     config = write_config(folder, [{"name": "g", "generator": {"kind": "gaussian", "components": 4}}])
     done = subprocess.run([*CAS, "run", str(config)], env=env_for(folder, **prefect_api), cwd=folder, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return folder, config
 
@@ -58,7 +58,7 @@ def test_a_running_server_is_found_and_a_cached_run_imports_no_torch(cached, pre
     script = ("import sys; from casflow.flows.cli import main; code = main(['run', sys.argv[1]]); "
               f"print('heavy:', sorted(m for m in {HEAVY!r} if m in sys.modules)); sys.exit(code)")
     done = subprocess.run([sys.executable, "-c", script, str(config)], env=env, cwd=folder, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "heavy: []" in done.stdout  # torch alone took 2-4 s of every cached run
     assert TEMPORARY_LINE not in done.stderr and "Traceback" not in done.stdout + done.stderr
@@ -69,7 +69,7 @@ def test_opting_out_runs_on_a_temporary_server_even_beside_a_running_one(cached,
     folder, config = cached
     env = env_for(folder, PREFECT_SERVER_API_PORT=port_of(prefect_api["PREFECT_API_URL"]), CASFLOW_PREFECT_SERVER="temporary")
     before = flow_run_names(prefect_api["PREFECT_API_URL"])
-    done = subprocess.run([*CAS, "run", str(config)], env=env, cwd=folder, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([*CAS, "run", str(config)], env=env, cwd=folder, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert TEMPORARY_LINE in done.stderr and "Traceback" not in done.stdout + done.stderr
     assert flow_run_names(prefect_api["PREFECT_API_URL"]) == before
@@ -103,7 +103,7 @@ def test_a_temporary_server_that_fails_is_named_with_its_last_words(tmp_path):
     """A database it cannot open: the server exits; the line says so, with what it said last."""
     config = write_config(tmp_path, [{"name": "g", "generator": {"kind": "gaussian"}}])
     env = env_for(tmp_path, PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{tmp_path}/no/such/folder/prefect.db")
-    done = subprocess.run([*CAS, "run", str(config)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([*CAS, "run", str(config)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("cas: the temporary Prefect server exited with status") and "`make server`" in last, last
@@ -187,7 +187,7 @@ def test_killed_mid_flow_no_process_of_the_run_is_left_and_its_port_is_free(tmp_
         assert "cas: stopped by SIGTERM" in out and "Traceback" not in out, out[-3000:]
         # what it left is debris the next run cleans: it completes with the same model
         rerun = subprocess.run([*CAS, "run", str(config)], env=dict(env, SLOW_SECONDS="0"), cwd=tmp_path, capture_output=True,
-                               text=True, timeout=300)
+                               text=True, timeout=600)
         assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
         assert load_shard_set(store, f"samples/{folder}").num_samples == 1438
         assert not [n for n in store.listdir(f"samples/{folder}") if ".tmp-" in n]
@@ -206,7 +206,7 @@ def test_failing_models_print_no_traceback(tmp_path):
               {"name": "good", "generator": {"kind": "gaussian", "components": 4}}]
     config = write_config(tmp_path, models)
     done = subprocess.run([*CAS, "run", str(config)], env=env_for(tmp_path), cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=600)
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     output = done.stdout + done.stderr
     for word in ("Traceback", "CancelledError", "Error flushing", "Exception in"):
