@@ -81,7 +81,7 @@ def test_a_configured_server_that_does_not_answer_is_one_line(tmp_path):
         closed.bind(("127.0.0.1", 0))  # bound, never listening: refused
         url = f"http://127.0.0.1:{closed.getsockname()[1]}/api"
         done = subprocess.run([*CAS, "run", str(config)], env=env_for(tmp_path, PREFECT_API_URL=url), cwd=tmp_path,
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=300)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
         f"cas: no Prefect server answers at {url} (PREFECT_API_URL): start it (`make server`), "
@@ -92,7 +92,7 @@ def test_a_configured_server_that_does_not_answer_is_one_line(tmp_path):
 def test_a_temporary_server_that_does_not_come_up_in_time_is_one_line_with_the_remedy(tmp_path):
     config = write_config(tmp_path, [{"name": "g", "generator": {"kind": "gaussian"}}])
     env = env_for(tmp_path, CASFLOW_SERVER_START_TIMEOUT="0.5")  # no Prefect server starts in half a second
-    done = subprocess.run([*CAS, "run", str(config)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([*CAS, "run", str(config)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("cas: the temporary Prefect server did not answer within 0.5 s") and "`make server`" in last, last
