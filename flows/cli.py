@@ -20,8 +20,14 @@ in a class), and nothing failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import contextvars
+import dataclasses
+import glob
 import os
+import signal
 import sys
+import threading
 from typing import Any
 
 # Before Prefect is imported: show casflow's own progress lines in Prefect's
@@ -92,28 +98,78 @@ def show_results(store, run_id: str | None, per_class: bool, model: str | None) 
     return 0
 
 
-def run(config_path: str, store_url: str | None, fail_on_regression: bool = False, model_deployment: str | None = None) -> int:
+def run(config_path: str, store_url: str | None, fail_on_regression: bool = False, model_deployment: str | None = None,
+        temporary_server: bool = False) -> int:
+    """Evaluate a config's models in a Prefect flow, on a running Prefect server or a temporary one (`flows.server`).
+
+    SIGTERM and SIGINT (Ctrl-C) end the run within seconds (`_stop`): the flow runs in a thread of its own
+    and this, the main thread, waits for it where signals arrive."""
     from casflow.flows import steps
+    from casflow.flows.server import ServerProblem
     from casflow.storage.store import StoreUnreachable
     from casflow.tasks.config import ConfigError
 
-    try:
-        config = steps.read_config(config_path, store_url)  # fail before Prefect starts on a bad config
-    except (ConfigError, OSError) as exc:
-        print(f"cas: {exc}", file=sys.stderr)
-        return 2
-    try:
-        steps.open_store(config.store).probe()  # and on a store that never answers
-    except StoreUnreachable as exc:
-        print(f"cas: {exc}", file=sys.stderr)
-        return 1
-    if model_deployment and not os.environ.get("PREFECT_API_URL"):
-        print("cas: --model-deployment needs the Prefect server where that deployment and its workers are: "
-              "set PREFECT_API_URL (README: Many machines)", file=sys.stderr)
-        return 2
+    with _signals_stop_the_run():
+        live = _Live()
+        try:
+            try:
+                config = steps.read_config(config_path, store_url)  # fail before Prefect starts on a bad config
+            except (ConfigError, OSError) as exc:
+                print(f"cas: {exc}", file=sys.stderr)
+                return 2
+            if model_deployment and (not os.environ.get("PREFECT_API_URL") or temporary_server
+                                     or os.environ.get("CASFLOW_PREFECT_SERVER") == "temporary"):
+                print("cas: --model-deployment needs the Prefect server where that deployment and its workers are: "
+                      "set PREFECT_API_URL, and no temporary server (README: Many machines)", file=sys.stderr)
+                return 2
+            try:
+                return _evaluate(live, config, config_path, store_url, fail_on_regression, model_deployment, temporary_server)
+            except (ServerProblem, StoreUnreachable) as exc:
+                print(f"cas: {exc}", file=sys.stderr)
+                return 1
+            finally:
+                if not isinstance(sys.exc_info()[1], Stopped):  # `_stop` still has to tell the server the run crashed
+                    live.close()
+        except Stopped as stop:
+            _stop(stop.signum, live)
+
+
+@dataclasses.dataclass
+class _Live:
+    """What a stopping run has to end: its temporary server, and its flow run (api URL, id) to mark Crashed."""
+
+    server: Any = None
+    flow_run: tuple[str, Any] | None = None
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+def _evaluate(live: _Live, config, config_path: str, store_url: str | None, fail_on_regression: bool,
+              model_deployment: str | None, temporary_server: bool) -> int:
+    from casflow.flows import steps
+    from casflow.flows.server import RunServer
+
+    live.server = RunServer(temporary_server)  # a temporary server starts now and comes up beside what follows
+    steps.open_store(config.store).probe()  # a store that never answers fails here, before Prefect's flow
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     from casflow.flows.pipeline import cas_evaluation
 
-    state = cas_evaluation(config_path, store_url, model_deployment=model_deployment, return_state=True)
+    api_url = live.server.api_url()
+
+    def note_flow_run_id(flow, flow_run, state) -> None:  # for `_stop`, which marks the flow run Crashed
+        live.flow_run = (api_url, flow_run.id)
+
+    flow = cas_evaluation.with_options(on_running=[note_flow_run_id])
+    with temporary_settings({PREFECT_API_URL: api_url}), _quiet_hook(note_flow_run_id.__name__):
+        try:
+            state = _in_thread(lambda: flow(config_path, store_url, model_deployment=model_deployment, return_state=True))
+        except Exception:
+            _drain_prefect()
+            raise
+        _drain_prefect()  # the run's last logs and events reach the server before it stops (not when Stopped)
     report = state.result(raise_on_failure=False)
     if not isinstance(report, dict):
         print(f"cas: the run failed before writing results: {report}", file=sys.stderr)
@@ -134,6 +190,122 @@ def run(config_path: str, store_url: str | None, fail_on_regression: bool = Fals
         print(f"cas: significantly worse: {', '.join(report['regressions'])}", file=sys.stderr)
         return 3
     return 0
+
+
+# ---------------------------------------------------------------- stopping a run: SIGTERM, Ctrl-C
+
+STOP_MARK_SECONDS = 2.0  # what a stopping run spends telling the Prefect server that its flow run crashed
+
+
+class Stopped(BaseException):
+    """SIGTERM or SIGINT reached `cas run` (a BaseException, like KeyboardInterrupt: nothing may catch it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_stop_the_run():
+    """SIGTERM and SIGINT raise Stopped in the main thread (where `run` waits) for the length of the block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def _quiet_hook(name: str):
+    """Without the two lines Prefect logs for every hook it runs (`Running hook ...`, `Hook ... finished`),
+    for a hook that only takes note of something."""
+    import logging
+
+    chatter = logging.Filter()
+    chatter.filter = lambda record: f"hook {name!r}" not in record.getMessage().lower()
+    logger = logging.getLogger("prefect.engine")
+    logger.addFilter(chatter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(chatter)
+
+
+def _in_thread(call):
+    """call() in a daemon thread that sees this thread's context (Prefect's settings); its result or its
+    exception, here. The main thread stays free for signals: Prefect's flow engine in the main thread would
+    take SIGTERM itself and then wait for every running step before it let the process end."""
+    outcome: dict[str, Any] = {}
+    context = contextvars.copy_context()
+
+    def target() -> None:
+        try:
+            outcome["value"] = context.run(call)
+        except BaseException as exc:  # noqa: B036 (handed to the waiting thread as is)
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="cas-flow", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _drain_prefect() -> None:
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=5)
+    EventsWorker.drain_all(timeout=5)
+
+
+def _stop(signum: int, live: _Live) -> None:
+    """End the run now: the flow run marked Crashed on its server (if that takes under STOP_MARK_SECONDS),
+    the temporary server stopped, this process's other children ended, exit 128 + the signal's number.
+
+    Worker threads are not waited for: a step in the middle of a write leaves a temporary file (or, on S3,
+    no object) and no commit marker, which the next run cleans and redoes; everything committed is whole."""
+    for s in (signal.SIGTERM, signal.SIGINT):  # a second signal while stopping: stop at once
+        signal.signal(s, lambda n, f: os._exit(128 + n))
+    name = signal.Signals(signum).name
+    print(f"\ncas: stopped by {name}; nothing half-written was committed, and the next run cleans what this one left",
+          file=sys.stderr, flush=True)
+    if live.flow_run is not None:
+        marker = threading.Thread(target=_mark_crashed, args=(*live.flow_run, name), daemon=True)
+        marker.start()
+        marker.join(STOP_MARK_SECONDS)
+    live.close()
+    _end_children()
+    sys.stdout.flush()
+    os._exit(128 + signum)
+
+
+def _mark_crashed(api_url: str, flow_run_id, name: str) -> None:
+    with contextlib.suppress(Exception):
+        from prefect import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+        from prefect.states import Crashed
+
+        with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+            client.set_flow_run_state(flow_run_id, Crashed(message=f"cas run stopped by {name}"), force=True)
+
+
+def _end_children() -> None:
+    """SIGKILL to this process's remaining children (a user's sampler may start some); Linux only (/proc)."""
+    for path in glob.glob(f"/proc/{os.getpid()}/task/*/children"):
+        with contextlib.suppress(OSError):
+            for pid in open(path).read().split():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(pid), signal.SIGKILL)
 
 
 def render_changes(rows: list[dict[str, Any]]) -> str:
@@ -258,6 +430,10 @@ def main(argv: list[str] | None = None) -> int:
     run_cmd.add_argument("--store", help="override store.url")
     run_cmd.add_argument("--fail-on-regression", action="store_true",
                          help="exit 3 when a model got significantly worse than its previous run")
+    for command in (demo, run_cmd):
+        command.add_argument("--temporary-server", action="store_true",
+                             help="run on a temporary Prefect server of its own, even when one is running or configured "
+                                  "(also CASFLOW_PREFECT_SERVER=temporary)")
     run_cmd.add_argument("--model-deployment", metavar="FLOW/DEPLOYMENT",
                          help="run each model as a flow run of this deployment (e.g. cas-model/casflow-model), on its workers")
 
@@ -290,9 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from casflow.flows.pipeline import DEMO_CONFIG
 
-        return run(DEMO_CONFIG, args.store)
+        return _end(run(DEMO_CONFIG, args.store, temporary_server=args.temporary_server), argv)
     if args.command == "run":
-        return run(args.config, args.store, args.fail_on_regression, args.model_deployment)
+        return _end(run(args.config, args.store, args.fail_on_regression, args.model_deployment, args.temporary_server), argv)
     from casflow.storage.results import ResultsError
     from casflow.storage.store import IntegrityError
 
@@ -319,6 +495,19 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ResultsError, IntegrityError) as exc:  # the message names the file
         print(f"cas: {exc}", file=sys.stderr)
         return 1
+
+
+def _end(code: int, argv: list[str] | None) -> int:
+    """As the `cas` command (`argv` None), a run ends the process here: its output flushed, with no interpreter
+    shutdown. Prefect's and the steps' daemon threads (a task runner's pool, Prefect's event loop) may still
+    be inside native code then, and tearing the interpreter down under them once aborted a finished cached run
+    ("terminate called without an active exception", exit -6). Its logs and events were sent (`_drain_prefect`)
+    and its temporary server is stopped; called as a function (tests), it returns."""
+    if argv is not None:
+        return code
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -38,8 +38,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from casflow.flows import artifacts, placement, steps
 from casflow.storage.store import is_transient
+from casflow.tasks import devices
 from casflow.tasks.config import Config
-from casflow.tasks.devices import visible_devices
 from casflow.tasks.results import RunInfo, regressions
 
 # casflow's loggers reach Prefect's handlers through PREFECT_LOGGING_EXTRA_LOGGERS=casflow
@@ -115,7 +115,10 @@ write_report = task(name="write-report", retries=3, retry_delay_seconds=RETRY_DE
                     retry_condition_fn=_retry_if_transient, cache_policy=NO_CACHE)(steps.write_report)
 
 
-def _cuda_count() -> int:
+def _cuda_count(spec: str) -> int:
+    """The GPUs this process sees, when `spec` may use one; torch is imported only where one may be."""
+    if devices.parse(spec) == ["cpu"] or not devices.may_have_gpus():
+        return 0
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -176,7 +179,8 @@ def cas_evaluation(config_path: str = DEMO_CONFIG, store_url: str | None = None,
     dataset = prepare_dataset.submit(config, store).result()
     models = config.all_models
     remote, remote_errors = _fan_out(model_deployment, config_text, config_path, store_url, config) if model_deployment else ({}, {})
-    lanes = placement.assign_lanes([m.name for m in models], visible_devices(config.classifier.device, _cuda_count()))
+    spec = config.classifier.device
+    lanes = placement.assign_lanes([m.name for m in models], devices.visible_devices(spec, _cuda_count(spec)))
     futures: dict[str, list[PrefectFuture]] = {}
     lane_tail: dict[str, PrefectFuture] = {}
     for model in models:  # within a lane, one step after another: each device works on one model at a time
@@ -229,7 +233,8 @@ def cas_model(config_yaml: str, model_name: str, source: str = "config", store_u
     if model is None:
         return Failed(message=f"model '{model_name}': not in the config {source}")
     dataset = prepare_dataset.submit(config, store).result()  # committed by the parent run: a cache hit
-    device = visible_devices(config.classifier.device, _cuda_count())[0]
+    spec = config.classifier.device
+    device = devices.visible_devices(spec, _cuda_count(spec))[0]
     chain = _submit_chain(config, store, model, dataset, device, after=[])
     records, error = _settle_chain(model.name, chain)
     if error is not None:

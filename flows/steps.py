@@ -34,7 +34,7 @@ from casflow.storage.shards import ShardInfo, ShardSet, iter_shard_set, load_sha
 from casflow.storage.sources import Files, FileTooLarge, NotRegularFile, read_local_file
 from casflow.storage.store import Store, s3_options, store_url_problem
 from casflow.tasks import compare, datasets, devices, generators, report, scores
-from casflow.tasks.classifiers import training
+from casflow.tasks.classifiers import data_path
 from casflow.tasks.config import MAX_CONFIG_BYTES, Config, ConfigError, ModelConfig, StoreConfig, parse_config
 from casflow.tasks.errors import InputError
 from casflow.tasks.fingerprint import derive_seed, fingerprint
@@ -242,7 +242,7 @@ def train_classifier(config: Config, store: Store, samples: SamplesRecord, datas
 
     With `augment` r, the Naive Augmentation Score's classifier (Ravuri & Vinyals 2019, section 4):
     trained on the real train split plus the first round(r x its size) of the samples."""
-    data: training.TrainingSamples = StoredSamples(store, samples.shard_set, f"model {samples.model}", seed)
+    data = StoredSamples(store, samples.shard_set, f"model {samples.model}", seed)  # a training.TrainingSamples
     if augment is not None:
         data = MixedSamples(StoredSamples(store, dataset.train, f"{dataset.name} train split", seed), data,
                             round(augment * dataset.train.num_samples))
@@ -254,6 +254,8 @@ def train_classifier(config: Config, store: Store, samples: SamplesRecord, datas
         log.info("%s cached (%s)", what, fp[:12])
         return ClassifierRecord(samples.model, fp, seed, samples, True, train_log["train_seconds"], train_log["device"],
                                 augment)
+
+    from casflow.tasks.classifiers import training  # torch: imported only when something is trained or evaluated
 
     recipe, torch_device = config.classifier.resolved, devices.torch_device(device)
     log.info("%s: training %s on %d images on %s", what, recipe.name, data.num_samples, torch_device)
@@ -273,7 +275,7 @@ def classifier_inputs(config: Config, samples: ShardSet, num_classes: int, seed:
     if augment is not None:
         num_samples = real_train.num_samples + round(augment * real_train.num_samples)
         inputs |= {"samples": real_train.manifest_sha256, "augment_with": samples.manifest_sha256, "augment_ratio": augment}
-    return inputs | {"data_path": training.data_path(num_samples, samples.image_shape, spec.resident_limit_gb)}
+    return inputs | {"data_path": data_path(num_samples, samples.image_shape, spec.resident_limit_gb)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -354,6 +356,8 @@ def evaluate_classifier(config: Config, store: Store, classifier: ClassifierReco
         return EvaluationRecord(classifier.model, fp, classifier, ClassCounts.from_dict(stored["counts"]), cached=True,
                                 seconds=0.0)
 
+    from casflow.tasks.classifiers import training
+
     recipe, torch_device = config.classifier.resolved, devices.torch_device(device)
     net = training.load_weights(recipe, artifacts.read_weights(store, classifier.fingerprint),
                                 image_shape=dataset.eval.image_shape, num_classes=len(dataset.class_names),
@@ -404,6 +408,8 @@ def score_samples(config: Config, store: Store, samples: SamplesRecord, real: Cl
     stored = artifacts.read_scores(store, fp)
     if stored is not None:
         return ScoresRecord(samples.model, fp, real.fingerprint, stored["overall"], stored["per_class"], cached=True)
+
+    from casflow.tasks.classifiers import training
 
     recipe, torch_device, num_classes = config.classifier.resolved, devices.torch_device(device), len(dataset.class_names)
     net = training.load_weights(recipe, artifacts.read_weights(store, real.fingerprint), image_shape=dataset.train.image_shape,

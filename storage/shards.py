@@ -23,8 +23,6 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any
 
-import webdataset
-
 from casflow.storage.store import REBUILD, IntegrityError, Store
 
 log = logging.getLogger("casflow.storage")
@@ -71,6 +69,8 @@ def shard_name(index: int) -> str:
 # ---------------------------------------------------------------- writing
 
 def _tar_bytes(samples: list[dict[str, Any]]) -> bytes:
+    import webdataset  # here, not at the top: it imports torch, which a cached run never needs
+
     buffer = io.BytesIO()
     writer = webdataset.TarWriter(buffer, encoder=False, mtime=0, user="casflow", group="casflow", mode=0o444)
     for sample in samples:

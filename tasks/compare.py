@@ -37,7 +37,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy.stats import binom
 
 ALPHA = 0.05
 Z_95 = 1.959963984540054  # two-sided 95%
@@ -52,6 +51,8 @@ def mcnemar_exact(up: int, down: int) -> float:
     n = up + down
     if n == 0:
         return 1.0
+    from scipy.stats import binom  # here: scipy.stats takes most of a second to import
+
     return float(min(1.0, 2.0 * binom.cdf(min(up, down), n, 0.5)))
 
 

@@ -9,6 +9,13 @@ GPU indices count the devices this process sees (CUDA_VISIBLE_DEVICES).
 
 from __future__ import annotations
 
+import os
+import sys
+
+# The device files through which torch.cuda reaches a GPU: NVIDIA's driver, ROCm's (torch.cuda drives AMD GPUs
+# too), WSL2's. A Linux machine with none of them has no GPU torch could use.
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
+
 
 def parse(spec: str) -> list[str]:
     """Canonical device names, repeats dropped, order kept; ['auto'] for auto. ValueError on a bad name."""
@@ -24,6 +31,16 @@ def parse(spec: str) -> list[str]:
     if "auto" in names and len(parts) > 1:
         raise ValueError("'auto' stands alone, not in a list")
     return list(dict.fromkeys(names))
+
+
+def may_have_gpus(platform: str = sys.platform) -> bool:
+    """False where torch.cuda certainly sees no GPU (macOS; Linux without GPU device files), so that a CPU
+    machine never imports torch (2-4 s) just to count none; True where only torch can tell."""
+    if platform == "darwin":
+        return False
+    if platform.startswith("linux"):
+        return any(os.path.exists(path) for path in GPU_DEVICE_FILES)
+    return True
 
 
 def visible_devices(spec: str, cuda_count: int) -> list[str]:

@@ -3,8 +3,8 @@ the changes since each model's previous run, per-class accuracy beside the
 real baseline, the trend over nights, each classifier's confusion matrix,
 and a grid of samples per model beside real images of the same classes.
 
-No network: every image is a PNG embedded as a data URI, plots come from
-matplotlib's Agg backend, and the page has no scripts.
+No network: every image is embedded as a data URI (sample grids as PNG,
+plots as SVG drawn here, without matplotlib) and the page has no scripts.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import base64
 import dataclasses
 import html
 import io
+import math
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -129,30 +130,132 @@ def _scores_section(summary: list[dict[str, Any]]) -> str:
             "train count in samples is added to the real train split.</p>" + _table(rows))
 
 
-def _png(figure) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(figure)
-    return _img(buffer.getvalue())
-
-
 def _img(png: bytes, alt: str = "") -> str:
     return f"<img alt='{_e(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
 
 
-def _pyplot():
-    import matplotlib
+# ---------------------------------------------------------------- plots, drawn as SVG
+# A report is written every run, cached runs included: drawing these few plots by hand takes milliseconds,
+# where matplotlib took about 2 s of a cached demo run on a 2-core CPU (its import and 14 figures).
 
-    matplotlib.use("Agg")  # no display, no GUI toolkit
-    import matplotlib.pyplot as plt
+BLUE, GREY = "#3b6fb6", "#bbbbbb"
 
-    return plt
+
+def _svg_img(width: float, height: float, body: Sequence[str], alt: str) -> str:
+    """An SVG picture as an <img> with a data URI, like the PNGs: no inline markup, nothing fetched."""
+    svg = (f"<svg xmlns='http://www.w3.org/2000/svg' width='{width:.0f}' height='{height:.0f}' "
+           f"viewBox='0 0 {width:.0f} {height:.0f}' font-family='DejaVu Sans,sans-serif' font-size='10' fill='#222'>"
+           f"<rect width='100%' height='100%' fill='white'/>{''.join(body)}</svg>")
+    return f"<img alt='{_e(alt)}' src='data:image/svg+xml;base64,{base64.b64encode(svg.encode()).decode()}'>"
+
+
+def _text(x: float, y: float, text: str, anchor: str = "middle", size: float = 10, rotate: float = 0) -> str:
+    turn = f" transform='rotate({rotate:g} {x:.1f} {y:.1f})'" if rotate else ""
+    return f"<text x='{x:.1f}' y='{y:.1f}' text-anchor='{anchor}' font-size='{size:g}'{turn}>{_e(text)}</text>"
+
+
+def _line(x1: float, y1: float, x2: float, y2: float, colour: str = "#222", width: float = 1) -> str:
+    return f"<line x1='{x1:.1f}' y1='{y1:.1f}' x2='{x2:.1f}' y2='{y2:.1f}' stroke='{colour}' stroke-width='{width:g}'/>"
+
+
+def _axes(left: float, top: float, width: float, height: float, ticks: Sequence[float], y, label: str,
+          fmt: str = "{:.1f}") -> list[str]:
+    """A plot frame with y ticks and grid lines at `ticks` (y maps a value to a pixel row) and a y label."""
+    parts = [f"<rect x='{left:.1f}' y='{top:.1f}' width='{width:.1f}' height='{height:.1f}' fill='none' stroke='#222'/>"]
+    for tick in ticks:
+        row = y(tick)
+        parts += [_line(left, row, left + width, row, "#eee"), _line(left - 3, row, left, row),
+                  _text(left - 5, row + 3.5, fmt.format(tick), "end", 9)]
+    parts.append(_text(12, top + height / 2, label, rotate=-90))
+    return parts
+
+
+def bar_chart_svg(categories: Sequence[str], series: Sequence[tuple[str, Sequence[float], Sequence[float], Sequence[float], str]],
+                  ylabel: str, alt: str) -> str:
+    """Grouped bars in [0, 1] with error bars: series are (name, values, lows, highs, colour); a legend above."""
+    n, rotate = len(categories), len(categories) > 12
+    left, top, plot_h = 42.0, 22.0, 170.0
+    plot_w = max(300.0, 28.0 * n)
+    bottom = 12 + (6 * max(len(c) for c in categories) if rotate else 12)
+    y = lambda v: top + plot_h * (1 - v / 1.05)  # noqa: E731
+    parts = _axes(left, top, plot_w, plot_h, (0, 0.2, 0.4, 0.6, 0.8, 1.0), y, ylabel)
+    slot, key = plot_w / n, left
+    bar = slot * (0.4 if len(series) > 1 else 0.6)
+    for k, (name, values, lows, highs, colour) in enumerate(series):
+        offset = (k - (len(series) - 1) / 2) * bar
+        for i, (value, low, high) in enumerate(zip(values, lows, highs)):
+            centre = left + slot * (i + 0.5) + offset
+            parts.append(f"<rect x='{centre - bar / 2:.1f}' y='{y(value):.1f}' width='{bar:.1f}' height='{y(0) - y(value):.1f}' "
+                         f"fill='{colour}'/>")
+            low, high = min(low, value), max(high, value)
+            parts += [_line(centre, y(low), centre, y(high), width=0.8), _line(centre - 2, y(low), centre + 2, y(low), width=0.8),
+                      _line(centre - 2, y(high), centre + 2, y(high), width=0.8)]
+        parts += [f"<rect x='{key:.1f}' y='6' width='12' height='8' fill='{colour}'/>", _text(key + 16, 13.5, name, "start", 8)]
+        key += 30 + 5 * len(name)
+    for i, name in enumerate(categories):
+        centre = left + slot * (i + 0.5)
+        parts.append(_line(centre, top + plot_h, centre, top + plot_h + 3))
+        parts.append(_text(centre + 3, top + plot_h + 6, name, "end", 8, rotate=-90) if rotate
+                     else _text(centre, top + plot_h + 13, name, size=8))
+    return _svg_img(left + plot_w + 10, top + plot_h + bottom, parts, alt)
+
+
+def _nice_step(rough: float) -> float:
+    """1, 2 or 5 times a power of ten, the first at least `rough`."""
+    power = 10 ** math.floor(math.log10(rough))
+    return next(m * power for m in (1, 2, 5, 10) if m * power >= rough)
+
+
+def line_chart_svg(labels: Sequence[str], values: Sequence[float], lows: Sequence[float], highs: Sequence[float], title: str,
+                   ylabel: str, alt: str) -> str:
+    """Values with a band from `lows` to `highs`, one point per label (rotated under the axis), y range fitted."""
+    n = len(labels)
+    left, top, plot_w, plot_h = 50.0, 22.0, max(300.0, 30.0 * n), 150.0
+    floor, ceiling = min(lows), max(highs)
+    pad = max((ceiling - floor) * 0.1, 0.01)
+    floor, ceiling = floor - pad, ceiling + pad
+    y = lambda v: top + plot_h * (ceiling - v) / (ceiling - floor)  # noqa: E731
+    x = lambda i: left + plot_w * (i + 0.5) / n  # noqa: E731
+    step = _nice_step((ceiling - floor) / 4)
+    ticks = [step * k for k in range(math.ceil(floor / step), math.floor(ceiling / step) + 1)]
+    parts = _axes(left, top, plot_w, plot_h, ticks, y, ylabel, f"{{:.{max(0, -math.floor(math.log10(step)))}f}}")
+    band = [(x(i), y(h)) for i, h in enumerate(highs)] + [(x(i), y(lo)) for i, lo in reversed(list(enumerate(lows)))]
+    parts.append(f"<polygon points='{' '.join(f'{a:.1f},{b:.1f}' for a, b in band)}' fill='{BLUE}' fill-opacity='0.25'/>")
+    parts.append(f"<polyline points='{' '.join(f'{x(i):.1f},{y(v):.1f}' for i, v in enumerate(values))}' fill='none' "
+                 f"stroke='{BLUE}' stroke-width='1.5'/>")
+    parts += [f"<circle cx='{x(i):.1f}' cy='{y(v):.1f}' r='2.5' fill='{BLUE}'/>" for i, v in enumerate(values)]
+    for i, label in enumerate(labels):
+        parts += [_line(x(i), top + plot_h, x(i), top + plot_h + 3), _text(x(i) + 3, top + plot_h + 8, label, "end", 8, rotate=-45)]
+    parts.append(_text(left + plot_w / 2, 14, title))
+    return _svg_img(left + plot_w + 10, top + plot_h + 12 + 5 * max(len(a) for a in labels), parts, alt)
+
+
+def heatmap_svg(rates: np.ndarray, class_names: Sequence[str], title: str, alt: str) -> str:
+    """A [true][predicted] matrix of rates in [0, 1], white to dark blue; class names on both axes up to 20 classes."""
+    n = len(class_names)
+    cell = max(4.0, min(24.0, 320.0 / n))
+    named = n <= 20
+    margin = 14 + (6 * max(len(c) for c in class_names) if named else 0)
+    left, top = 16 + margin, 22.0
+    parts = []
+    for row in range(n):
+        for col in range(n):
+            r, g, b = (int(round(255 + (end - 255) * float(rates[row, col]))) for end in (8, 48, 107))  # white -> #08306b
+            parts.append(f"<rect x='{left + col * cell:.1f}' y='{top + row * cell:.1f}' width='{cell + 0.3:.1f}' "
+                         f"height='{cell + 0.3:.1f}' fill='rgb({r},{g},{b})'/>")
+    side = n * cell
+    parts.append(f"<rect x='{left:.1f}' y='{top:.1f}' width='{side:.1f}' height='{side:.1f}' fill='none' stroke='#222'/>")
+    if named:
+        for i, name in enumerate(class_names):
+            centre = i * cell + cell / 2
+            parts += [_text(left - 4, top + centre + 3, name, "end", 8),
+                      _text(left + centre + 3, top + side + 5, name, "end", 8, rotate=-90)]
+    parts += [_text(left + side / 2, 14, title), _text(left + side / 2, top + side + margin + 2, "predicted"),
+              _text(10, top + side / 2, "true", rotate=-90)]
+    return _svg_img(left + side + 10, top + side + margin + 8, parts, alt)
 
 
 def _per_class_section(per_class: list[dict[str, Any]], models: list[str], class_names: tuple[str, ...]) -> str:
-    plt = _pyplot()
     by_model: dict[str, dict[int, dict[str, Any]]] = {}
     for row in per_class:
         by_model.setdefault(row["model"], {})[row["class_index"]] = row
@@ -162,69 +265,43 @@ def _per_class_section(per_class: list[dict[str, Any]], models: list[str], class
     for model in models:
         if model not in by_model:
             continue
-        figure, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(classes)), 2.6))
-        x = np.arange(len(classes))
-        shown = [(model, -0.2 if baseline and model != baseline else 0.0, "#3b6fb6")]
-        if baseline and model != baseline:
-            shown.append((baseline, 0.2, "#bbbbbb"))
-        for name, offset, colour in shown:
+        series = []
+        for name, colour in [(model, BLUE)] + ([(baseline, GREY)] if baseline and model != baseline else []):
             rows = [by_model[name][c] for c in classes]
-            top1 = np.array([r["top1"] for r in rows])
-            errors = np.array([[t - r["top1_ci_low"] for t, r in zip(top1, rows)], [r["top1_ci_high"] - t for t, r in zip(top1, rows)]])
-            ax.bar(x + offset, top1, width=0.4 if len(shown) > 1 else 0.6, color=colour, label=name,
-                   yerr=np.clip(errors, 0, None), capsize=2, error_kw={"elinewidth": 0.8})
-        ax.set_xticks(x, [class_names[c] for c in classes], rotation=90 if len(classes) > 12 else 0, fontsize=8)
-        ax.set_ylim(0, 1.05)
-        ax.set_ylabel("top-1")
-        ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, frameon=False)
-        figures.append(f"<figure>{_png(figure)}<figcaption>{_e(model)}: bars with Wilson 95% intervals"
+            series.append((name, [r["top1"] for r in rows], [r["top1_ci_low"] for r in rows], [r["top1_ci_high"] for r in rows],
+                           colour))
+        chart = bar_chart_svg([class_names[c] for c in classes], series, "top-1", f"{model}: top-1 per class")
+        figures.append(f"<figure>{chart}<figcaption>{_e(model)}: bars with Wilson 95% intervals"
                        f"{', the real baseline in grey' if baseline and model != baseline else ''}</figcaption></figure>")
     return "<div class=grid>" + "".join(figures) + "</div>"
 
 
 def _trend_section(history: list[dict[str, Any]], models: list[str]) -> str:
-    plt = _pyplot()
     figures = []
     for model in models:
         rows = sorted((r for r in history if r["model"] == model and r["status"] == "ok" and r.get("cas_ratio_top1") is not None
                        and r.get("real_top1") and r["generator_kind"] != "real"), key=lambda r: r["run_id"])
         if not rows:
             continue
-        figure, ax = plt.subplots(figsize=(4.2, 2.4))
-        x = np.arange(len(rows))
-        ratio = np.array([r["cas_ratio_top1"] for r in rows])
         # the interval of CAS divided by the run's real baseline (the baseline's own noise is not included)
-        low = np.array([r["cas_top1_ci_low"] / r["real_top1"] for r in rows])
-        high = np.array([r["cas_top1_ci_high"] / r["real_top1"] for r in rows])
-        ax.fill_between(x, low, high, alpha=0.25, color="#3b6fb6", linewidth=0)
-        ax.plot(x, ratio, marker="o", markersize=3, color="#3b6fb6")
-        ax.set_xticks(x, [f"{r['run_time']:%m-%d %H:%M}" for r in rows], rotation=45, ha="right", fontsize=7)
-        ax.set_ylabel("CAS / real")
-        ax.set_title(f"{model} ({len(rows)} run{'s' if len(rows) != 1 else ''})", fontsize=10)
-        figures.append(f"<figure>{_png(figure)}<figcaption>{_e(model)}: CAS ratio per run, band: Wilson 95% interval "
+        chart = line_chart_svg([f"{r['run_time']:%m-%d %H:%M}" for r in rows], [r["cas_ratio_top1"] for r in rows],
+                               [r["cas_top1_ci_low"] / r["real_top1"] for r in rows],
+                               [r["cas_top1_ci_high"] / r["real_top1"] for r in rows],
+                               f"{model} ({len(rows)} run{'s' if len(rows) != 1 else ''})", "CAS / real", f"{model}: CAS / real per run")
+        figures.append(f"<figure>{chart}<figcaption>{_e(model)}: CAS ratio per run, band: Wilson 95% interval "
                        "of CAS over that run's real accuracy</figcaption></figure>")
     return "<div class=grid>" + "".join(figures) + "</div>" if figures else "<p>(no successful runs)</p>"
 
 
 def _confusion_section(confusion: dict[str, np.ndarray], models: list[str], class_names: tuple[str, ...]) -> str:
-    plt = _pyplot()
     figures = []
     for model in models:
         if model not in confusion:
             continue
         matrix = confusion[model].astype(np.float64)
         rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-        size = min(6.0, 1.5 + 0.3 * len(class_names))
-        figure, ax = plt.subplots(figsize=(size, size))
-        ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-        if len(class_names) <= 20:
-            ticks = np.arange(len(class_names))
-            ax.set_xticks(ticks, class_names, rotation=90, fontsize=7)
-            ax.set_yticks(ticks, class_names, fontsize=7)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(model, fontsize=10)
-        figures.append(f"<figure>{_png(figure)}<figcaption>{_e(model)}: rows normalised to 1</figcaption></figure>")
+        chart = heatmap_svg(rates, class_names, model, f"{model}: confusion matrix")
+        figures.append(f"<figure>{chart}<figcaption>{_e(model)}: rows normalised to 1</figcaption></figure>")
     return "<div class=grid>" + "".join(figures) + "</div>"
 
 

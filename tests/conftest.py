@@ -14,8 +14,24 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_UI_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "casflow")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # steps called without a flow
-for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "PREFECT_API_URL"):
+for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "PREFECT_API_URL",
+            "CASFLOW_PREFECT_SERVER", "CASFLOW_SERVER_START_TIMEOUT"):
     os.environ.pop(key, None)
+
+
+def _refusing_port() -> int:
+    """A loopback port bound for the whole session and never listened on: connections are refused there."""
+    import socket
+
+    global _held
+    _held = socket.socket()
+    _held.bind(("127.0.0.1", 0))
+    return _held.getsockname()[1]
+
+
+# `cas run` uses a Prefect server it finds on PREFECT_SERVER_API_PORT (4200, `make server`'s): not someone's
+# server on this machine in the tests, which get a port where none answers (tests of that lookup set their own).
+os.environ["PREFECT_SERVER_API_PORT"] = str(_refusing_port())
 
 import pytest  # noqa: E402
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -37,6 +38,49 @@ def write_config(directory: Path, models: list[dict], *, store_url: str | None =
 def prefect_command() -> str:
     """The `prefect` script of the Python running the tests."""
     return str(Path(sys.executable).with_name("prefect"))
+
+
+def wait_for(condition, timeout: float = 120, what: str = "condition"):
+    """Poll `condition()` until it returns something true (returned), or raise TimeoutError naming `what`."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise TimeoutError(f"no {what} after {timeout} s")
+
+
+@contextlib.contextmanager
+def prefect_client(api_url: str):
+    """A sync Prefect client of the server at `api_url`."""
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        with get_client(sync_client=True) as client:
+            yield client
+
+
+# A Python model that takes SLOW_SECONDS (default 0.4) per batch: runs to stop in the middle of.
+SLOW_GENERATOR = """
+import os
+import time
+import numpy as np
+
+class Slow:
+    num_classes = 10
+    def sample(self, labels, seed):
+        time.sleep(float(os.environ.get("SLOW_SECONDS", "0.4")))
+        rng = np.random.default_rng(seed)
+        means = np.linspace(0, 255, 10)[labels][:, None, None, None]
+        return np.clip(means + rng.normal(0, 20, (len(labels), 8, 8, 1)), 0, 255).astype(np.uint8)
+
+def make(checkpoint, device):
+    return Slow()
+"""
 
 
 def fill(folder: Path) -> None:

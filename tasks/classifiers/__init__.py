@@ -10,6 +10,11 @@ Each recipe is one module with the same surface:
 streamed, decided there), saves and loads its weights, and predicts with
 test-time augmentation (`common.predict_logits`). The same recipe and seed
 is used for every model of a run, real included.
+
+`Hyper` and `VERSION` live in `hyper.py`, without torch: resolving a recipe
+and fingerprinting a classifier import no torch, so a fully cached run never
+pays for it; the recipe module (and torch) is imported when a classifier is
+built or trained.
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import TypeAdapter, ValidationError
 
+from casflow.tasks.classifiers import hyper
 from casflow.tasks.fingerprint import fingerprint
 
 RECIPE_NAMES = ("fast", "accurate", "paper")
@@ -35,12 +41,13 @@ class Recipe:
 
     @property
     def module(self) -> ModuleType:
-        """Hyper, VERSION, build and train (a name, not the module, is held: records stay picklable)."""
+        """Hyper, VERSION, build and train (a name, not the module, is held: records stay picklable).
+        Importing it imports torch."""
         return _module(self.name)
 
     @property
     def version(self) -> int:
-        return self.module.VERSION
+        return hyper.VERSIONS[self.name]
 
     def fingerprint_inputs(self) -> dict[str, Any]:
         return {"recipe": self.name, "recipe_version": self.version, "hyperparameters": dataclasses.asdict(self.hp)}
@@ -55,17 +62,27 @@ def resolve(name: str, options: dict[str, Any]) -> Recipe:
     """The named recipe with `options` applied; an unknown recipe or option, or a mistyped one, raises ValueError."""
     if name not in RECIPE_NAMES:
         raise ValueError(f"unknown classifier recipe '{name}' (known: {', '.join(RECIPE_NAMES)})")
-    module = _module(name)
-    known = {f.name for f in dataclasses.fields(module.Hyper)}
+    hyper_class = hyper.HYPER[name]
+    known = {f.name for f in dataclasses.fields(hyper_class)}
     unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(f"options.{unknown[0]}: not a hyperparameter of recipe '{name}' (known: {', '.join(sorted(known))})")
     try:
-        hp = TypeAdapter(module.Hyper).validate_python(dataclasses.asdict(module.Hyper()) | dict(options))
+        hp = TypeAdapter(hyper_class).validate_python(dataclasses.asdict(hyper_class()) | dict(options))
     except ValidationError as exc:
         err = exc.errors()[0]
         raise ValueError(f"options.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
     return Recipe(name, hp)
+
+
+DataPath = Literal["resident", "streaming"]
+
+
+def data_path(num_samples: int, image_shape: tuple[int, int, int], resident_limit_gb: float) -> DataPath:
+    """Resident when the set decoded to uint8 is at most the limit, else streamed (`training` runs either;
+    the classifier's fingerprint records which)."""
+    height, width, channels = image_shape
+    return "streaming" if num_samples * height * width * channels > resident_limit_gb * 1e9 else "resident"
 
 
 def _module(name: str) -> ModuleType:

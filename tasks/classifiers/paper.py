@@ -9,36 +9,18 @@ and translations, no test-time augmentation by default.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-from typing import Literal
 
 import torch
 import torchvision
-from pydantic import ConfigDict
 from torch import nn
 
 from casflow.tasks.classifiers.common import EpochLog, Normalize, TrainLoader, autocast, seeded_on_device, total_steps
+from casflow.tasks.classifiers.hyper import VERSIONS, PaperHyper
 
-VERSION = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class Hyper:
-    __pydantic_config__ = ConfigDict(extra="forbid")
-    arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
-    epochs: float = 40.0
-    batch_size: int = 512
-    lr: float = 0.2  # at batch_size; scale linearly if you change it
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 2.0
-    label_smoothing: float = 0.0
-    flip: bool = True
-    translate: int = 4
-    cutout: int = 0
-    tta_level: int = 0
+VERSION = VERSIONS["paper"]  # bump it in hyper.py when this recipe's output changes for the same inputs
+Hyper = PaperHyper  # every hyperparameter (hyper.py)
 
 
 class Net(nn.Module):

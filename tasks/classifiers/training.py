@@ -3,7 +3,7 @@
 The whole path a model's samples take: a sample set -> a loader on the
 device, resident (the whole set as one uint8 tensor, augmented there) or
 streamed (decoded chunks through a shuffle buffer) -> the recipe's training
-loop -> weights as bytes. Which loader is decided here, by `data_path`, and
+loop -> weights as bytes. Which loader is decided by `classifiers.data_path`, and
 the classifier's fingerprint records it. Seeds: the network's initial
 weights and the loader's order and augmentation each get a seed derived from
 the run's seed, the same for every model.
@@ -14,18 +14,17 @@ from __future__ import annotations
 import dataclasses
 import io
 from collections.abc import Iterable, Iterator
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from casflow.tasks.classifiers import Recipe
+from casflow.tasks.classifiers import Recipe, data_path
 from casflow.tasks.classifiers.common import PREDICT_BATCH, ResidentLoader, StreamingLoader, predict_features, predict_logits
 from casflow.tasks.fingerprint import derive_seed
 
-DataPath = Literal["resident", "streaming"]
-__all__ = ["PREDICT_BATCH", "DataPath", "InMemorySamples", "TrainingSamples", "data_path", "features", "load_weights",
-           "predict", "train", "weights_bytes"]
+__all__ = ["PREDICT_BATCH", "InMemorySamples", "TrainingSamples", "data_path", "features", "load_weights", "predict", "train",
+           "weights_bytes"]
 
 
 class TrainingSamples(Protocol):
@@ -67,12 +66,6 @@ class InMemorySamples:
         starts = range(0, self.num_samples, self.chunk_size)
         for i in np.random.default_rng(derive_seed(self.seed, "chunks", epoch)).permutation(len(starts)):
             yield self.images[starts[i] : starts[i] + self.chunk_size], self.labels[starts[i] : starts[i] + self.chunk_size]
-
-
-def data_path(num_samples: int, image_shape: tuple[int, int, int], resident_limit_gb: float) -> DataPath:
-    """Resident when the set decoded to uint8 is at most the limit, else streamed."""
-    height, width, channels = image_shape
-    return "streaming" if num_samples * height * width * channels > resident_limit_gb * 1e9 else "resident"
 
 
 def train(recipe: Recipe, samples: TrainingSamples, *, num_classes: int, device: torch.device, seed: int,

@@ -306,7 +306,8 @@ def test_the_report_renders_in_chromium(two_nights, tmp_path):
     assert "http://" not in text and "https://" not in text  # self-contained: nothing fetched
     for section in ("Summary", "Changes since", "Per-class accuracy", "Trend over runs", "Confusion matrices", "Samples beside"):
         assert section in text
-    assert text.count("data:image/png;base64,") >= 3 * 3 + 1  # bars, confusion, samples per model, the real grid
+    assert text.count("data:image/svg+xml;base64,") >= 3 * 2  # per-class bars and a confusion matrix per model
+    assert text.count("data:image/png;base64,") >= 3 + 1  # samples per model, the real grid
     assert (root / "store" / "reports" / second.run_id / "index.html").exists()
 
     checked = tmp_path / "checked.html"

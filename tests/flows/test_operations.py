@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import duckdb
@@ -21,7 +20,7 @@ import pytest
 from casflow.storage import verify
 from casflow.storage.shards import iter_shard_set, load_shard_set
 from casflow.storage.store import Store
-from helpers import REPO, prefect_command, write_config
+from helpers import REPO, SLOW_GENERATOR, prefect_client, prefect_command, wait_for, write_config
 
 GAUSSIANS = [
     {"name": f"gauss-{k}", "generator": {"kind": "gaussian", "components": k}} for k in (4, 8, 16, 32)
@@ -44,26 +43,6 @@ def finish(process: subprocess.Popen, timeout: float = 300) -> str:
     out, _ = process.communicate(timeout=timeout)
     assert process.returncode == 0, out[-4000:]
     return out
-
-
-def wait_for(condition, timeout: float = 120, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise TimeoutError(f"no {what} after {timeout} s")
-
-
-@contextlib.contextmanager
-def prefect_client(prefect_api: dict):
-    from prefect import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings({PREFECT_API_URL: prefect_api["PREFECT_API_URL"]}):
-        with get_client(sync_client=True) as client:
-            yield client
 
 
 def summaries(store: Store) -> list[dict]:
@@ -93,23 +72,6 @@ def test_s3_restart_in_the_middle_of_a_run(tmp_path, s3, prefect_api):
     assert [r["status"] for r in rows] == ["ok"] * 5
     for shard_set in committed_sets(store):
         assert sum(1 for _ in iter_shard_set(store, shard_set)) == shard_set.num_samples  # sha256 checked too
-
-
-SLOW_GENERATOR = """
-import time
-import numpy as np
-
-class Slow:
-    num_classes = 10
-    def sample(self, labels, seed):
-        time.sleep(0.4)
-        rng = np.random.default_rng(seed)
-        means = np.linspace(0, 255, 10)[labels][:, None, None, None]
-        return np.clip(means + rng.normal(0, 20, (len(labels), 8, 8, 1)), 0, 255).astype(np.uint8)
-
-def make(checkpoint, device):
-    return Slow()
-"""
 
 
 @pytest.mark.deployment
@@ -183,7 +145,7 @@ def test_secrets_stay_out_of_store_logs_and_artifacts(tmp_path, s3, prefect_api)
     store = Store(s3.store_url, s3={"key": s3.access_key, "secret": secret, "endpoint_url": s3.endpoint_url})
     for path in store.fs.find(store.root):
         assert secret.encode() not in store.fs.cat_file(path), path
-    with prefect_client(prefect_api) as client:
+    with prefect_client(prefect_api["PREFECT_API_URL"]) as client:
         logs = client.read_logs()
         artifacts = client.read_artifacts()
     assert logs and artifacts
@@ -234,7 +196,7 @@ def test_nightly_deployment_end_to_end(tmp_path, s3, prefect_api):
 
 def _pause_schedules(prefect_api: dict, name: str) -> None:
     """The nightly schedule must not fire during a test."""
-    with prefect_client(prefect_api) as client:
+    with prefect_client(prefect_api["PREFECT_API_URL"]) as client:
         deployment = client.read_deployment_by_name(name)
         assert [s.schedule.cron for s in deployment.schedules] == ["0 2 * * *"]
         for schedule in deployment.schedules:

@@ -47,7 +47,7 @@ def test_flow_trains_one_model_at_a_time_per_device(tiny_config, monkeypatch):
         finally:
             spans.append((lane.name, start, time.perf_counter()))
 
-    monkeypatch.setattr(pipeline, "_cuda_count", lambda: 2)
+    monkeypatch.setattr(pipeline, "_cuda_count", lambda spec: 2)
     monkeypatch.setattr(devices, "torch_device", torch_device)
     monkeypatch.setattr(training, "train", recording_train)
     models = [

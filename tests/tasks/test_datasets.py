@@ -24,6 +24,22 @@ def test_digits_are_real_uint8_images():
     assert data.class_names == tuple("0123456789")
 
 
+def test_digits_read_without_scikit_learn_are_its_load_digits():
+    """casflow reads the CSV scikit-learn ships instead of importing it (a second of every run on digits)."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from casflow.tasks.datasets.digits import digits; digits(); "
+              "print(sorted(m for m in ('sklearn', 'scipy') if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    from sklearn.datasets import load_digits
+
+    ours, theirs = digits(), load_digits()
+    assert np.array_equal(ours.images, np.rint(theirs.images * (255 / 16)).astype(np.uint8)[:, :, :, None])
+    assert np.array_equal(ours.labels, theirs.target) and ours.labels.dtype == np.int64
+    assert ours.class_names == tuple(str(n) for n in theirs.target_names)
+
+
 def test_stratified_split_is_deterministic_disjoint_and_balanced():
     train, held_out = datasets.digits_splits(0.2, 0)
     again_train, _ = datasets.digits_splits(0.2, 0)

@@ -67,3 +67,14 @@ def test_torch_device_without_cuda():
     assert torch_device("cpu") == torch.device("cpu") and torch_device("auto") == torch.device("cpu")
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         torch_device("cuda:0")
+
+
+def test_a_machine_without_gpu_device_files_is_never_asked_through_torch(monkeypatch):
+    from casflow.tasks import devices
+
+    monkeypatch.setattr(devices.os.path, "exists", lambda path: False)
+    assert not devices.may_have_gpus("linux") and not devices.may_have_gpus("darwin")
+    monkeypatch.setattr(devices.os.path, "exists", lambda path: path == "/dev/nvidiactl")
+    assert devices.may_have_gpus("linux") and devices.may_have_gpus("win32")  # elsewhere only torch can tell
+    if torch.cuda.is_available():  # where torch sees a GPU, the shortcut must not hide it
+        assert devices.may_have_gpus()
