@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from provenance import git_commit  # noqa: E402  (benchmarks/, beside this script)
 
 from casflow.flows import steps  # noqa: E402
 from casflow.storage.store import Store  # noqa: E402
@@ -223,16 +223,6 @@ def markdown(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def git_commit() -> str:
-    def git(*cmd: str) -> str:
-        return subprocess.run(["git", "--no-optional-locks", "-C", str(REPO), *cmd], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    try:
-        return git("rev-parse", "HEAD") + ("+uncommitted" if git("status", "--porcelain") else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main() -> None:
     gpu = torch.cuda.get_device_name(0) if cuda else "cpu (smoke)"
     when = datetime.now(timezone.utc)
@@ -278,7 +268,7 @@ def main() -> None:
 
     header = {"gpu": gpu, "torch": torch.__version__, "cuda": torch.version.cuda if cuda else None,
               "date": when.isoformat(timespec="seconds"), "runs": runs, "warmup_epochs": WARMUP_EPOCHS,
-              "git_commit": git_commit(),
+              "git_commit": git_commit(short=False),
               "images": {"train": dataset.train.num_samples, "test": dataset.eval.num_samples},
               "airbench": importlib.metadata.version("airbench") if cuda else "skipped (--smoke)"}
     text = (f"# CIFAR-10 training: casflow vs airbench\n\n"

@@ -36,7 +36,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,6 +52,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
+from provenance import git_commit  # noqa: E402  (benchmarks/, beside this script)
 
 from casflow.flows import steps  # noqa: E402
 from casflow.storage import artifacts  # noqa: E402
@@ -234,16 +234,6 @@ def plot(summary: dict, guidance: dict[str, float | None], controls: dict[str, f
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
-
-
-def git_commit() -> str:
-    def git(*cmd: str) -> str:
-        return subprocess.run(["git", "--no-optional-locks", "-C", str(REPO), *cmd], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    try:
-        return git("rev-parse", "--short", "HEAD") + ("+uncommitted" if git("status", "--porcelain") else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:

@@ -32,6 +32,8 @@ import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
+from provenance import git_commit  # benchmarks/provenance.py, beside this script
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -237,7 +239,7 @@ def write(results: dict, args: argparse.Namespace) -> None:
     date = datetime.now(timezone.utc)
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    header = {"machine": f"{cpu}, {os.cpu_count()} cores", "date": f"{date:%Y-%m-%d}", "commit": _commit(),
+    header = {"machine": f"{cpu}, {os.cpu_count()} cores", "date": f"{date:%Y-%m-%d}", "commit": git_commit(),
               "python": platform.python_version(), "prefect": version("prefect"), "torch": version("torch"),
               "repeats": args.repeats, "load": f"{os.getloadavg()[0]:.1f} (1-minute load average at the end)"}
     spread = lambda s, unit="s": f"{s['median']:.2f} {unit} ({s['min']:.2f}-{s['max']:.2f})"  # noqa: E731
@@ -265,13 +267,6 @@ def write(results: dict, args: argparse.Namespace) -> None:
     stem = args.out / f"overhead-{date:%Y-%m-%d}"
     stem.with_suffix(".md").write_text(text)
     stem.with_suffix(".json").write_text(json.dumps({"header": header, "results": results, "failures": FAILURES}, indent=1))
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 if __name__ == "__main__":

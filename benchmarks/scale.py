@@ -51,6 +51,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from provenance import git_commit  # benchmarks/provenance.py, beside this script
 
 REPO = Path(__file__).resolve().parent.parent
 KINDS = ("npz", "imagefolder", "dataset-json", "webdataset")
@@ -343,7 +344,7 @@ def main() -> None:
         f"({platform.processor() or 'cpu'}), {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
         "python": platform.python_version(), "numpy": np.__version__, "sizes": sizes, "kinds": kinds,
         "stage_workers": cores, "codec_workers": worker_counts, "image": "64x64x3",
-        "mean_png_bytes": round(pool.mean_bytes(max(sizes)), 1), "git_commit": _git_commit(),
+        "mean_png_bytes": round(pool.mean_bytes(max(sizes)), 1), "git_commit": git_commit(),
     }
     print(f"{header['machine']}; PNG {header['mean_png_bytes']:.0f} bytes on average; work in {work}", flush=True)
 
@@ -410,11 +411,6 @@ def render(header: dict, rows: list[dict], codec: dict, sizes: list[int]) -> str
     lines += [""] + [f"- {k}, one thread, under cProfile (a lower bound): {v:.0%}; threads can speed it up "
                      f"{1 / (1 - v):.1f}x at most on any number of cores (Amdahl)" for k, v in shares.items()]
     return "\n".join(lines) + "\n"
-
-
-def _git_commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    return done.stdout.strip() or "unknown"
 
 
 if __name__ == "__main__":

@@ -17,13 +17,13 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from provenance import git_commit  # noqa: E402  (benchmarks/, beside this script)
 
 from casflow.flows import steps
 from casflow.flows.pipeline import DEMO_CONFIG
@@ -57,7 +57,7 @@ def main() -> None:
 
     date = datetime.now(timezone.utc)
     header = (f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} on the CPU; "
-              f"{date:%Y-%m-%d}; commit {_commit()}; {args.seeds} seeds; {seconds:.0f} s")
+              f"{date:%Y-%m-%d}; commit {git_commit()}; {args.seeds} seeds; {seconds:.0f} s")
     lines = ["| model | top-1 % per seed | second seed moves it | mean | std across seeds | range |",
              "| --- | --- | --- | --- | --- | --- |"]
     number = lambda value: "-" if value is None else f"{value:.2f}"  # noqa: E731
@@ -75,13 +75,6 @@ def main() -> None:
     stem.with_suffix(".md").write_text(text)
     stem.with_suffix(".json").write_text(json.dumps({"header": header, "config": json.loads(config.model_dump_json()),
                                                      "rows": rows}, indent=1, default=str))
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 if __name__ == "__main__":

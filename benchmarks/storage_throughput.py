@@ -17,7 +17,6 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+
+from provenance import git_commit  # noqa: E402  (benchmarks/, beside this script)
 
 from casflow.storage.local_s3 import LocalS3  # noqa: E402
 from casflow.storage.shards import iter_shard_set, write_shard_set  # noqa: E402
@@ -105,7 +106,7 @@ def main() -> int:
     results = {name: summarize(runs, len(images)) for name, runs in raw.items()}
 
     anchor = results["local folder"]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     header = (f"# Shard throughput, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
               f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}, {__import__('os').cpu_count()} cores; "
               f"Python {platform.python_version()}; commit {commit}.\n"
