@@ -1,4 +1,4 @@
-"""What does casflow add to Prefect's own cost? `cas demo` (flows/demo.yaml: five models, 47 tasks),
+"""What does casflow add to Prefect's own cost? `cas demo` (flows/demo.yaml: five models; 31 tasks with its one NAS ratio),
 fully cached and uncached, on a running Prefect server and on a temporary one, beside a bare Prefect flow
 of as many no-op tasks in the same shape (the anchor, `bare_flow`), measured in the same run. Prints one
 table and writes it, with the raw numbers, to benchmarks/results/.
