@@ -2,6 +2,7 @@
 
     python benchmarks/scale.py                                  # N = 20k, 100k, 300k; every file kind
     python benchmarks/scale.py --sizes 20000,100000 --kinds npz,webdataset --workers 1,2
+    python benchmarks/scale.py --work /tmp/scale --resume       # go on where a run in /tmp/scale stopped
 
 Builds synthetic 64x64 RGB sample sets (smooth colour fields plus noise, about
 as compressible as photos: ~8.6 KB per PNG) of each size in each file kind
@@ -322,6 +323,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="codec table: median of this many timings")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed after)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--resume", action="store_true", help="keep the cases finished in --work's partial.json, run the rest")
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--generator", help=argparse.SUPPRESS)
@@ -349,9 +351,17 @@ def main() -> None:
     print(f"{header['machine']}; PNG {header['mean_png_bytes']:.0f} bytes on average; work in {work}", flush=True)
 
     rows = []
+    if args.resume and (work / "partial.json").exists():
+        earlier = json.loads((work / "partial.json").read_text())["raw"]
+        finished = {(r["kind"], r["n"]) for r in earlier if r["stage"] == "evaluate"}
+        rows = [r for r in earlier if (r["kind"], r["n"]) in finished]
+        print(f"resuming: {len(finished)} cases already measured", flush=True)
     for n in sizes:  # every kind at the anchor first: a run cut short still compares kinds
         for kind in kinds:
+            if any(r["kind"] == kind and r["n"] == n for r in rows):
+                continue
             case = work / f"{kind}-{n}"
+            shutil.rmtree(case, ignore_errors=True)  # what a run cut short left
             generator = write_input(kind, n, pool, case / "input")
             for stage in ("draw", "decode", "evaluate"):
                 result = run_stage(stage, n, generator, case, cores) | {"kind": kind, "n": n, "stage": stage}
