@@ -2,6 +2,7 @@
 server is found and used, a temporary one never outlives its run (SIGKILL, SIGTERM), comes up on a busy
 machine or fails in one line, and nothing alarming is printed; a cached run pays no torch import."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -140,15 +141,22 @@ def port_is_free(port: int) -> bool:
         return True
 
 
-def listening_port(pid: int) -> int:
-    """The TCP port a process listens on (from /proc/net/tcp and its socket inodes)."""
-    inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")
-              if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")}
+def listening_port(pids: set[int]) -> int:
+    """The TCP port one of these processes listens on (from /proc/net/tcp and their socket inodes): the
+    temporary server's, among cas's other children (the PNG worker processes listen on none)."""
+    inodes = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):  # a worker process that ended meanwhile
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
         if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
             return int(fields[1].split(":")[1], 16)
-    raise AssertionError(f"process {pid} listens on no port")
+    raise AssertionError(f"none of the processes {sorted(pids)} listens on a port")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -166,7 +174,7 @@ def test_killed_mid_flow_no_process_of_the_run_is_left_and_its_port_is_free(tmp_
                                        None), timeout=240, what="second shard of the slow model")
         family = descendants(process.pid)
         assert family, "the temporary server runs as a child of cas"
-        port = next(listening_port(pid) for pid in family if running(pid))
+        port = listening_port({pid for pid in family if running(pid)})
         started = time.monotonic()
         os.kill(process.pid, signum)  # cas alone, not its process group: its server is its own to end
         out, _ = process.communicate(timeout=30)
