@@ -35,6 +35,23 @@ def write_config(directory: Path, models: list[dict], *, store_url: str | None =
     return path
 
 
+def run_steps(config_path: Path, evaluate: bool = True):
+    """Every model of a config through the steps in this process, on the CPU, without Prefect: per model
+    (samples, classifier, evaluation or None). Returns (config, store, dataset, that dict)."""
+    from casflow.flows import steps
+
+    config = steps.read_config(str(config_path))
+    store = steps.open_store(config.store)
+    dataset = steps.prepare_dataset(config, store)
+    done = {}
+    for model in config.all_models:
+        samples = steps.draw_samples(config, store, model, dataset, "cpu")
+        classifier = steps.train_classifier(config, store, samples, dataset, "cpu", config.seed)
+        evaluation = steps.evaluate_classifier(config, store, classifier, dataset, "cpu") if evaluate else None
+        done[model.name] = (samples, classifier, evaluation)
+    return config, store, dataset, done
+
+
 def prefect_command() -> str:
     """The `prefect` script of the Python running the tests."""
     return str(Path(sys.executable).with_name("prefect"))

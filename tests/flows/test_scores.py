@@ -12,7 +12,7 @@ from casflow.flows import steps
 from casflow.tasks.config import ConfigError, parse_config
 from casflow.tasks.datasets import digits_splits
 from casflow.tasks.results import RunInfo, per_class_rows, summary_row
-from helpers import write_config
+from helpers import run_steps, write_config
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +27,7 @@ def scored(tmp_path_factory):
     models = [{"name": "copier", "generator": {"kind": "npz", "path": str(root / "in" / "copies.npz")}},
               {"name": "gauss", "generator": {"kind": "gaussian", "components": 32}},
               {"name": "means", "generator": {"kind": "gaussian", "components": 32, "temperature": 0.0}}]
-    config = steps.read_config(str(write_config(root, models, scores={"augmentation": [0.5]})))
-    store = steps.open_store(config.store)
-    dataset = steps.prepare_dataset(config, store)
-    done = {}
-    for model in config.all_models:
-        samples = steps.draw_samples(config, store, model, dataset, "cpu")
-        classifier = steps.train_classifier(config, store, samples, dataset, "cpu", config.seed)
-        done[model.name] = (samples, classifier, steps.evaluate_classifier(config, store, classifier, dataset, "cpu"))
+    config, store, dataset, done = run_steps(write_config(root, models, scores={"augmentation": [0.5]}))
     real = done["real"][1]
     scores = {name: steps.score_samples(config, store, samples, real, dataset, "cpu") for name, (samples, _, _) in done.items()}
     return config, store, dataset, done, scores

@@ -6,6 +6,7 @@ import yaml
 
 from casflow.flows import steps
 from casflow.tasks.classifiers import training
+from helpers import run_steps
 
 MODELS = [
     {"name": "real", "generator": {"kind": "real"}},
@@ -29,16 +30,8 @@ def train_calls(monkeypatch):
 
 
 def run_all(config_path):
-    config = steps.read_config(str(config_path))
-    store = steps.open_store(config.store)
-    dataset = steps.prepare_dataset(config, store)
-    out = {}
-    for model in config.all_models:
-        samples = steps.draw_samples(config, store, model, dataset, "cpu")
-        classifier = steps.train_classifier(config, store, samples, dataset, "cpu", config.seed)
-        evaluation = steps.evaluate_classifier(config, store, classifier, dataset, "cpu")
-        out[model.name] = (samples, classifier, evaluation)
-    return dataset, out
+    _, _, dataset, done = run_steps(config_path)
+    return dataset, done
 
 
 def cached(records):

@@ -15,28 +15,15 @@ from casflow.flows import steps
 from casflow.flows.cli import main
 from casflow.storage import verify
 from casflow.storage.store import IntegrityError, Store
-from helpers import write_config
+from helpers import run_steps, write_config
 
 MODELS = [{"name": "gauss", "generator": {"kind": "gaussian", "components": 8}}]
-
-
-def run_models(config_path: Path, evaluate: bool = True):
-    config = steps.read_config(str(config_path))
-    store = steps.open_store(config.store)
-    dataset = steps.prepare_dataset(config, store)
-    done = {}
-    for model in config.all_models:
-        samples = steps.draw_samples(config, store, model, dataset, "cpu")
-        classifier = steps.train_classifier(config, store, samples, dataset, "cpu", config.seed)
-        evaluation = steps.evaluate_classifier(config, store, classifier, dataset, "cpu") if evaluate else None
-        done[model.name] = (samples, classifier, evaluation)
-    return config, store, dataset, done
 
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory):
     root = tmp_path_factory.mktemp("verify")
-    run_models(write_config(root, MODELS))
+    run_steps(write_config(root, MODELS))
     return root / "store"
 
 
@@ -72,13 +59,13 @@ def test_a_flipped_byte_in_a_committed_shard_is_found_and_fixed(store_dir, tmp_p
     assert main(["verify", "--store", str(store_dir), "--fix"]) == 0
     assert not shard.parent.exists()
     config = write_config(tmp_path, MODELS, store_url=str(store_dir), name="again.yaml")
-    _, _, _, done = run_models(config)  # the next run rebuilds it, byte for byte
+    _, _, _, done = run_steps(config)  # the next run rebuilds it, byte for byte
     assert not done["gauss"][0].cached and shard.read_bytes() == before
     assert verify.verify(store) == []
 
 
 def test_corrupt_weights_fail_the_evaluation_by_name_and_verify_finds_them(tmp_path):
-    config, store, dataset, done = run_models(write_config(tmp_path, MODELS), evaluate=False)
+    config, store, dataset, done = run_steps(write_config(tmp_path, MODELS), evaluate=False)
     classifier = done["gauss"][1]
     weights = tmp_path / "store" / "classifiers" / classifier.fingerprint / "model.pt"
     flip(weights, len(weights.read_bytes()) // 2)
@@ -147,7 +134,7 @@ def test_a_run_killed_while_writing_results_is_not_listed_and_a_damaged_file_is_
 
 @pytest.mark.s3
 def test_verify_and_fix_on_s3(s3, tmp_path):
-    config, store, _, done = run_models(write_config(tmp_path, MODELS, store_url=s3.store_url))
+    config, store, _, done = run_steps(write_config(tmp_path, MODELS, store_url=s3.store_url))
     location = f"{done['gauss'][0].shard_set.location}/shard-000000.tar"
     data = bytearray(store.read_bytes(location))
     data[-100] ^= 0xFF
@@ -155,5 +142,5 @@ def test_verify_and_fix_on_s3(s3, tmp_path):
     (finding,) = verify.verify(store)
     assert finding.location == location and finding.repair == done["gauss"][0].shard_set.location
     verify.repair(store, [finding])
-    _, _, _, again = run_models(write_config(tmp_path, MODELS, store_url=s3.store_url, name="again.yaml"))
+    _, _, _, again = run_steps(write_config(tmp_path, MODELS, store_url=s3.store_url, name="again.yaml"))
     assert not again["gauss"][0].cached and verify.verify(store) == []
