@@ -25,7 +25,7 @@ import hashlib
 import io
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pyarrow.parquet as pq
 
@@ -115,37 +115,36 @@ def _classifiers(store: Store) -> Iterator[Finding | None]:
 
 
 def _evaluations(store: Store) -> Iterator[Finding | None]:
-    for fp in store.listdir("evaluations"):
-        folder = f"evaluations/{fp}"
-        names = store.listdir(folder)
-        if artifacts.METRICS not in names:
-            yield from _uncommitted(store, folder, names, f"no {artifacts.METRICS}")
-            continue
-        try:
-            metrics = artifacts.read_evaluation(store, fp)
-            if "predictions_sha256" in metrics and artifacts.PREDICTIONS not in names:
-                raise IntegrityError(f"{artifacts.PREDICTIONS} missing, though its commit marker names it")
-            artifacts.read_predictions(store, fp)  # checks the sha256 its marker recorded
-        except IntegrityError as exc:
-            yield Finding(folder, _problem(exc), folder)
-            continue
-        yield from _debris(store, folder, [n for n in names if n not in (artifacts.METRICS, artifacts.PREDICTIONS)])
-        yield None
+    def check(fp: str, names: list[str]) -> None:
+        metrics = artifacts.read_evaluation(store, fp)
+        if "predictions_sha256" in metrics and artifacts.PREDICTIONS not in names:
+            raise IntegrityError(f"{artifacts.PREDICTIONS} missing, though its commit marker names it")
+        artifacts.read_predictions(store, fp)  # checks the sha256 its marker recorded
+
+    return _marked_folders(store, "evaluations", artifacts.METRICS, (artifacts.METRICS, artifacts.PREDICTIONS), check)
 
 
 def _scores(store: Store) -> Iterator[Finding | None]:
-    for fp in store.listdir("scores"):
-        folder = f"scores/{fp}"
+    return _marked_folders(store, "scores", artifacts.SCORES, (artifacts.SCORES,),
+                           lambda fp, names: artifacts.read_scores(store, fp))
+
+
+def _marked_folders(store: Store, kind: str, marker: str, files: tuple[str, ...],
+                    check: Callable[[str, list[str]], object]) -> Iterator[Finding | None]:
+    """Each `kind/<fp>` folder committed by `marker`: `check(fp, names)` raises IntegrityError for what is
+    wrong in it; names beside `files` are debris."""
+    for fp in store.listdir(kind):
+        folder = f"{kind}/{fp}"
         names = store.listdir(folder)
-        if artifacts.SCORES not in names:
-            yield from _uncommitted(store, folder, names, f"no {artifacts.SCORES}")
+        if marker not in names:
+            yield from _uncommitted(store, folder, names, f"no {marker}")
             continue
         try:
-            artifacts.read_scores(store, fp)
+            check(fp, names)
         except IntegrityError as exc:
             yield Finding(folder, _problem(exc), folder)
             continue
-        yield from _debris(store, folder, [n for n in names if n != artifacts.SCORES])
+        yield from _debris(store, folder, [n for n in names if n not in files])
         yield None
 
 
