@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from provenance import git_commit  # noqa: E402  (benchmarks/, beside this script)
 
-from casflow.flows import steps  # noqa: E402
+from casflow.flows import records, shard_data, steps  # noqa: E402
 from casflow.storage.store import Store  # noqa: E402
 from casflow.tasks import classifiers  # noqa: E402
 from casflow.tasks.config import Config  # noqa: E402
@@ -106,7 +106,7 @@ def make_config(recipe: str, options: dict, seed: int, store_url: str) -> Config
 
 # ---------------------------------------------------------------- casflow: shards in, results out
 
-def whole_path(config: Config, dataset: steps.DatasetRecord, base: Path, cache: Path, work: Path) -> dict:
+def whole_path(config: Config, dataset: records.DatasetRecord, base: Path, cache: Path, work: Path) -> dict:
     """train_classifier + evaluate_classifier on a fresh store (the shards hard-linked in), so nothing is
     cached there; `cache` is the decoded-shard cache, empty for a cold pass."""
     fresh = Path(tempfile.mkdtemp(dir=work, prefix="store-"))
@@ -127,15 +127,15 @@ def whole_path(config: Config, dataset: steps.DatasetRecord, base: Path, cache: 
             "eval_s": evaluation.seconds, "peak_gib": peak_gib()}  # since training began: classifiers.training resets it
 
 
-def decode_seconds(store: Store, dataset: steps.DatasetRecord, cache: Path) -> float:
+def decode_seconds(store: Store, dataset: records.DatasetRecord, cache: Path) -> float:
     os.environ["CASFLOW_CACHE_DIR"] = str(cache)
     started = time.perf_counter()
     for shard_set in (dataset.train, dataset.eval):
-        steps.load_decoded(store, shard_set, "benchmark")
+        shard_data.load_decoded(store, shard_set, "benchmark")
     return time.perf_counter() - started
 
 
-def run_casflow(recipe: str, dataset: steps.DatasetRecord, base: Path, work: Path) -> tuple[list[dict], dict]:
+def run_casflow(recipe: str, dataset: records.DatasetRecord, base: Path, work: Path) -> tuple[list[dict], dict]:
     torch.backends.cudnn.benchmark = CUDNN_DEFAULT  # undo airbench's setting: casflow's own choice is measured
     options = SMOKE_OPTIONS if args.smoke else {}
     rows = []
@@ -245,7 +245,7 @@ def main() -> None:
             theirs = []
             if cuda:
                 os.environ["CASFLOW_CACHE_DIR"] = str(work / "cache-setup")
-                train, held_out = (steps.load_decoded(Store(str(base)), s, "airbench")
+                train, held_out = (shard_data.load_decoded(Store(str(base)), s, "airbench")
                                    for s in (dataset.train, dataset.eval))
                 theirs, config["airbench"][name] = run_airbench(name, train_fn, train, held_out, dataset.class_names,
                                                                 work)

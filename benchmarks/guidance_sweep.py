@@ -54,7 +54,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from provenance import git_commit  # noqa: E402  (benchmarks/, beside this script)
 
-from casflow.flows import steps  # noqa: E402
+from casflow.flows import shard_data, steps  # noqa: E402
 from casflow.storage import artifacts  # noqa: E402
 from casflow.tasks import devices, scores  # noqa: E402
 from casflow.tasks.classifiers import training  # noqa: E402
@@ -169,8 +169,8 @@ def run_seed(config: Config, device: str) -> tuple[dict[str, dict], dict[str, in
     # fresh real images (the eval split) under the near-copy rule: its base rate, for the plot and the table
     real_net = training.load_weights(recipe, artifacts.read_weights(store, real.fingerprint),
                                      image_shape=dataset.train.image_shape, num_classes=num_classes, device=torch_device)
-    train_images, _ = steps.load_decoded(store, dataset.train, "digits train")
-    eval_images, _ = steps.load_decoded(store, dataset.eval, "digits eval")
+    train_images, _ = shard_data.load_decoded(store, dataset.train, "digits train")
+    eval_images, _ = shard_data.load_decoded(store, dataset.eval, "digits eval")
     train_features = training.features(recipe, real_net, train_images, torch_device)
     eval_features = training.features(recipe, real_net, eval_images, torch_device)
     out["_controls"] = {

@@ -11,7 +11,7 @@ the pipeline's own steps, one stage per fresh subprocess:
 
   draw     `steps.draw_samples`: the input read in two passes, checked, its
            images decoded and re-encoded on every core, sharded on a local store
-  decode   `steps.decoded_set`: the shards decoded into the local cache (the
+  decode   `shard_data.decoded_set`: the shards decoded into the local cache (the
            training data path; cold cache)
   evaluate `steps.evaluate_classifier` with the shards as the eval split (warm
            cache): window-by-window prediction, per-image predictions written;
@@ -157,7 +157,7 @@ def stage_main(args: argparse.Namespace) -> None:
     """Runs one stage and prints one JSON line: seconds, images, peak RSS of this process and of its workers."""
     import yaml
 
-    from casflow.flows import steps
+    from casflow.flows import records, shard_data, steps
     from casflow.storage import artifacts
     from casflow.storage.shards import ShardSet, load_shard_set
     from casflow.tasks import parallel
@@ -177,7 +177,7 @@ def stage_main(args: argparse.Namespace) -> None:
     n = args.n
     fake = ShardSet("real/x/train", "f" * 64, n, (n // CLASSES,) * CLASSES, tuple(str(c) for c in range(CLASSES)), SHAPE, (),
                     "e" * 64)
-    dataset = steps.DatasetRecord("synthetic", "d" * 64, fake, fake, cached=True)
+    dataset = records.DatasetRecord("synthetic", "d" * 64, fake, fake, cached=True)
     started_cpu = os.times()
     started = time.perf_counter()
     if args.stage == "draw":
@@ -187,7 +187,7 @@ def stage_main(args: argparse.Namespace) -> None:
     else:
         shard_set = load_shard_set(store, json.loads((work / "samples.json").read_text())["location"])
         if args.stage == "decode":
-            decoded = steps.decoded_set(store, shard_set, "samples")
+            decoded = shard_data.decoded_set(store, shard_set, "samples")
             assert len(decoded) == n
         else:  # evaluate, the cache warm from the decode stage
             # the network's forward pass replaced by a fixed linear read-out of 10 pixels: on this CPU a 64x64
@@ -196,10 +196,10 @@ def stage_main(args: argparse.Namespace) -> None:
                 np.float32)
             recipe = config.classifier.resolved
             net = recipe.module.build(recipe.hp, SHAPE, CLASSES)
-            fp = fingerprint("classifier", 0, {"benchmark": n})
+            fp = fingerprint("classifier", {"benchmark": n})
             artifacts.write_classifier(store, fp, training.weights_bytes(net), {"train_seconds": 0.0, "device": "cpu"})
-            classifier = steps.ClassifierRecord("m", fp, 0, None, False, 0.0, "cpu")
-            held_out = steps.DatasetRecord("synthetic", "d" * 64, fake, shard_set, cached=True)
+            classifier = records.ClassifierRecord("m", fp, 0, None, False, 0.0, "cpu")
+            held_out = records.DatasetRecord("synthetic", "d" * 64, fake, shard_set, cached=True)
             evaluation = steps.evaluate_classifier(config, store, classifier, held_out, "cpu")
             assert sum(evaluation.counts.n_eval) == n
     seconds = time.perf_counter() - started

@@ -383,7 +383,7 @@ def compare_command(store, run_a: str | None, run_b: str | None, model: str | No
 
 
 def report_command(store, run_id: str | None, out: str | None) -> int:
-    from casflow.flows import steps
+    from casflow.flows import reporting
     from casflow.storage import results
 
     runs = results.run_ids(store)
@@ -393,7 +393,7 @@ def report_command(store, run_id: str | None, out: str | None) -> int:
     if not runs:
         print(f"cas: no results in {store.url}", file=sys.stderr)
         return 1
-    uri, page = steps.write_report(store, run_id or runs[-1])
+    uri, page = reporting.write_report(store, run_id or runs[-1])
     if out:
         with open(out, "w", encoding="utf-8") as f:
             f.write(page)

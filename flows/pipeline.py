@@ -36,7 +36,8 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from casflow.flows import artifacts, placement, steps
+from casflow.flows import artifacts, placement, reporting, steps
+from casflow.flows.records import ModelChain
 from casflow.storage.store import is_transient
 from casflow.tasks import devices
 from casflow.tasks.config import Config
@@ -91,6 +92,7 @@ def _within_time_limit(seconds: float, step: str, fn, *args: Any, **kwargs: Any)
 
 
 def _step(fn, name: str, retries: int = 3, run_name: str | None = None):
+    """A step as a Prefect task, tagged `step:<name>`: a fanned-out model's task runs are told apart by it."""
     signature = inspect.signature(fn)
 
     @functools.wraps(fn)  # keeps the signature: Prefect binds parameters by name
@@ -99,7 +101,7 @@ def _step(fn, name: str, retries: int = 3, run_name: str | None = None):
         return _cached_state(_within_time_limit(config.limits.step_seconds, name, fn, *args, **kwargs))
 
     return task(name=name, task_run_name=run_name, retries=retries, retry_delay_seconds=RETRY_DELAYS,
-                retry_condition_fn=_retry_if_transient, cache_policy=NO_CACHE)(body)
+                retry_condition_fn=_retry_if_transient, cache_policy=NO_CACHE, tags=[f"step:{name}"])(body)
 
 
 verify_store = task(name="verify-store", retries=3, retry_delay_seconds=RETRY_DELAYS,
@@ -112,7 +114,7 @@ evaluate_classifier = _step(steps.evaluate_classifier, "evaluate", run_name="eva
 write_results = task(name="write-results", retries=3, retry_delay_seconds=RETRY_DELAYS,
                      retry_condition_fn=_retry_if_transient, cache_policy=NO_CACHE)(steps.write_results)
 write_report = task(name="write-report", retries=3, retry_delay_seconds=RETRY_DELAYS,
-                    retry_condition_fn=_retry_if_transient, cache_policy=NO_CACHE)(steps.write_report)
+                    retry_condition_fn=_retry_if_transient, cache_policy=NO_CACHE)(reporting.write_report)
 
 
 def _cuda_count(spec: str) -> int:
@@ -124,25 +126,22 @@ def _cuda_count(spec: str) -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _settle(config: Config, futures: dict[str, list[PrefectFuture]]) -> dict[str, tuple[list, str | None]]:
-    """Each model's records (samples; a classifier and an evaluation per seed; the same per NAS ratio),
-    or the first step's error, named."""
-    return {name: _settle_chain(name, chain) for name, chain in futures.items()}
+Settled = tuple[ModelChain | None, str | None]  # a model's records (None where a step did not finish), its error
 
 
-def _score(config: Config, store: Any, dataset: Any, lanes: dict[str, str], settled: dict[str, tuple[list, str | None]]) -> dict:
+def _score(config: Config, store: Any, dataset: Any, lanes: dict[str, str], settled: dict[str, Settled]) -> dict:
     """Scores beside CAS for every model that finished, in the real baseline's classifier (its first seed).
     Without that classifier there is nothing to score with: said once, the columns stay empty, the run goes on."""
     spec = config.scores
     if not (spec.gan_test or spec.features or spec.memorization):
         return {}
-    real_records, real_error = settled[config.baseline.name]
+    real_chain, real_error = settled[config.baseline.name]
     if real_error is not None:
         log.warning("no scores beside CAS in this run: the real baseline '%s' failed, and GAN-test and the feature "
                     "scores need its classifier", config.baseline.name)
         return {}
-    futures = {name: score_samples.submit(config, store, records[0], real_records[1], dataset, lanes[name])
-               for name, (records, error) in settled.items() if error is None}
+    futures = {name: score_samples.submit(config, store, chain.samples, real_chain.classifiers[0], dataset, lanes[name])
+               for name, (chain, error) in settled.items() if error is None}
     scored = {}
     for name, future in futures.items():
         future.wait()
@@ -181,7 +180,7 @@ def cas_evaluation(config_path: str = DEMO_CONFIG, store_url: str | None = None,
     remote, remote_errors = _fan_out(model_deployment, config_text, config_path, store_url, config) if model_deployment else ({}, {})
     spec = config.classifier.device
     lanes = placement.assign_lanes([m.name for m in models], devices.visible_devices(spec, _cuda_count(spec)))
-    futures: dict[str, list[PrefectFuture]] = {}
+    futures: dict[str, ModelChain[PrefectFuture]] = {}
     lane_tail: dict[str, PrefectFuture] = {}
     for model in models:  # within a lane, one step after another: each device works on one model at a time
         if model.name in remote_errors:
@@ -189,15 +188,13 @@ def cas_evaluation(config_path: str = DEMO_CONFIG, store_url: str | None = None,
         device = lanes[model.name]
         after = [allow_failure(lane_tail[device])] if device in lane_tail else []
         futures[model.name] = _submit_chain(config, store, model, dataset, device, after)
-        lane_tail[device] = futures[model.name][-1]
+        lane_tail[device] = futures[model.name].steps()[-1]
 
-    settled = _settle(config, futures) | {name: ([], error) for name, error in remote_errors.items()}
+    settled = {name: _settle_chain(name, chain) for name, chain in futures.items()}
+    settled |= {name: (None, error) for name, error in remote_errors.items()}
     scored = _score(config, store, dataset, lanes, settled)
-    seeds = len(config.classifier_seeds)
-    outcomes = [steps.outcome(model, records[0] if records else None, records[1 : 1 + 2 * seeds : 2],
-                              records[2 : 2 + 2 * seeds : 2], error, augmented=records[2 + 2 * seeds :: 2],
-                              sample_scores=scored.get(model.name))
-                for model in models for records, error in [settled[model.name]]]
+    outcomes = [steps.outcome(model, chain, error, sample_scores=scored.get(model.name))
+                for model in models for chain, error in [settled[model.name]]]
     # fanned-out models were computed by their flow runs: what they found cached and how long sampling took
     outcomes = [dataclasses.replace(o, **remote[o.model]) if o.model in remote else o for o in outcomes]
     recipe = config.classifier.resolved
@@ -236,24 +233,27 @@ def cas_model(config_yaml: str, model_name: str, source: str = "config", store_u
     spec = config.classifier.device
     device = devices.visible_devices(spec, _cuda_count(spec))[0]
     chain = _submit_chain(config, store, model, dataset, device, after=[])
-    records, error = _settle_chain(model.name, chain)
+    _, error = _settle_chain(model.name, chain)
     if error is not None:
         return Failed(message=error)
-    return {"model": model_name, "device": device, "steps": len(records)}
+    return {"model": model_name, "device": device, "steps": len(chain.steps())}
 
 
-def _submit_chain(config: Config, store: Any, model: Any, dataset: Any, device: str, after: list) -> list[PrefectFuture]:
+def _submit_chain(config: Config, store: Any, model: Any, dataset: Any, device: str, after: list) -> ModelChain[PrefectFuture]:
     """One model's steps on one device, one after another: samples; a classifier and an evaluation per
     seed; the same per Naive Augmentation Score ratio (not for the real baseline)."""
-    chain = [draw_samples.submit(config, store, model, dataset, device, wait_for=after)]
-    for seed in config.classifier_seeds:
-        classifier = train_classifier.submit(config, store, chain[0], dataset, device, seed, wait_for=chain[-1:])
-        chain += [classifier, evaluate_classifier.submit(config, store, classifier, dataset, device)]
-    for ratio in config.scores.augmentation if model.generator.kind != "real" else ():
-        classifier = train_classifier.submit(config, store, chain[0], dataset, device, config.classifier_seeds[0], ratio,
-                                             wait_for=chain[-1:])
-        chain += [classifier, evaluate_classifier.submit(config, store, classifier, dataset, device)]
-    return chain
+    samples = draw_samples.submit(config, store, model, dataset, device, wait_for=after)
+    last = samples
+
+    def train_and_evaluate(seed: int, ratio: float | None = None) -> tuple[PrefectFuture, PrefectFuture]:
+        nonlocal last
+        classifier = train_classifier.submit(config, store, samples, dataset, device, seed, ratio, wait_for=[last])
+        last = evaluate_classifier.submit(config, store, classifier, dataset, device)
+        return classifier, last
+
+    seeds = tuple(train_and_evaluate(seed) for seed in config.classifier_seeds)
+    ratios = config.scores.augmentation if model.generator.kind != "real" else ()
+    return ModelChain(samples, seeds, tuple(train_and_evaluate(config.classifier_seeds[0], ratio) for ratio in ratios))
 
 
 def _fan_out(deployment: str, config_text: str, source: str, store_url: str | None,
@@ -288,36 +288,39 @@ def _fan_out(deployment: str, config_text: str, source: str, store_url: str | No
 
 
 def _remote_steps(flow_run_id: uuid.UUID) -> dict:
-    """ModelOutcome fields as the model's own flow run saw them, from its task runs' states."""
+    """ModelOutcome fields as the model's own flow run saw them, from its task runs' states, told apart
+    by their `step:` tags."""
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as client:
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    by_kind: dict[str, list] = {}
+    by_step: dict[str, list] = {}
     for run in task_runs:
-        by_kind.setdefault(run.name.split("-", 1)[0], []).append(run)
+        for tag in run.tags:
+            if tag.startswith("step:"):
+                by_step.setdefault(tag.removeprefix("step:"), []).append(run)
 
-    def cached(kind: str) -> bool | None:
-        return all(r.state_name == "Cached" for r in by_kind[kind]) if by_kind.get(kind) else None
+    def cached(step: str) -> bool | None:
+        return all(r.state_name == "Cached" for r in by_step[step]) if by_step.get(step) else None
 
-    samples = by_kind.get("samples", [])
-    return {"samples_cached": cached("samples"), "classifier_cached": cached("train"), "evaluation_cached": cached("evaluate"),
-            "sample_seconds": 0.0 if cached("samples") or not samples else round(samples[0].total_run_time.total_seconds(), 3)}
+    samples = by_step.get("draw-samples", [])
+    return {"samples_cached": cached("draw-samples"), "classifier_cached": cached("train-classifier"),
+            "evaluation_cached": cached("evaluate"),
+            "sample_seconds": 0.0 if cached("draw-samples") or not samples else round(samples[0].total_run_time.total_seconds(), 3)}
 
 
-def _settle_chain(model_name: str, chain: list[PrefectFuture]) -> tuple[list, str | None]:
-    """A model's records in chain order, or the first step's error, named."""
-    records, error = [], None
-    for future in chain:
+def _settle_chain(model_name: str, chain: ModelChain[PrefectFuture]) -> Settled:
+    """A model's records (None for a step that did not finish), or the first step's error, named."""
+    error = None
+    for future in chain.steps():
         future.wait()
         if future.state.is_completed():
-            records.append(future.result())
             continue
         if future.state.is_failed() or future.state.is_crashed():
             exc = future.result(raise_on_failure=False)
             error = steps.describe_failure(model_name, exc if isinstance(exc, BaseException) else RuntimeError(str(exc)))
-        break  # a step that did not run because an earlier one failed
-    if error is None and len(records) < len(chain):
-        error = f"model '{model_name}': did not finish"
-    return records, error
+        else:
+            error = f"model '{model_name}': did not finish"
+        break  # the steps after it did not run because it failed
+    return chain.map(lambda f: f.result() if f.state.is_completed() else None), error

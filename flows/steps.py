@@ -6,7 +6,9 @@
   evaluate_classifier  per-class counts and per-image predictions on the real eval split
   write_results        per-class, changes (against each model's previous run) and summary Parquet
 
-A model gets one classifier and one evaluation per classifier seed.
+A model gets one classifier and one evaluation per classifier seed (its `records.ModelChain`).
+The records passed between steps are in `flows/records.py`, shard sets as the steps read them
+in `flows/shard_data.py`, the HTML report in `flows/reporting.py`.
 
 Each step computes its fingerprint, asks the store whether that output is
 already committed (a cache hit), and otherwise computes it with tasks/ and
@@ -16,94 +18,41 @@ step once as a Prefect task, and tests call these directly.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import itertools
 import logging
 import os
 import socket
 import time
-from collections.abc import Iterator, Sequence
-from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow.compute as pc
 
-from casflow.storage import artifacts, decoded_cache, results, verify
-from casflow.storage.shards import ShardInfo, ShardSet, iter_shard_set, load_shard_set, sample_key, write_shard_set
+from casflow.flows.records import (
+    ClassifierRecord,
+    DatasetRecord,
+    EvaluationRecord,
+    ModelChain,
+    ResultsRecord,
+    SamplesRecord,
+    ScoresRecord,
+)
+from casflow.flows.shard_data import MixedSamples, StoredSamples, decoded_set, load_decoded
+from casflow.storage import artifacts, results, verify
+from casflow.storage.shards import ShardSet, load_shard_set, sample_key, write_shard_set
 from casflow.storage.sources import Files, FileTooLarge, NotRegularFile, read_local_file
 from casflow.storage.store import Store, s3_options, store_url_problem
-from casflow.tasks import compare, datasets, devices, generators, report, scores
+from casflow.tasks import compare, datasets, devices, generators, scores
 from casflow.tasks.classifiers import data_path
 from casflow.tasks.config import MAX_CONFIG_BYTES, Config, ConfigError, ModelConfig, StoreConfig, parse_config
 from casflow.tasks.errors import InputError
-from casflow.tasks.fingerprint import derive_seed, fingerprint
-from casflow.tasks.images import CHUNK, decode_chunk, decode_stack
-from casflow.tasks.metrics import EVALUATION_CODE_VERSION, ClassCounts, count_correct, top_predictions
-from casflow.tasks.parallel import ordered_map
-from casflow.tasks.progress import Progress
+from casflow.tasks.fingerprint import fingerprint
+from casflow.tasks.metrics import ClassCounts, count_correct, top_predictions
 from casflow.tasks.results import ModelOutcome, RunInfo, change_rows, per_class_rows, summary_row
-from casflow.tasks.samples import SAMPLES_CODE_VERSION
+
+Record = SamplesRecord | ClassifierRecord | EvaluationRecord
 
 log = logging.getLogger("casflow.steps")
-
-DATASET_CODE_VERSION = 2
-TRAIN_CODE_VERSION = 1
-
-
-# ---------------------------------------------------------------- records passed between steps
-
-@dataclasses.dataclass(frozen=True)
-class DatasetRecord:
-    name: str
-    fingerprint: str
-    train: ShardSet
-    eval: ShardSet
-    cached: bool
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self.train.class_names
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplesRecord:
-    model: str
-    shard_set: ShardSet
-    cached: bool
-    seconds: float
-
-
-@dataclasses.dataclass(frozen=True)
-class ClassifierRecord:
-    model: str
-    fingerprint: str
-    seed: int
-    samples: SamplesRecord
-    cached: bool
-    train_seconds: float
-    device: str
-    augment: float | None = None  # trained on the real train split plus this share of it in samples (NAS)
-
-
-@dataclasses.dataclass(frozen=True)
-class EvaluationRecord:
-    model: str
-    fingerprint: str
-    classifier: ClassifierRecord
-    counts: ClassCounts
-    cached: bool
-    seconds: float
-
-
-@dataclasses.dataclass(frozen=True)
-class ResultsRecord:
-    run_id: str
-    per_class_uri: str
-    changes_uri: str
-    summary_uri: str
-    summary: list[dict]
-    changes: list[dict]
 
 
 # ---------------------------------------------------------------- config and store
@@ -167,7 +116,7 @@ def prepare_dataset(config: Config, store: Store) -> DatasetRecord:
     """Shard the real train and eval splits once per dataset fingerprint."""
     spec, files = config.dataset, open_files(config)
     inputs = datasets.fingerprint_inputs(spec, files) | {"shard_size": config.store.shard_size}
-    fp = fingerprint("dataset", DATASET_CODE_VERSION, inputs)
+    fp = fingerprint("dataset", inputs)
     locations = {split: store.location("real", fp, split) for split in ("train", "eval")}
     committed = {split: load_shard_set(store, loc) for split, loc in locations.items()}
     if all(committed.values()):
@@ -195,7 +144,7 @@ def draw_samples(config: Config, store: Store, model: ModelConfig, dataset: Data
         return SamplesRecord(model.name, dataset.train, cached=dataset.cached, seconds=0.0)
     files = open_files(config)
     inputs = samples_inputs(config, files, model, dataset)
-    fp = fingerprint("samples", SAMPLES_CODE_VERSION, inputs)
+    fp = fingerprint("samples", inputs)
     location = store.location("samples", fp)
     committed = load_shard_set(store, location)
     if committed is not None:
@@ -247,7 +196,7 @@ def train_classifier(config: Config, store: Store, samples: SamplesRecord, datas
         data = MixedSamples(StoredSamples(store, dataset.train, f"{dataset.name} train split", seed), data,
                             round(augment * dataset.train.num_samples))
     inputs = classifier_inputs(config, samples.shard_set, len(dataset.class_names), seed, augment, dataset.train)
-    fp = fingerprint("classifier", TRAIN_CODE_VERSION, inputs)
+    fp = fingerprint("classifier", inputs)
     what = f"model {samples.model}: classifier (seed {seed}" + (")" if augment is None else f", real + {augment:g} samples)")
     train_log = artifacts.read_train_log(store, fp)
     if train_log is not None:
@@ -278,79 +227,13 @@ def classifier_inputs(config: Config, samples: ShardSet, num_classes: int, seed:
     return inputs | {"data_path": data_path(num_samples, samples.image_shape, spec.resident_limit_gb)}
 
 
-@dataclasses.dataclass(frozen=True)
-class StoredSamples:
-    """A committed shard set as training reads it (`training.TrainingSamples`): decoded whole
-    through the local cache, or streamed shard by shard in a seeded order per epoch."""
-
-    store: Store
-    shard_set: ShardSet
-    what: str  # for progress lines
-    seed: int
-
-    @property
-    def num_samples(self) -> int:
-        return self.shard_set.num_samples
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return self.shard_set.image_shape
-
-    def decoded(self) -> tuple[np.ndarray, np.ndarray]:
-        return load_decoded(self.store, self.shard_set, self.what)
-
-    def chunks(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        shards = self.shard_set.shards
-        order = np.random.default_rng(derive_seed(self.seed, "shard-order", epoch)).permutation(len(shards))
-        return decoded_chunks(self.store, self.shard_set, [shards[i] for i in order])
-
-
-@dataclasses.dataclass(frozen=True)
-class MixedSamples:
-    """The real train split and the first `extra_count` of a model's samples as one training set (NAS).
-    Stored sets interleave their classes, so a prefix is class-balanced."""
-
-    real: StoredSamples
-    extra: StoredSamples
-    extra_count: int
-
-    @property
-    def num_samples(self) -> int:
-        return self.real.num_samples + self.extra_count
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return self.real.image_shape
-
-    def decoded(self) -> tuple[np.ndarray, np.ndarray]:
-        (real_images, real_labels), (images, labels) = self.real.decoded(), self.extra.decoded()
-        return (np.concatenate([real_images, images[: self.extra_count]]),
-                np.concatenate([real_labels, labels[: self.extra_count]]))
-
-    def chunks(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The real split's chunks alternating with the prefix's, both in their epoch's order."""
-        shards, left, prefix = self.extra.shard_set.shards, self.extra_count, []
-        for shard in shards:
-            if left <= 0:
-                break
-            prefix.append((shard, min(left, shard.num_samples)))
-            left -= shard.num_samples
-        order = np.random.default_rng(derive_seed(self.extra.seed, "shard-order", epoch)).permutation(len(prefix))
-        extra = (
-            (images[:keep], labels[:keep])
-            for (images, labels), keep in zip(decoded_chunks(self.extra.store, self.extra.shard_set,
-                                                             [prefix[i][0] for i in order]), [prefix[i][1] for i in order]))
-        for real_chunk, extra_chunk in itertools.zip_longest(self.real.chunks(epoch), extra):
-            yield from (chunk for chunk in (real_chunk, extra_chunk) if chunk is not None)
-
-
 # ---------------------------------------------------------------- step 4: per-class evaluation on the real eval split
 
 def evaluate_classifier(config: Config, store: Store, classifier: ClassifierRecord, dataset: DatasetRecord,
                         device: str) -> EvaluationRecord:
     started = time.perf_counter()
     inputs = {"classifier": classifier.fingerprint, "eval": dataset.eval.manifest_sha256}
-    fp = fingerprint("evaluation", EVALUATION_CODE_VERSION, inputs)
+    fp = fingerprint("evaluation", inputs)
     stored = artifacts.read_evaluation(store, fp)
     if stored is not None:
         return EvaluationRecord(classifier.model, fp, classifier, ClassCounts.from_dict(stored["counts"]), cached=True,
@@ -378,18 +261,6 @@ def evaluate_classifier(config: Config, store: Store, classifier: ClassifierReco
 
 # ---------------------------------------------------------------- step 4b: scores beside CAS, in the real baseline's classifier
 
-SCORES_CODE_VERSION = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class ScoresRecord:
-    model: str
-    fingerprint: str
-    classifier: str  # the real baseline's classifier: GAN-test's predictions and the features come from it
-    overall: dict[str, float | None]
-    per_class: dict[str, list[float | None]]
-    cached: bool
-
 
 def score_samples(config: Config, store: Store, samples: SamplesRecord, real: ClassifierRecord, dataset: DatasetRecord,
                   device: str) -> ScoresRecord:
@@ -404,7 +275,7 @@ def score_samples(config: Config, store: Store, samples: SamplesRecord, real: Cl
               "eval": dataset.eval.manifest_sha256, "train": dataset.train.manifest_sha256,
               "asked": spec.model_dump(exclude={"augmentation"}), "precision_recall_k": scores.PRECISION_RECALL_K,
               "density_coverage_k": scores.DENSITY_COVERAGE_K, "near_copy_quantile": scores.NEAR_COPY_QUANTILE}
-    fp = fingerprint("scores", SCORES_CODE_VERSION, inputs)
+    fp = fingerprint("scores", inputs)
     stored = artifacts.read_scores(store, fp)
     if stored is not None:
         return ScoresRecord(samples.model, fp, real.fingerprint, stored["overall"], stored["per_class"], cached=True)
@@ -425,8 +296,8 @@ def score_samples(config: Config, store: Store, samples: SamplesRecord, real: Cl
     if spec.features:
         eval_images, eval_labels = load_decoded(store, dataset.eval, f"{dataset.name} eval split")
         eval_features = features(eval_images)
-        overall |= feature_scores(eval_features, sample_features)
-        by_class = [feature_scores(eval_features[eval_labels == c], sample_features[labels == c]) for c in range(num_classes)]
+        overall |= scores.feature_scores(eval_features, sample_features)
+        by_class = [scores.feature_scores(eval_features[eval_labels == c], sample_features[labels == c]) for c in range(num_classes)]
         per_class |= {name: [scores_of_class[name] for scores_of_class in by_class] for name in by_class[0]}
     if spec.memorization:
         train_images, train_labels = load_decoded(store, dataset.train, f"{dataset.name} train split")
@@ -435,31 +306,11 @@ def score_samples(config: Config, store: Store, samples: SamplesRecord, real: Cl
         in_features = scores.near_copies(features(train_images), sample_features)
         overall["memorized_fraction"], overall["memorized_fraction_features"] = pixels.fraction, in_features.fraction
         per_class["memorized_fraction"] = list(scores.fraction_per_class(pixels.flags, labels, num_classes))
-    overall = {k: _finite(v) for k, v in overall.items()}
-    per_class = {k: [_finite(v) for v in values] for k, values in per_class.items()}
+    overall = {k: scores.finite_or_none(v) for k, v in overall.items()}
+    per_class = {k: [scores.finite_or_none(v) for v in values] for k, values in per_class.items()}
     artifacts.write_scores(store, fp, {"fingerprint_inputs": inputs, "overall": overall, "per_class": per_class})
     log.info("model %s: scores %s", samples.model, ", ".join(f"{k} {v:.4g}" for k, v in overall.items() if v is not None))
     return ScoresRecord(samples.model, fp, real.fingerprint, overall, per_class, cached=False)
-
-
-def feature_scores(real: np.ndarray, fake: np.ndarray) -> dict[str, float | None]:
-    """Frechet distance, precision/recall and density/coverage of two feature sets; None where a set (one
-    class's, say) has too few points for a score."""
-    out: dict[str, float | None] = {}
-    for names, score in ((("fd",), lambda: (scores.frechet_distance(real, fake),)),
-                         (("precision", "recall"), lambda: dataclasses.astuple(scores.precision_recall(real, fake))),
-                         (("density", "coverage"), lambda: dataclasses.astuple(scores.density_coverage(real, fake)))):
-        try:
-            values = score()
-        except ValueError:
-            values = (None,) * len(names)
-        out |= {name: _finite(value) for name, value in zip(names, values)}
-    return out
-
-
-def _finite(value: float | None) -> float | None:
-    """NaN and infinities (an empty class) are stored as null."""
-    return None if value is None or not np.isfinite(value) else float(value)
 
 
 # ---------------------------------------------------------------- step 5: results, judged against the previous run
@@ -521,74 +372,14 @@ def correctness(store: Store, row: dict) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([t == labels for t in top1]).astype(np.float64), labels
 
 
-def write_report(store: Store, run_id: str) -> tuple[str, str]:
-    """The run's HTML report, written to the store; returns (its URI, the HTML)."""
-    page = build_report(store, run_id)
-    location = store.report_location(run_id)
-    store.write_bytes(location, page.encode())
-    return store.uri(location), page
-
-
-def build_report(store: Store, run_id: str) -> str:
-    """Everything the report shows, read from the store: results, evaluations, shards."""
-    summary = results.read_run(store, "summary", run_id).to_pylist()
-    per_class = results.read_run(store, "per_class", run_id).to_pylist()
-    try:
-        changes = results.read_run(store, "changes", run_id).to_pylist()
-    except FileNotFoundError:  # a run from before changes were kept
-        changes = []
-    class_names = tuple(name for _, name in sorted({(r["class_index"], r["class_name"]) for r in per_class}))
-    confusion, samples = {}, {}
-    for row in (r for r in summary if r["status"] == "ok"):
-        metrics = [artifacts.read_evaluation(store, fp) for fp in row["evaluation_fingerprints"] or [row["evaluation_fingerprint"]]]
-        if all(metrics):
-            confusion[row["model"]] = np.sum([np.array(m["counts"]["confusion"]) for m in metrics], axis=0)
-        if row["generator_kind"] == "real":  # its samples are the real train split, shown once below
-            continue
-        shard_set = load_shard_set(store, store.location("samples", row["samples_fingerprint"]))
-        if shard_set is not None:
-            samples[row["model"]] = grid(store, shard_set, len(class_names))
-    real = load_shard_set(store, store.location("real", summary[0]["dataset_fingerprint"], "train")) if summary else None
-    return report.render(report.ReportData(
-        run_id=run_id, store_url=store.url, class_names=class_names, summary=summary, per_class=per_class,
-        changes=changes, history=results.read_all(store, "summary").to_pylist(), confusion=confusion, samples=samples,
-        real_samples=grid(store, real, len(class_names)) if real else None, generated=datetime.now(timezone.utc)))
-
-
-def grid(store: Store, shard_set: ShardSet, num_classes: int) -> report.SampleGrid:
-    return report.sample_grid(*first_per_class(store, shard_set, report.GRID_PER_CLASS), num_classes)
-
-
-def first_per_class(store: Store, shard_set: ShardSet, per_class: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first `per_class` images of each class in stored order, decoding only those."""
-    wanted = dict.fromkeys(range(len(shard_set.class_names)), per_class)
-    for c, n in enumerate(shard_set.count_per_class):
-        wanted[c] = min(wanted[c], n)
-    blobs, labels, sources = [], [], []
-    samples = iter_shard_set(store, shard_set)
-    try:
-        for key, parts in samples:
-            label = int(parts["cls"])
-            if wanted.get(label, 0) > 0:
-                wanted[label] -= 1
-                blobs.append(parts["png"])
-                labels.append(label)
-                sources.append(f"{store.uri(shard_set.location)} key {key}")
-            if not any(wanted.values()):
-                break
-    finally:
-        samples.close()
-    height, width, channels = shard_set.image_shape
-    images = decode_stack(blobs, sources, max_pixels=height * width, max_decoded_bytes=len(blobs) * height * width * channels,
-                          what=store.uri(shard_set.location))
-    return images, np.array(labels, dtype=np.int64)
-
-
-def outcome(model: ModelConfig, samples: SamplesRecord | None, classifiers: Sequence[ClassifierRecord],
-            evaluations: Sequence[EvaluationRecord], error: str | None, augmented: Sequence[EvaluationRecord] = (),
+def outcome(model: ModelConfig, chain: ModelChain[Record | None] | None, error: str | None,
             sample_scores: ScoresRecord | None = None) -> ModelOutcome:
-    """What one model's steps produced (a classifier and an evaluation per seed; the NAS classifiers'
-    evaluations; the scores beside CAS), for the result rows."""
+    """What one model's steps produced, for the result rows: its chain (None for a step that did not
+    finish, or no chain at all) and the scores beside CAS."""
+    samples = chain.samples if chain else None
+    classifiers = [c for c in chain.classifiers if c is not None] if chain else []
+    evaluations = [e for e in chain.evaluations if e is not None] if chain else []
+    augmented = [e for e in chain.augmented_evaluations if e is not None] if chain else []
     complete = error is None and samples is not None and len(evaluations) == len(classifiers) > 0
     return ModelOutcome(
         model=model.name,
@@ -620,57 +411,3 @@ def describe_failure(model: str, exc: BaseException) -> str:
     return text if f"'{model}'" in text else f"model '{model}': {text}"
 
 
-# ---------------------------------------------------------------- decoding shard sets
-
-def load_decoded(store: Store, shard_set: ShardSet, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """A shard set as uint8 images (a read-only memory map of the local cache) and labels."""
-    decoded = decoded_set(store, shard_set, what)
-    return decoded.images, decoded.labels
-
-
-def decoded_set(store: Store, shard_set: ShardSet, what: str) -> decoded_cache.Decoded:
-    """A shard set decoded once per manifest into the local cache, chunk by chunk on every core."""
-
-    def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        progress = Progress(f"{what}: decoding {shard_set.location}", shard_set.num_samples)
-        for images, labels in decoded_chunks(store, shard_set, shard_set.shards):
-            progress.update(len(labels))
-            yield images, labels
-
-    return decoded_cache.load_or_build(shard_set.manifest_sha256, shard_set.image_shape, chunks)
-
-
-def decoded_chunks(store: Store, shard_set: ShardSet, shards: Sequence[ShardInfo]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(images, labels) per shard, streamed from the store with sha256 checks, decoded on every core
-    (jobs of CHUNK images, across shard boundaries, so the workers never wait for the next shard)."""
-    height, width, channels = shard_set.image_shape  # our own shards hold images of their manifest's shape
-    jobs_labels: collections.deque[tuple[str, np.ndarray]] = collections.deque()
-
-    def jobs() -> Iterator[tuple]:
-        for shard in shards:
-            one = dataclasses.replace(shard_set, shards=(shard,))
-            where = f"{store.uri(shard_set.location)}/{shard.name}"
-            blobs, labels, keys = [], [], []
-            for key, parts in iter_shard_set(store, one):
-                blobs.append(parts["png"])
-                labels.append(int(parts["cls"]))
-                keys.append(f"{where} key {key}")
-                if len(blobs) == CHUNK:
-                    jobs_labels.append((shard.name, np.array(labels, dtype=np.int64)))
-                    yield blobs, keys, height * width, (height, width, channels)
-                    blobs, labels, keys = [], [], []
-            if blobs:
-                jobs_labels.append((shard.name, np.array(labels, dtype=np.int64)))
-                yield blobs, keys, height * width, (height, width, channels)
-
-    images, labels, current = [], [], None
-    for decoded in ordered_map(decode_chunk, jobs()):
-        name, chunk_labels = jobs_labels.popleft()
-        if name != current and images:
-            yield np.concatenate(images), np.concatenate(labels)
-            images, labels = [], []
-        current = name
-        images.append(decoded)
-        labels.append(chunk_labels)
-    if images:
-        yield np.concatenate(images), np.concatenate(labels)

@@ -16,7 +16,6 @@ import math
 import numpy as np
 
 WILSON_Z = 1.959963984540054  # two-sided 95%
-EVALUATION_CODE_VERSION = 2  # 2: per-image predictions stored beside the counts
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,8 +13,6 @@ import numpy as np
 from casflow.tasks.errors import InputError
 from casflow.tasks.images import encode_many, resize
 
-SAMPLES_CODE_VERSION = 2  # bump when the stored samples change for the same inputs
-
 
 def label_schedule(budget: Sequence[int]) -> np.ndarray:
     """Labels to draw, round-robin over classes until each has its budget (0,1,2,..,0,1,2,..).

@@ -254,3 +254,25 @@ def fraction_per_class(flags: np.ndarray, labels: np.ndarray, num_classes: int) 
     flagged = np.bincount(labels, weights=flags.astype(np.float64), minlength=num_classes)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts > 0, flagged / counts, np.nan)
+
+
+# ---------------------------------------------------------------- the set-level scores together, as stored
+
+def feature_scores(real: np.ndarray, fake: np.ndarray) -> dict[str, float | None]:
+    """Frechet distance, precision/recall and density/coverage of two feature sets; None where a set (one
+    class's, say) has too few points for a score."""
+    out: dict[str, float | None] = {}
+    for names, score in ((("fd",), lambda: (frechet_distance(real, fake),)),
+                         (("precision", "recall"), lambda: dataclasses.astuple(precision_recall(real, fake))),
+                         (("density", "coverage"), lambda: dataclasses.astuple(density_coverage(real, fake)))):
+        try:
+            values = score()
+        except ValueError:
+            values = (None,) * len(names)
+        out |= {name: finite_or_none(value) for name, value in zip(names, values)}
+    return out
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """NaN and infinities (an empty class) are stored as null."""
+    return None if value is None or not np.isfinite(value) else float(value)

@@ -37,8 +37,10 @@ def write_config(directory: Path, models: list[dict], *, store_url: str | None =
 
 def run_steps(config_path: Path, evaluate: bool = True):
     """Every model of a config through the steps in this process, on the CPU, without Prefect: per model
-    (samples, classifier, evaluation or None). Returns (config, store, dataset, that dict)."""
+    a ModelChain of one seed (its evaluation None unless `evaluate`). Returns (config, store, dataset,
+    that dict)."""
     from casflow.flows import steps
+    from casflow.flows.records import ModelChain
 
     config = steps.read_config(str(config_path))
     store = steps.open_store(config.store)
@@ -48,7 +50,7 @@ def run_steps(config_path: Path, evaluate: bool = True):
         samples = steps.draw_samples(config, store, model, dataset, "cpu")
         classifier = steps.train_classifier(config, store, samples, dataset, "cpu", config.seed)
         evaluation = steps.evaluate_classifier(config, store, classifier, dataset, "cpu") if evaluate else None
-        done[model.name] = (samples, classifier, evaluation)
+        done[model.name] = ModelChain(samples, ((classifier, evaluation),))
     return config, store, dataset, done
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from casflow.flows import steps
+from casflow.flows import shard_data, steps
 from examples import cfg_flow
 from helpers import write_config
 
@@ -62,6 +62,6 @@ def test_runs_as_a_casflow_python_entry_point(checkpoint, tmp_path):
     dataset = steps.prepare_dataset(config, store)
     samples = steps.draw_samples(config, store, config.models[0], dataset, "cpu")
     assert samples.shard_set.count_per_class == dataset.train.count_per_class
-    images, labels = steps.load_decoded(store, samples.shard_set, "cfg")
+    images, labels = shard_data.load_decoded(store, samples.shard_set, "cfg")
     assert images.shape == (1438, 8, 8, 1) and images.dtype == np.uint8
     assert steps.draw_samples(config, store, config.models[0], dataset, "cpu").cached

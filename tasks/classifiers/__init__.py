@@ -3,7 +3,6 @@
 Each recipe is one module with the same surface:
   Hyper     a frozen dataclass of every hyperparameter (the config's
             `classifier.options` override its fields)
-  VERSION   bumped when the recipe's output changes for the same inputs
   build(hp, image_shape, num_classes) -> nn.Module
   train(loader, num_classes, hp, device, seed, image_shape) -> (nn.Module, log dict)
 `training` runs a recipe on a model's samples (resident on the device or
@@ -11,7 +10,8 @@ streamed, decided there), saves and loads its weights, and predicts with
 test-time augmentation (`common.predict_logits`). The same recipe and seed
 is used for every model of a run, real included.
 
-`Hyper` and `VERSION` live in `hyper.py`, without torch: resolving a recipe
+The recipes' table (`hyper.RECIPES`, name -> `Hyper`) lives in `hyper.py` and
+their code versions in `fingerprint.CODE_VERSIONS`, without torch: resolving a recipe
 and fingerprinting a classifier import no torch, so a fully cached run never
 pays for it; the recipe module (and torch) is imported when a classifier is
 built or trained.
@@ -27,9 +27,9 @@ from typing import Any, Literal
 from pydantic import TypeAdapter, ValidationError
 
 from casflow.tasks.classifiers import hyper
-from casflow.tasks.fingerprint import fingerprint
+from casflow.tasks.fingerprint import code_version, fingerprint
 
-RECIPE_NAMES = ("fast", "accurate", "paper")
+RECIPE_NAMES = tuple(hyper.RECIPES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,13 +41,13 @@ class Recipe:
 
     @property
     def module(self) -> ModuleType:
-        """Hyper, VERSION, build and train (a name, not the module, is held: records stay picklable).
+        """Hyper, build and train (a name, not the module, is held: records stay picklable).
         Importing it imports torch."""
         return _module(self.name)
 
     @property
     def version(self) -> int:
-        return hyper.VERSIONS[self.name]
+        return code_version(f"recipe:{self.name}")
 
     def fingerprint_inputs(self) -> dict[str, Any]:
         return {"recipe": self.name, "recipe_version": self.version, "hyperparameters": dataclasses.asdict(self.hp)}
@@ -55,14 +55,14 @@ class Recipe:
     @property
     def fingerprint(self) -> str:
         """Names the recipe with its hyperparameters: runs are compared only under the same one."""
-        return fingerprint("recipe", 1, self.fingerprint_inputs())
+        return fingerprint("recipe", self.fingerprint_inputs())
 
 
 def resolve(name: str, options: dict[str, Any]) -> Recipe:
     """The named recipe with `options` applied; an unknown recipe or option, or a mistyped one, raises ValueError."""
     if name not in RECIPE_NAMES:
         raise ValueError(f"unknown classifier recipe '{name}' (known: {', '.join(RECIPE_NAMES)})")
-    hyper_class = hyper.HYPER[name]
+    hyper_class = hyper.RECIPES[name]
     known = {f.name for f in dataclasses.fields(hyper_class)}
     unknown = sorted(set(options) - known)
     if unknown:

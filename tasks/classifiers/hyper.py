@@ -1,11 +1,12 @@
-"""Every recipe's hyperparameters and version, without torch.
+"""Every recipe's hyperparameters, without torch: the table of recipes.
 
 A config is validated and a classifier fingerprinted from these alone, so a
 run whose classifiers are all cached never imports torch (2-4 s of a cached
 run on a 2-core CPU). Each recipe module (`fast.py`, `accurate.py`,
-`paper.py`) takes its `Hyper` and `VERSION` from here and holds its network
-and training loop. Bump a recipe's version here when its output changes for
-the same inputs.
+`paper.py`) takes its `Hyper` from `RECIPES` here and holds its network and
+training loop. A recipe's code version is `recipe:<name>` in
+`casflow.tasks.fingerprint.CODE_VERSIONS`: bump it there when the recipe's
+output changes for the same inputs.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import dataclasses
 from typing import Literal
 
 from pydantic import ConfigDict
-
-VERSIONS = {"fast": 2, "accurate": 2, "paper": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,4 +77,5 @@ class PaperHyper:
     tta_level: int = 0
 
 
-HYPER = {"fast": FastHyper, "accurate": AccurateHyper, "paper": PaperHyper}
+# The recipes: name -> hyperparameter class (the module casflow.tasks.classifiers.<name> trains it).
+RECIPES = {"fast": FastHyper, "accurate": AccurateHyper, "paper": PaperHyper}

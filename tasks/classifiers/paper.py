@@ -17,9 +17,8 @@ import torchvision
 from torch import nn
 
 from casflow.tasks.classifiers.common import EpochLog, Normalize, TrainLoader, autocast, seeded_on_device, total_steps
-from casflow.tasks.classifiers.hyper import VERSIONS, PaperHyper
+from casflow.tasks.classifiers.hyper import PaperHyper
 
-VERSION = VERSIONS["paper"]  # bump it in hyper.py when this recipe's output changes for the same inputs
 Hyper = PaperHyper  # every hyperparameter (hyper.py)
 
 

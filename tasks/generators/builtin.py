@@ -13,14 +13,11 @@ from pydantic import Field
 
 from casflow.tasks.datasets import LabeledImages
 from casflow.tasks.files import SourceFiles
-from casflow.tasks.fingerprint import derive_seed
+from casflow.tasks.fingerprint import code_version, derive_seed
 from casflow.tasks.generators.common import DrawRequest, Samples, SampleSource, settings_and_files
 from casflow.tasks.samples import encode_samples, label_schedule
 from casflow.tasks.schema import Frozen
 
-# Bump when `gaussian` draws other samples from the same inputs. 2: bit-identical on every CPU (was
-# float32 BLAS, whose bits depended on the CPU and thread count).
-GAUSSIAN_CODE_VERSION = 2
 COMPONENT_GRID = 2.0**-16  # PCA eigenvectors are rounded to multiples of this (see GaussianPCA)
 
 
@@ -57,7 +54,7 @@ def draw_gaussian(spec: GaussianGenerator, request: DrawRequest) -> Samples:
 def gaussian_content(spec: GaussianGenerator, files: SourceFiles, model: str) -> dict:
     """The settings and the algorithm's version: samples drawn by an older version are not reused."""
     inputs = settings_and_files(spec, files, model)
-    inputs["generator"]["code_version"] = GAUSSIAN_CODE_VERSION
+    inputs["generator"]["code_version"] = code_version("generator:gaussian")
     return inputs
 
 

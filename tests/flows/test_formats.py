@@ -31,7 +31,7 @@ import torch
 import webdataset
 from PIL import Image
 
-from casflow.flows import steps
+from casflow.flows import records, steps
 from casflow.storage import sources
 from casflow.tasks.classifiers import training
 from casflow.tasks.datasets import LabeledImages, digits_splits
@@ -53,8 +53,8 @@ LIMITS = Limits()
 
 @dataclasses.dataclass
 class Run:
-    dataset: steps.DatasetRecord
-    done: dict[str, tuple[steps.SamplesRecord, steps.ClassifierRecord, steps.EvaluationRecord]]
+    dataset: records.DatasetRecord
+    done: dict[str, records.ModelChain]
     errors: dict[str, BaseException]
     messages: dict[str, str]  # what the flow reports for each failed model
 
@@ -74,7 +74,7 @@ def run_models(config_path: Path) -> Run:
             run.errors[model.name] = exc
             run.messages[model.name] = steps.describe_failure(model.name, exc)
             continue
-        run.done[model.name] = (samples, classifier, evaluation)
+        run.done[model.name] = records.ModelChain(samples, ((classifier, evaluation),))
     return run
 
 
@@ -281,11 +281,11 @@ def test_good_path(kind, good_store, train, tmp_path):
     generator = build(tmp_path / "in", train)
     run = run_models(write_config(tmp_path, [{"name": "mine", "generator": generator}], store_url=str(good_store)))
     assert not run.errors, run.messages
-    samples, _, evaluation = run.done["mine"]
+    samples, evaluation = run.done["mine"].samples, run.done["mine"].evaluations[0]
     assert not samples.cached
     assert samples.shard_set.count_per_class == run.dataset.train.count_per_class  # the CAS budget, class by class
     assert evaluation.counts.top1 >= least_top1, evaluation.counts.top1
-    assert evaluation.counts.top1 <= run.done["real"][2].counts.top1 + 0.03
+    assert evaluation.counts.top1 <= run.done["real"].evaluations[0].counts.top1 + 0.03
 
     # the same content at another path: the same fingerprint, a cache hit
     field = {"python": "checkpoint", "webdataset": "url"}.get(generator["kind"], "path")
@@ -323,7 +323,7 @@ def test_resize_on_request(tmp_path, good_store, train):
     generator = {"kind": "npz", "path": str(write_npz(tmp_path / "big.npz", arr_0=big, arr_1=train.labels)), "resize": "box"}
     run = run_models(write_config(tmp_path, [{"name": "big", "generator": generator}], store_url=str(good_store)))
     assert not run.errors, run.messages
-    samples, _, evaluation = run.done["big"]
+    samples, evaluation = run.done["big"].samples, run.done["big"].evaluations[0]
     assert samples.shard_set.image_shape == (8, 8, 1)
     assert evaluation.counts.top1 >= 0.85
 
@@ -336,10 +336,10 @@ def test_allow_shortfall_shows_in_n_train(tmp_path, good_store, train):
     run = run_models(config_path)
     assert not run.errors, run.messages
     expected = [40 if c == 5 else n for c, n in enumerate(run.dataset.train.count_per_class)]
-    samples, classifier, evaluation = run.done["short"]
+    samples = run.done["short"].samples
     assert list(samples.shard_set.count_per_class) == expected
     model = steps.read_config(str(config_path)).models[0]
-    rows = per_class_rows(_run_info(run), steps.outcome(model, samples, [classifier], [evaluation], error=None))
+    rows = per_class_rows(_run_info(run), steps.outcome(model, run.done["short"], error=None))
     assert [row["n_train"] for row in rows] == expected  # the shortfall shows in the results
 
 
@@ -743,7 +743,7 @@ def test_bad_input_fails_alone(bad, template, train, tmp_path):
     # the good models finished, from their committed artifacts, and the store is as it was:
     # nothing for the bad model (no folder, no manifest), the rest byte for byte
     assert {name: [r.cached for r in records] for name, records in run.done.items()} == {"real": [True] * 3, "gauss": [True] * 3}
-    assert run.done["gauss"][2].counts == template_run.done["gauss"][2].counts
+    assert run.done["gauss"].evaluations[0].counts == template_run.done["gauss"].evaluations[0].counts
     assert snapshot(store) == before
 
 
@@ -776,7 +776,7 @@ def test_rerun_after_fix_recomputes_that_model_only(tmp_path, train, monkeypatch
     assert {n: [r.cached for r in records] for n, records in second.done.items()} == {
         "real": [True, True, True], "adm": [False, False, False], "gauss": [True, True, True]}
     assert len(trained) == 3  # adm only
-    assert second.done["adm"][2].counts.top1 > 0.85
+    assert second.done["adm"].evaluations[0].counts.top1 > 0.85
 
 
 def _run_info(run: Run) -> RunInfo:
@@ -785,5 +785,5 @@ def _run_info(run: Run) -> RunInfo:
 
 
 def _outcomes(config, run: Run) -> list:
-    return [steps.outcome(m, run.done[m.name][0], run.done[m.name][1:2], run.done[m.name][2:], error=None) if m.name in run.done
-            else steps.outcome(m, None, [], [], error=run.messages[m.name]) for m in config.all_models]
+    return [steps.outcome(m, run.done[m.name], error=None) if m.name in run.done
+            else steps.outcome(m, None, error=run.messages[m.name]) for m in config.all_models]

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from casflow.flows import steps
+from casflow.flows import records, steps
 from casflow.flows.cli import main
 from casflow.storage import artifacts, results
 from casflow.storage.shards import iter_shard_set
@@ -32,7 +32,7 @@ from helpers import TINY_CLASSIFIER, write_config
 START = datetime(2026, 11, 20, 2, 0, tzinfo=timezone.utc)
 
 
-def run_night(config_path: Path, night: int) -> steps.ResultsRecord:
+def run_night(config_path: Path, night: int) -> records.ResultsRecord:
     """Every model of the config through the steps, results written as the flow writes them."""
     config = steps.read_config(str(config_path))
     store = steps.open_store(config.store)
@@ -42,7 +42,7 @@ def run_night(config_path: Path, night: int) -> steps.ResultsRecord:
         samples = steps.draw_samples(config, store, model, dataset, "cpu")
         classifiers = [steps.train_classifier(config, store, samples, dataset, "cpu", s) for s in config.classifier_seeds]
         evaluations = [steps.evaluate_classifier(config, store, c, dataset, "cpu") for c in classifiers]
-        outcomes.append(steps.outcome(model, samples, classifiers, evaluations, error=None))
+        outcomes.append(steps.outcome(model, records.ModelChain(samples, tuple(zip(classifiers, evaluations))), error=None))
     recipe = config.classifier.resolved
     when = START + timedelta(days=night)
     run = RunInfo(f"{when:%Y%m%dT%H%M%SZ}-night{night}", when, None, dataset.name, dataset.fingerprint, dataset.class_names,

@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from casflow.flows import steps
+from casflow.flows import records, shard_data, steps
 from casflow.tasks.generators import python_entry
 from helpers import write_config
 
@@ -66,7 +66,7 @@ def stand_in(tmp_path, monkeypatch):
     return module
 
 
-def draw(tmp_path, factory: str, **generator) -> tuple[steps.SamplesRecord, np.ndarray, np.ndarray]:
+def draw(tmp_path, factory: str, **generator) -> tuple[records.SamplesRecord, np.ndarray, np.ndarray]:
     """The stand-in's samples through steps.draw_samples, decoded."""
     path = write_config(tmp_path, [{"name": "t2i", "generator": {"kind": "python", "entry_point": f"{STAND_IN}:{factory}",
                                                                   "batch_size": 300, **generator}}])
@@ -74,7 +74,7 @@ def draw(tmp_path, factory: str, **generator) -> tuple[steps.SamplesRecord, np.n
     store = steps.open_store(config.store)
     dataset = steps.prepare_dataset(config, store)
     samples = steps.draw_samples(config, store, config.models[0], dataset, "cpu")
-    images, labels = steps.load_decoded(store, samples.shard_set, "t2i")
+    images, labels = shard_data.load_decoded(store, samples.shard_set, "t2i")
     return samples, images, labels
 
 

@@ -28,14 +28,14 @@ def scored(tmp_path_factory):
               {"name": "gauss", "generator": {"kind": "gaussian", "components": 32}},
               {"name": "means", "generator": {"kind": "gaussian", "components": 32, "temperature": 0.0}}]
     config, store, dataset, done = run_steps(write_config(root, models, scores={"augmentation": [0.5]}))
-    real = done["real"][1]
-    scores = {name: steps.score_samples(config, store, samples, real, dataset, "cpu") for name, (samples, _, _) in done.items()}
+    real = done["real"].classifiers[0]
+    scores = {name: steps.score_samples(config, store, chain.samples, real, dataset, "cpu") for name, chain in done.items()}
     return config, store, dataset, done, scores
 
 
 def test_a_copier_is_flagged_while_its_cas_is_near_the_baseline_and_gaussians_are_not(scored):
     _, _, _, done, scores = scored
-    cas = {name: record[2].counts.top1 for name, record in done.items()}
+    cas = {name: record.evaluations[0].counts.top1 for name, record in done.items()}
     assert cas["copier"] >= cas["real"] - 0.03  # CAS alone cannot tell a copier from the real data
     assert scores["copier"].overall["memorized_fraction"] > 0.95
     assert scores["copier"].overall["memorized_fraction_features"] > 0.5
@@ -46,21 +46,21 @@ def test_a_copier_is_flagged_while_its_cas_is_near_the_baseline_and_gaussians_ar
 def test_sharp_but_not_diverse_shows_as_high_gan_test_and_low_recall(scored):
     _, _, _, done, scores = scored
     means, gauss = scores["means"].overall, scores["gauss"].overall
-    assert means["gan_test_top1"] > done["means"][2].counts.top1 + 0.1  # recognisable samples, a poor training set
+    assert means["gan_test_top1"] > done["means"].evaluations[0].counts.top1 + 0.1  # recognisable samples, a poor training set
     assert means["recall"] < gauss["recall"] and means["coverage"] < gauss["coverage"]
     assert means["fd"] > gauss["fd"] > scores["real"].overall["fd"]
 
 
 def test_scores_say_which_classifier_and_are_cached_by_fingerprint(scored, tmp_path):
     config, store, dataset, done, scores = scored
-    assert {record.classifier for record in scores.values()} == {done["real"][1].fingerprint}
-    again = steps.score_samples(config, store, done["gauss"][0], done["real"][1], dataset, "cpu")
+    assert {record.classifier for record in scores.values()} == {done["real"].classifiers[0].fingerprint}
+    again = steps.score_samples(config, store, done["gauss"].samples, done["real"].classifiers[0], dataset, "cpu")
     assert again.cached and again.overall == scores["gauss"].overall
     # another recipe: another real classifier, so the scores are computed again
     other = config.model_copy(update={"classifier": config.classifier.model_copy(update={"options": config.classifier.options
                                                                                      | {"epochs": 2}})})
-    real = steps.train_classifier(other, store, done["real"][0], dataset, "cpu", other.seed)
-    rescored = steps.score_samples(other, store, done["gauss"][0], real, dataset, "cpu")
+    real = steps.train_classifier(other, store, done["real"].samples, dataset, "cpu", other.seed)
+    rescored = steps.score_samples(other, store, done["gauss"].samples, real, dataset, "cpu")
     assert not rescored.cached and rescored.fingerprint != scores["gauss"].fingerprint
 
 
@@ -68,14 +68,14 @@ def test_scores_reach_the_result_rows(scored):
     config, _, dataset, done, scores = scored
     run = RunInfo("r", __import__("datetime").datetime.now(), None, "digits", dataset.fingerprint, dataset.class_names,
                   "fast", "f" * 64, 0, (0,))
-    outcome = steps.outcome(config.models[0], done["copier"][0], [done["copier"][1]], [done["copier"][2]], None,
+    outcome = steps.outcome(config.models[0], done["copier"], None,
                             sample_scores=scores["copier"])
     row = summary_row(run, outcome, None)
-    assert row["scores_classifier_fingerprint"] == done["real"][1].fingerprint
+    assert row["scores_classifier_fingerprint"] == done["real"].classifiers[0].fingerprint
     assert row["memorized_fraction"] == scores["copier"].overall["memorized_fraction"] and row["gan_test_top1"] > 0.9
     rows = per_class_rows(run, outcome)
     assert [r["memorized_fraction"] for r in rows] == scores["copier"].per_class["memorized_fraction"]
-    bare = summary_row(run, steps.outcome(config.models[0], done["copier"][0], [done["copier"][1]], [done["copier"][2]], None),
+    bare = summary_row(run, steps.outcome(config.models[0], done["copier"], None),
                        None)
     assert "gan_test_top1" not in bare  # written as null
 
@@ -87,17 +87,17 @@ def test_the_naive_augmentation_score_trains_on_real_plus_a_share_of_the_samples
     seen = []
     original = training.train
     monkeypatch.setattr(training, "train", lambda recipe, data, **kw: seen.append(data) or original(recipe, data, **kw))
-    augmented = steps.train_classifier(config, store, done["gauss"][0], dataset, "cpu", config.seed, augment=0.5)
+    augmented = steps.train_classifier(config, store, done["gauss"].samples, dataset, "cpu", config.seed, augment=0.5)
     (data,) = seen
     assert data.num_samples == 1438 + 719
     images, labels = data.decoded()
     assert len(images) == 1438 + 719 and np.bincount(labels[1438:]).min() >= 70  # a class-balanced prefix
     streamed = sum(len(chunk_labels) for _, chunk_labels in data.chunks(0))
     assert streamed == 1438 + 719  # the streaming path covers the same set
-    assert augmented.augment == 0.5 and augmented.fingerprint != done["gauss"][1].fingerprint
+    assert augmented.augment == 0.5 and augmented.fingerprint != done["gauss"].classifiers[0].fingerprint
     evaluation = steps.evaluate_classifier(config, store, augmented, dataset, "cpu")
     assert evaluation.counts.top1 > 0.85
-    again = steps.train_classifier(config, store, done["gauss"][0], dataset, "cpu", config.seed, augment=0.5)
+    again = steps.train_classifier(config, store, done["gauss"].samples, dataset, "cpu", config.seed, augment=0.5)
     assert again.cached and len(seen) == 1
 
 

@@ -34,8 +34,8 @@ def run_all(config_path):
     return dataset, done
 
 
-def cached(records):
-    return {name: (s.cached, c.cached, e.cached) for name, (s, c, e) in records.items()}
+def cached(chains):
+    return {name: tuple(step.cached for step in chain.steps()) for name, chain in chains.items()}
 
 
 def test_rerun_samples_and_trains_nothing(tiny_config, train_calls):
@@ -47,7 +47,7 @@ def test_rerun_samples_and_trains_nothing(tiny_config, train_calls):
     dataset, second = run_all(path)
     assert dataset.cached and all(all(flags) for flags in cached(second).values())
     assert len(train_calls) == 3  # nothing trained the second time
-    assert {n: r[2].counts for n, r in first.items()} == {n: r[2].counts for n, r in second.items()}
+    assert {n: r.evaluations[0].counts for n, r in first.items()} == {n: r.evaluations[0].counts for n, r in second.items()}
 
 
 def test_editing_one_model_recomputes_that_model_only(tiny_config, train_calls):
@@ -56,7 +56,7 @@ def test_editing_one_model_recomputes_that_model_only(tiny_config, train_calls):
     _, records = run_all(tiny_config(edited))
     assert cached(records) == {"real": (True, True, True), "gauss": (False, False, False), "shuffled": (True, True, True)}
     # `real` samples are the dataset's train shards, so their "cached" is the dataset step's
-    assert records["real"][0].shard_set.location.startswith("real/")
+    assert records["real"].samples.shard_set.location.startswith("real/")
     assert len(train_calls) == 4
 
 
@@ -67,10 +67,10 @@ def test_recipe_change_retrains_every_model_and_reuses_samples(tiny_config, trai
     config["classifier"]["options"]["epochs"] = 3
     path.write_text(yaml.safe_dump(config))
     _, after = run_all(path)
-    assert {n: r[0].cached for n, r in after.items()} == {"real": True, "gauss": True, "shuffled": True}
-    assert not any(r[1].cached for r in after.values())
+    assert {n: r.samples.cached for n, r in after.items()} == {"real": True, "gauss": True, "shuffled": True}
+    assert not any(r.classifiers[0].cached for r in after.values())
     assert len(train_calls) == 6
-    assert before["gauss"][0].shard_set == after["gauss"][0].shard_set
+    assert before["gauss"].samples.shard_set == after["gauss"].samples.shard_set
 
 
 def test_renaming_a_model_reuses_everything(tiny_config, train_calls):
@@ -82,37 +82,37 @@ def test_renaming_a_model_reuses_everything(tiny_config, train_calls):
 def test_folder_without_manifest_is_rebuilt_identically(tiny_config):
     path = tiny_config(MODELS[:2])
     _, first = run_all(path)
-    shard_set = first["gauss"][0].shard_set
+    shard_set = first["gauss"].samples.shard_set
     config = steps.read_config(str(path))
     store = steps.open_store(config.store)
     before = store.read_bytes(f"{shard_set.location}/shard-000000.tar")
     store.fs.rm(store.path(f"{shard_set.location}/manifest.json"))
     store.write_bytes(f"{shard_set.location}/shard-000000.tar", b"half a shard from a crash")
     _, second = run_all(path)
-    assert not second["gauss"][0].cached
-    assert second["gauss"][0].shard_set == shard_set
+    assert not second["gauss"].samples.cached
+    assert second["gauss"].samples.shard_set == shard_set
     assert store.read_bytes(f"{shard_set.location}/shard-000000.tar") == before
-    assert second["gauss"][1].cached  # the classifier's inputs did not change
+    assert second["gauss"].classifiers[0].cached  # the classifier's inputs did not change
 
 
 def test_shard_size_does_not_change_the_numbers(tmp_path, tiny_config):
     _, big = run_all(tiny_config(MODELS[:2]))
     _, small = run_all(tiny_config(MODELS[:2], name="small.yaml", store={"url": str(tmp_path / "other"), "shard_size": 100}))
-    assert len(small["gauss"][0].shard_set.shards) == 15 and len(big["gauss"][0].shard_set.shards) == 1
-    assert small["gauss"][0].shard_set.fingerprint != big["gauss"][0].shard_set.fingerprint
-    assert small["gauss"][2].counts == big["gauss"][2].counts
+    assert len(small["gauss"].samples.shard_set.shards) == 15 and len(big["gauss"].samples.shard_set.shards) == 1
+    assert small["gauss"].samples.shard_set.fingerprint != big["gauss"].samples.shard_set.fingerprint
+    assert small["gauss"].evaluations[0].counts == big["gauss"].evaluations[0].counts
 
 
 def test_sanity_controls(tiny_config):
     _, records = run_all(tiny_config(MODELS))
-    top1 = {name: r[2].counts.top1 for name, r in records.items()}
+    top1 = {name: r.evaluations[0].counts.top1 for name, r in records.items()}
     assert top1["real"] > 0.9  # the upper bound learns digits
     assert abs(top1["shuffled"] - 0.1) < 0.1  # label-shuffled samples: near chance (10 classes)
     assert top1["shuffled"] < top1["gauss"] <= top1["real"] + 0.02
 
 
 # Pinned on the CPU with torch 2.14.1 (2026-11-23): the tiny recipe, seed 0, digits split 0.2/0.
-# `gauss` re-pinned 2026-11-29 for the CPU-independent Gaussian (GAUSSIAN_CODE_VERSION 2; was 0.9109).
+# `gauss` re-pinned 2026-11-29 for the CPU-independent Gaussian (CODE_VERSIONS["generator:gaussian"] 2; was 0.9109).
 # Tolerance: 1.5 points (5 of 359 eval images) for float reduction order in training on other CPUs
 # (the samples themselves are byte-identical everywhere: test_builtin_samples_are_byte_identical_across_cpus).
 PINNED_TOP1 = {"real": 0.9443, "gauss": 0.9081, "shuffled": 0.0975}
@@ -120,7 +120,7 @@ PINNED_TOP1 = {"real": 0.9443, "gauss": 0.9081, "shuffled": 0.0975}
 
 def test_pinned_numbers(tiny_config):
     _, records = run_all(tiny_config(MODELS))
-    top1 = {name: round(r[2].counts.top1, 4) for name, r in records.items()}
+    top1 = {name: round(r.evaluations[0].counts.top1, 4) for name, r in records.items()}
     for name, expected in PINNED_TOP1.items():
         assert top1[name] == pytest.approx(expected, abs=0.015), name
 
@@ -141,7 +141,7 @@ def test_imagefolder_dataset_through_the_pipeline(tmp_path, tiny_config):
     record, records = run_all(tiny_config(MODELS[:2], dataset=dataset))
     assert record.class_names == tuple(sorted(names))  # sorted folder names, as torchvision's ImageFolder
     assert sum(record.train.count_per_class) == 1438 and sum(record.eval.count_per_class) == 359
-    assert records["real"][2].counts.top1 > 0.9 and records["gauss"][2].counts.top1 > 0.8
+    assert records["real"].evaluations[0].counts.top1 > 0.9 and records["gauss"].evaluations[0].counts.top1 > 0.8
 
 
 # ---------------------------------------------------------------- the same samples on every CPU
@@ -204,7 +204,7 @@ def test_a_full_decoded_cache_falls_back_to_the_shards(tiny_config, small_disk, 
     monkeypatch.setenv("CASFLOW_CACHE_DIR", str(cache))
     with caplog.at_level("WARNING", logger="casflow"):
         _, records = run_all(tiny_config(MODELS))
-    assert {name: r[2].counts.top1 > 0 for name, r in records.items()} == {"real": True, "gauss": True, "shuffled": True}
+    assert {name: r.evaluations[0].counts.top1 > 0 for name, r in records.items()} == {"real": True, "gauss": True, "shuffled": True}
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and str(cache) in warnings[0] and "No space left on device" in warnings[0], warnings
     assert not [p for p in cache.rglob("*") if p.is_file() and p.name != "filler"]  # nothing half-written

@@ -60,13 +60,13 @@ def test_a_flipped_byte_in_a_committed_shard_is_found_and_fixed(store_dir, tmp_p
     assert not shard.parent.exists()
     config = write_config(tmp_path, MODELS, store_url=str(store_dir), name="again.yaml")
     _, _, _, done = run_steps(config)  # the next run rebuilds it, byte for byte
-    assert not done["gauss"][0].cached and shard.read_bytes() == before
+    assert not done["gauss"].samples.cached and shard.read_bytes() == before
     assert verify.verify(store) == []
 
 
 def test_corrupt_weights_fail_the_evaluation_by_name_and_verify_finds_them(tmp_path):
     config, store, dataset, done = run_steps(write_config(tmp_path, MODELS), evaluate=False)
-    classifier = done["gauss"][1]
+    classifier = done["gauss"].classifiers[0]
     weights = tmp_path / "store" / "classifiers" / classifier.fingerprint / "model.pt"
     flip(weights, len(weights.read_bytes()) // 2)
     with pytest.raises(IntegrityError, match=rf"{classifier.fingerprint}/model.pt: sha256 .* disagrees with its commit marker"):
@@ -74,7 +74,7 @@ def test_corrupt_weights_fail_the_evaluation_by_name_and_verify_finds_them(tmp_p
     found = [f for f in verify.verify(store) if f.location.startswith("classifiers/")]
     assert [f.repair for f in found] == [f"classifiers/{classifier.fingerprint}"]
     verify.repair(store, found)
-    retrained = steps.train_classifier(config, store, done["gauss"][0], dataset, "cpu", config.seed)
+    retrained = steps.train_classifier(config, store, done["gauss"].samples, dataset, "cpu", config.seed)
     assert not retrained.cached
     assert steps.evaluate_classifier(config, store, retrained, dataset, "cpu").counts.top1 > 0.5
 
@@ -135,12 +135,12 @@ def test_a_run_killed_while_writing_results_is_not_listed_and_a_damaged_file_is_
 @pytest.mark.s3
 def test_verify_and_fix_on_s3(s3, tmp_path):
     config, store, _, done = run_steps(write_config(tmp_path, MODELS, store_url=s3.store_url))
-    location = f"{done['gauss'][0].shard_set.location}/shard-000000.tar"
+    location = f"{done['gauss'].samples.shard_set.location}/shard-000000.tar"
     data = bytearray(store.read_bytes(location))
     data[-100] ^= 0xFF
     store.write_bytes(location, bytes(data))
     (finding,) = verify.verify(store)
-    assert finding.location == location and finding.repair == done["gauss"][0].shard_set.location
+    assert finding.location == location and finding.repair == done["gauss"].samples.shard_set.location
     verify.repair(store, [finding])
     _, _, _, again = run_steps(write_config(tmp_path, MODELS, store_url=s3.store_url, name="again.yaml"))
-    assert not again["gauss"][0].cached and verify.verify(store) == []
+    assert not again["gauss"].samples.cached and verify.verify(store) == []

@@ -6,6 +6,7 @@ from casflow.tasks import classifiers, datasets
 from casflow.tasks.classifiers import training
 from casflow.tasks.classifiers.common import ResidentLoader, cutout, predict_logits, random_crop, seeded_on_device
 from casflow.tasks.classifiers.training import InMemorySamples
+from casflow.tasks.fingerprint import code_version
 from casflow.tasks.metrics import count_correct
 
 CPU = torch.device("cpu")
@@ -30,7 +31,7 @@ def _accuracy(recipe, net, held_out):
 def test_recipes_resolve_with_options_and_reject_unknown():
     recipe = classifiers.resolve("fast", {"epochs": 3, "widths": [8, 8, 8]})
     assert recipe.hp.epochs == 3 and recipe.hp.widths == (8, 8, 8) and recipe.hp.batch_size == 1024
-    assert recipe.version == recipe.module.VERSION and recipe.fingerprint_inputs()["hyperparameters"]["epochs"] == 3
+    assert recipe.version == code_version("recipe:fast") and recipe.fingerprint_inputs()["hyperparameters"]["epochs"] == 3
     with pytest.raises(ValueError, match="options.epoch: not a hyperparameter"):
         classifiers.resolve("fast", {"epoch": 3})
     with pytest.raises(ValueError, match="options.widths"):
