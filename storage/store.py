@@ -259,7 +259,7 @@ _TRANSIENT_NAMES = {
 
 
 # OSErrors that a retry within minutes does not cure: a full disk or quota, a read-only or too small file
-# system. Retrying them only delays the error (a full disk was retried for 96 s).
+# system. Retrying them only delays the error by the retries' whole schedule.
 PERMANENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.ENAMETOOLONG})
 
 

@@ -112,7 +112,7 @@ def test_sanity_controls(tiny_config):
 
 
 # Pinned on the CPU with torch 2.14.1 (2026-11-23): the tiny recipe, seed 0, digits split 0.2/0.
-# `gauss` re-pinned 2026-11-29 for the CPU-independent Gaussian (CODE_VERSIONS["generator:gaussian"] 2; was 0.9109).
+# `gauss` is pinned for the CPU-independent Gaussian (CODE_VERSIONS["generator:gaussian"] 2).
 # Tolerance: 1.5 points (5 of 359 eval images) for float reduction order in training on other CPUs
 # (the samples themselves are byte-identical everywhere: test_builtin_samples_are_byte_identical_across_cpus).
 PINNED_TOP1 = {"real": 0.9443, "gauss": 0.9081, "shuffled": 0.0975}

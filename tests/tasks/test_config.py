@@ -19,6 +19,18 @@ def test_defaults_and_implicit_baseline():
     assert config.baseline.generator.kind == "real"
 
 
+def test_defaults_add_at_most_one_training_per_model():
+    config = parse_config(GOOD)
+    assert len(config.classifier_seeds) + len(config.scores.augmentation) <= 2  # the CAS training and one NAS
+
+
+def test_the_nightly_config_judges_with_three_seeds():
+    from helpers import REPO
+
+    config = parse_config((REPO / "configs" / "nightly.yaml").read_text())
+    assert len(config.classifier_seeds) == 3 and len(config.scores.augmentation) <= 1
+
+
 def test_explicit_real_model_is_the_baseline():
     config = parse_config("models:\n  - {name: upper, generator: {kind: real}}\n  - {name: g, generator: {kind: gaussian}}\n")
     assert config.baseline.name == "upper"
