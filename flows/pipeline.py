@@ -40,7 +40,7 @@ from casflow.flows import artifacts, placement, reporting, steps
 from casflow.flows.records import ModelChain
 from casflow.storage.store import is_transient
 from casflow.tasks import devices
-from casflow.tasks.config import Config
+from casflow.tasks.config import Config, without_credentials
 from casflow.tasks.results import RunInfo, regressions
 
 # casflow's loggers reach Prefect's handlers through PREFECT_LOGGING_EXTRA_LOGGERS=casflow
@@ -265,15 +265,21 @@ def _fan_out(deployment: str, config_text: str, source: str, store_url: str | No
     may have died; a rerun recomputes only it."""
     from prefect.deployments import run_deployment
 
+    shared_text = without_credentials(config_text, source)
+    if shared_text != config_text:
+        log.warning("the config's store credentials are not sent to the model flow runs (Prefect keeps every "
+                    "flow-run parameter): their workers need AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
     steps_per_model = 1 + 2 * (len(config.classifier_seeds) + len(config.scores.augmentation))
     timeout = config.limits.step_seconds * steps_per_model
 
     def one(model_name: str) -> dict | str:
-        child = run_deployment(deployment, parameters={"config_yaml": config_text, "model_name": model_name,
+        child = run_deployment(deployment, parameters={"config_yaml": shared_text, "model_name": model_name,
                                                        "source": source, "store_url": store_url},
                                timeout=timeout, as_subflow=True)
         if child.state is not None and child.state.is_completed():
             return _remote_steps(child.id)
+        if child.state is None or not child.state.is_final():
+            _cancel(child.id, f"the run that started it gave up after {timeout:.0f} s")
         state = child.state.name if child.state else "no state"
         detail = (child.state.message or "") if child.state else ""
         if detail.startswith(f"model '{model_name}'"):
@@ -285,6 +291,18 @@ def _fan_out(deployment: str, config_text: str, source: str, store_url: str | No
         answers = dict(zip(names, pool.map(one, names)))
     return ({name: a for name, a in answers.items() if isinstance(a, dict)},
             {name: a for name, a in answers.items() if isinstance(a, str)})
+
+
+def _cancel(flow_run_id: uuid.UUID, reason: str) -> None:
+    """A child flow run nobody waits for any more: one not started yet is Cancelled (it would start late,
+    for nobody), a running one Cancelling (its worker stops it)."""
+    from prefect import get_client
+    from prefect.states import Cancelled, Cancelling
+
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run_id).state
+        new = Cancelling if state is not None and (state.is_running() or state.is_pending()) else Cancelled
+        client.set_flow_run_state(flow_run_id, new(message=reason), force=True)
 
 
 def _remote_steps(flow_run_id: uuid.UUID) -> dict:

@@ -189,6 +189,22 @@ def parse_config(text: str | bytes, source: str = "config") -> Config:
         raise ConfigError(f"{source}: {exc}") from None
 
 
+CREDENTIAL_KEYS = ("access_key_id", "secret_access_key")
+
+
+def without_credentials(text: str, source: str = "config") -> str:
+    """The config text with the store's inline credentials left out, for places that keep what they
+    are given (Prefect stores every flow-run parameter in its database). Unchanged, byte for byte,
+    when it has none; otherwise the parsed document dumped again (comments and anchors dropped)."""
+    parse_config(text, source)  # a bad config fails here, naming its source, not in a flow run
+    raw = _load_yaml(text)
+    store = raw.get("store")
+    if not isinstance(store, dict) or not any(key in store for key in CREDENTIAL_KEYS):
+        return text
+    raw["store"] = {key: value for key, value in store.items() if key not in CREDENTIAL_KEYS}
+    return yaml.safe_dump(raw, sort_keys=False)
+
+
 def _key_path(loc: tuple[Any, ...]) -> str:
     """`models.1.generator.temperature`: the union tag pydantic inserts is dropped."""
     tags = {"generator": generators.SOURCES, "dataset": datasets.SOURCES}

@@ -151,6 +151,50 @@ def test_secrets_stay_out_of_store_logs_and_artifacts(tmp_path, s3, prefect_api)
     assert logs and artifacts
     assert not [log.message for log in logs if secret in log.message]
     assert not [a.key for a in artifacts if secret in json.dumps(a.data, default=str)]
+    assert not [r.name for r in flow_runs(prefect_api) if secret in json.dumps(r.parameters, default=str)]
+
+
+def flow_runs(prefect_api: dict, deployment: str | None = None) -> list:
+    """Every flow run the server holds (of one deployment, `flow/name`)."""
+    with prefect_client(prefect_api["PREFECT_API_URL"]) as client:
+        runs = client.read_flow_runs(limit=200)
+        if deployment is None:
+            return runs
+        wanted = client.read_deployment_by_name(deployment).id
+        return [r for r in runs if r.deployment_id == wanted]
+
+
+def deploy_model_flow(env: dict) -> None:
+    """The casflow-model deployment (prefect.yaml) on the server of `env`, its work pool created."""
+    for args in (["work-pool", "create", "casflow-gpu", "--type", "process", "--overwrite"],
+                 ["--no-prompt", "deploy", "--name", "casflow-model"]):
+        result = subprocess.run([prefect_command(), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=180)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+@pytest.mark.deployment
+def test_fan_out_sends_no_credentials_and_cancels_the_children_it_gives_up_on(tmp_path, prefect_api):
+    """No worker serves the pool: each model's flow run stays Scheduled until the parent gives up on it
+    (its steps' time limit), and then it is Cancelled rather than left to start late. Its parameters
+    never held the config's inline credentials."""
+    secret = "fan-out-secret-0451"
+    env = cas_env(tmp_path, prefect_api, CASFLOW_PROJECT_DIR=str(REPO), PREFECT_CLI_PROMPT="false")
+    deploy_model_flow(env)
+    config = write_config(tmp_path, GAUSSIANS[:1], store={"url": str(tmp_path / "store"), "access_key_id": "AKIA0451",
+                                                          "secret_access_key": secret}, limits={"step_seconds": 2})
+    from casflow.flows import steps
+
+    parsed = steps.read_config(str(config))
+    steps.prepare_dataset(parsed, steps.open_store(parsed.store))  # the parent's own dataset step: a cache hit in time
+    before = {r.id for r in flow_runs(prefect_api, "cas-model/casflow-model")}
+    cas = subprocess.run([sys.executable, "-m", "casflow.flows.cli", "run", str(config), "--model-deployment",
+                          "cas-model/casflow-model"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert cas.returncode == 1, cas.stdout[-3000:] + cas.stderr[-3000:]
+    assert "credentials are not sent" in cas.stdout + cas.stderr and secret not in cas.stdout + cas.stderr
+    children = [r for r in flow_runs(prefect_api, "cas-model/casflow-model") if r.id not in before]
+    assert sorted(r.parameters["model_name"] for r in children) == ["gauss-4", "real"]
+    assert {r.state.name for r in children} == {"Cancelled"}
+    assert not [r.name for r in children if secret in json.dumps(r.parameters) or "AKIA0451" in json.dumps(r.parameters)]
 
 
 @pytest.mark.s3
@@ -228,8 +272,7 @@ def test_models_fan_out_to_two_workers_and_a_lost_worker_loses_nothing(tmp_path,
                                  "cas-model/casflow-model"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
-    cli("work-pool", "create", "casflow-gpu", "--type", "process", "--overwrite")
-    cli("--no-prompt", "deploy", "--name", "casflow-model")
+    deploy_model_flow(env)
     workers = {name: start_worker(name) for name in ("A", "B")}
     try:
         small_shards = {"url": s3.store_url, "shard_size": 100}  # the slow model's shards show its progress

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from casflow.tasks.config import ConfigError, parse_config
+from casflow.tasks.config import ConfigError, parse_config, without_credentials
 
 GOOD = """
 models:
@@ -128,3 +128,15 @@ def test_yaml_aliases_cannot_expand_without_bound():
     assert time.perf_counter() - started < 5
     with pytest.raises(ConfigError, match="my.yaml: nested too deeply"):
         parse_config("seed: " + "[" * 5000 + "]" * 5000 + "\n" + GOOD, source="my.yaml")
+
+
+def test_without_credentials_leaves_the_rest_of_the_config():
+    text = "store:\n  url: s3://b/p  # team store\n  access_key_id: AKIA1\n  secret_access_key: s3cr3t\n" + GOOD
+    shared = without_credentials(text)
+    assert "AKIA1" not in shared and "s3cr3t" not in shared
+    config, again = parse_config(text), parse_config(shared)
+    assert again.store.access_key_id is None and again.store.secret_access_key is None
+    assert again.model_dump(exclude={"store"}) == config.model_dump(exclude={"store"}) and again.store.url == "s3://b/p"
+    assert without_credentials(GOOD) == GOOD  # nothing to leave out: the same bytes
+    with pytest.raises(ConfigError, match="night.yaml"):
+        without_credentials("models: 3\n", "night.yaml")
