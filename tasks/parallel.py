@@ -24,6 +24,7 @@ started on first use and kept for the life of the process.
 from __future__ import annotations
 
 import collections
+import itertools
 import multiprocessing
 import os
 import sys
@@ -33,6 +34,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
+
+from casflow.tasks import stopping
 
 R = TypeVar("R")
 
@@ -110,10 +113,11 @@ def ordered_map(fn: Callable[..., R], jobs: Iterable[tuple[Any, ...]], *, worker
         return
     second = next(jobs, None)
     if workers <= 1 or second is None:
+        stopping.check()
         yield fn(*first)
         if second is not None:
-            yield fn(*second)
-            for job in jobs:
+            for job in itertools.chain([second], jobs):
+                stopping.check()
                 yield fn(*job)
         return
     pool = _pool(workers)
@@ -124,8 +128,10 @@ def ordered_map(fn: Callable[..., R], jobs: Iterable[tuple[Any, ...]], *, worker
             for job in source:
                 pending.append(pool.submit(fn, *job))
                 if len(pending) >= AHEAD * workers:
+                    stopping.check()
                     yield pending.popleft().result()
         while pending:
+            stopping.check()
             yield pending.popleft().result()
     except BrokenProcessPool:
         _discard(workers, pool)

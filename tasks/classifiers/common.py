@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from casflow.tasks import stopping
+
 log = logging.getLogger("casflow.train")
 
 WHITENING_SAMPLE = 5000  # images used to fit input statistics and the whitening layer
@@ -148,6 +150,7 @@ class ResidentLoader:
         order = torch.randperm(self.num_samples, device=self.device, generator=self.generator)
         size = min(self.batch_size, self.num_samples)
         for i in range(len(self)):
+            stopping.check()
             idx = order[i * size : (i + 1) * size]
             yield images[idx], self.labels[idx]
 
@@ -225,6 +228,7 @@ class StreamingLoader:
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for images, labels in itertools.islice(self._batches(epoch), len(self)):
+            stopping.check()
             yield self._augment(images), torch.from_numpy(labels).to(self.device)
 
 
@@ -333,4 +337,5 @@ def predict_features(model: nn.Module, images: np.ndarray, device: torch.device,
 def _unit_float_batches(images: np.ndarray, device: torch.device, dtype: torch.dtype, batch_size: int) -> Iterator[torch.Tensor]:
     """uint8 NHWC images -> float NCHW batches in [0, 1] on the device."""
     for start in range(0, len(images), batch_size):
+        stopping.check()
         yield to_unit_float(torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device), dtype)
