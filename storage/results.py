@@ -4,8 +4,8 @@
   results/summary/date=YYYY-MM-DD/run=<run_id>/part-0.parquet   (written last: a run with a summary is whole)
 Long form: one row per (run, model, class), per (run, model, class or overall)
 change since the model's previous run, and per (run, model). Accuracies are
-fractions in [0, 1]; durations are seconds. Run ids start with the UTC time,
-so they sort in run order. Columns are only ever added: read the tables with
+fractions in [0, 1]; durations are seconds. Run ids start with the UTC time
+to the second; runs are ordered by `run_time` (`run_ids`). Columns are only ever added: read the tables with
 DuckDB's `union_by_name=true` so that older runs' files line up.
 """
 
@@ -148,8 +148,23 @@ def write_table(store: Store, table: str, rows: list[dict[str, Any]], run_id: st
 
 
 def run_ids(store: Store) -> list[str]:
-    """Every committed run (one with a summary file; a run killed while writing has none), oldest first."""
-    return sorted(run_id for run_id, _ in _run_files(store, "summary"))
+    """Every committed run (one with a summary file; a run killed while writing has none), oldest first: by
+    start time (`run_time`). A run id starts with that time to the second, then a random tail, so the ids
+    order runs only between seconds; the summaries of runs that started in the same second are read for
+    their exact times."""
+    found = sorted(_run_files(store, "summary"))
+    by_second: dict[str, list[tuple[str, str]]] = {}
+    for run_id, location in found:
+        by_second.setdefault(run_id.split("-", 1)[0], []).append((run_id, location))
+    ordered = []
+    for runs in by_second.values():
+        if len(runs) > 1:
+            locations = [location for _, location in runs]
+            times = [_read(store, "summary", location, data).column("run_time")[0].as_py()
+                     for location, data in zip(locations, store.read_many(locations))]
+            runs = [run for _, run in sorted(zip(times, runs))]
+        ordered += [run_id for run_id, _ in runs]
+    return ordered
 
 
 def read_run(store: Store, table: str, run_id: str) -> pa.Table:
@@ -161,10 +176,11 @@ def read_run(store: Store, table: str, run_id: str) -> pa.Table:
 
 
 def read_all(store: Store, table: str) -> pa.Table:
-    """Every run's rows of a table, oldest run first (columns a run's file lacks read as null)."""
+    """Every run's rows of a table, oldest run (by run time) first (columns a run's file lacks read as null)."""
     locations = [location for _, location in _run_files(store, table)]
     tables = [_read(store, table, location, data) for location, data in zip(locations, store.read_many(locations))]
-    return pa.concat_tables(tables).sort_by("run_id") if tables else TABLES[table].empty_table()
+    order = [("run_time", "ascending"), ("run_id", "ascending")]  # run ids alone order runs only to the second
+    return pa.concat_tables(tables).sort_by(order) if tables else TABLES[table].empty_table()
 
 
 class ResultsError(ValueError):

@@ -158,12 +158,18 @@ def _test(before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
     }
 
 
+def run_order(row: dict[str, Any]) -> tuple:
+    """A run's place in time: its start time (`run_time`), then its id. Run ids start with the start time
+    to the second only, and their random tail orders two runs of the same second by chance."""
+    return row["run_time"], row["run_id"]
+
+
 def previous_run(history: Sequence[dict[str, Any]], current: dict[str, Any]) -> dict[str, Any] | None:
-    """The summary row a model's row is compared with: its latest earlier successful run on the same
-    dataset, recipe and classifier seeds whose samples differ; None when there is none."""
+    """The summary row a model's row is compared with: its latest earlier successful run (by run time) on
+    the same dataset, recipe and classifier seeds whose samples differ; None when there is none."""
     same = ("model", "dataset_fingerprint", "recipe_fingerprint", "classifier_seeds")
     candidates = [row for row in history
-                  if row["run_id"] < current["run_id"] and row["status"] == "ok"
+                  if run_order(row) < run_order(current) and row["status"] == "ok"
                   and all(row.get(k) is not None and row.get(k) == current[k] for k in same)
                   and row["samples_fingerprint"] != current["samples_fingerprint"]]
-    return max(candidates, key=lambda row: row["run_id"], default=None)
+    return max(candidates, key=run_order, default=None)

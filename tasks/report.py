@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from casflow.tasks.compare import run_order
 from casflow.tasks.results import change_cells, has_scores, scores_cells, summary_cells
 
 GRID_CLASSES = 10  # classes shown in sample grids and per-class bars (the first ones; all of them below this)
@@ -280,7 +281,7 @@ def _trend_section(history: list[dict[str, Any]], models: list[str]) -> str:
     figures = []
     for model in models:
         rows = sorted((r for r in history if r["model"] == model and r["status"] == "ok" and r.get("cas_ratio_top1") is not None
-                       and r.get("real_top1") and r["generator_kind"] != "real"), key=lambda r: r["run_id"])
+                       and r.get("real_top1") and r["generator_kind"] != "real"), key=run_order)
         if not rows:
             continue
         # the interval of CAS divided by the run's real baseline (the baseline's own noise is not included)
