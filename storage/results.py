@@ -40,10 +40,10 @@ PER_CLASS_SCHEMA = pa.schema(_RUN_KEYS + [
     pa.field("class_name", pa.string(), nullable=False),
     pa.field("n_train", pa.int64(), nullable=False),  # synthetic samples of this class trained on
     pa.field("n_eval", pa.int64(), nullable=False),  # real held-out images of this class
-    pa.field("top1", pa.float64(), nullable=False),
-    pa.field("top5", pa.float64(), nullable=False),
-    pa.field("top1_ci_low", pa.float64(), nullable=False),  # Wilson 95% interval
-    pa.field("top1_ci_high", pa.float64(), nullable=False),
+    pa.field("top1", pa.float64()),  # null for a class without eval images (no accuracy; not 0)
+    pa.field("top5", pa.float64()),
+    pa.field("top1_ci_low", pa.float64()),  # Wilson 95% interval; null without eval images
+    pa.field("top1_ci_high", pa.float64()),
     pa.field("cached", pa.bool_(), nullable=False),  # every step of this model came from the store
     pa.field("top1_seed_std", pa.float64()),  # spread of top1 across classifier seeds; null with one seed
     # scores beside CAS (config `scores`), in the real baseline's classifier; null when not asked for or not computable
@@ -70,7 +70,7 @@ SUMMARY_SCHEMA = pa.schema(_RUN_KEYS + [
     pa.field("real_top5", pa.float64()),
     pa.field("cas_ratio_top1", pa.float64()),  # cas_top1 / real_top1
     pa.field("cas_ratio_top5", pa.float64()),
-    pa.field("worst_class", pa.string()),
+    pa.field("worst_class", pa.string()),  # lowest top1 among the classes with eval images
     pa.field("worst_class_top1", pa.float64()),
     pa.field("sample_seconds", pa.float64()),
     pa.field("train_seconds", pa.float64()),
@@ -117,11 +117,11 @@ CHANGES_SCHEMA = pa.schema([
     pa.field("class_index", pa.int32()),  # null: the model overall
     pa.field("class_name", pa.string()),
     pa.field("n_eval", pa.int64(), nullable=False),
-    pa.field("top1_before", pa.float64(), nullable=False),
-    pa.field("top1_after", pa.float64(), nullable=False),
-    pa.field("delta", pa.float64(), nullable=False),  # top1_after - top1_before
-    pa.field("delta_ci_low", pa.float64(), nullable=False),  # 95%, paired on the same images
-    pa.field("delta_ci_high", pa.float64(), nullable=False),
+    pa.field("top1_before", pa.float64()),  # these five are null for a class without eval images
+    pa.field("top1_after", pa.float64()),
+    pa.field("delta", pa.float64()),  # top1_after - top1_before
+    pa.field("delta_ci_low", pa.float64()),  # 95%, paired on the same images
+    pa.field("delta_ci_high", pa.float64()),
     pa.field("n_better", pa.int64(), nullable=False),  # images now scored better (seed-averaged)
     pa.field("n_worse", pa.int64(), nullable=False),
     pa.field("p_value", pa.float64(), nullable=False),  # exact McNemar (sign) test

@@ -78,3 +78,11 @@ def test_worst_classes_note_escapes_class_names_and_errors():
     assert "click me" in note and "boom" in note and "## bad: failed" in note
     assert "- report: [" in note and "(<file:///s/reports/x/index.html>)" in note
 
+
+def test_worst_classes_skip_a_class_without_eval_images():
+    counts = _counts([5, 0, 5, 5], [1, 0, 5, 4], 4)  # class 1 has no eval images: no top-1, not 0%
+    note = worst_classes_markdown(_record(), [ModelOutcome("gauss", "gaussian", counts=(counts,))],
+                                  ("zero", "empty", "two", "three"), None)
+    rows = [line for line in note.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [row.split("|")[1].strip() for row in rows] == ["zero", "three", "two"]
+    assert "empty" not in note and "nan" not in note
