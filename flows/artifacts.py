@@ -4,12 +4,35 @@ the results (and the report) are."""
 
 from __future__ import annotations
 
+import re
+from urllib.parse import quote
+
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from casflow.flows.steps import ResultsRecord
 from casflow.tasks.results import ModelOutcome, change_cells, has_scores, scores_cells, summary_cells
 
 WORST_CLASSES_SHOWN = 3
+_MARKDOWN_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+
+
+def markdown_text(value: object) -> str:
+    """Any text (a class folder's name, an error message) as literal Markdown text on one line: every ASCII
+    punctuation character backslash-escaped (CommonMark lets each be escaped, and an escaped one is plain
+    text: no link, emphasis, heading, table cell, HTML tag or entity, nor an autolink, whose `://` and
+    `www.` are broken up), line breaks as spaces."""
+    text = " ".join(str(value).splitlines())
+    return "".join(f"\\{ch}" if ch in _MARKDOWN_PUNCTUATION else ch for ch in text)
+
+
+def markdown_code(value: object) -> str:
+    """Text as a Markdown code span on one line (literal: nothing in it is markup), fenced by more backticks
+    than it holds in a row."""
+    text = " ".join(str(value).splitlines())
+    longest = max((len(r) for r in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _pct(value: float | None) -> str:
@@ -27,25 +50,31 @@ def changes_table(record: ResultsRecord) -> list[dict[str, str]]:
 
 def worst_classes_markdown(record: ResultsRecord, outcomes: list[ModelOutcome], class_names: tuple[str, ...],
                            report_uri: str | None) -> str:
-    lines = [f"# CAS run {record.run_id}", "", f"- summary: `{record.summary_uri}`",
-             f"- per class: `{record.per_class_uri}`", f"- changes: `{record.changes_uri}`"]
-    lines += [f"- report: [{report_uri}]({_link(report_uri)})", ""] if report_uri else [""]
+    """Every name and message in it (model and class names, errors, store paths) is escaped (`markdown_text`):
+    a class folder's name cannot add links or markup to the note. Classes without eval images have no top-1
+    and are not worst classes."""
+    lines = [f"# CAS run {markdown_text(record.run_id)}", "", f"- summary: {markdown_code(record.summary_uri)}",
+             f"- per class: {markdown_code(record.per_class_uri)}", f"- changes: {markdown_code(record.changes_uri)}"]
+    lines += [f"- report: [{markdown_text(report_uri)}](<{_link(report_uri)}>)", ""] if report_uri else [""]
     for outcome in outcomes:
+        model = markdown_text(outcome.model)
         if not outcome.ok:
-            lines += [f"## {outcome.model}: failed", "", f"{outcome.error}", ""]
+            lines += [f"## {model}: failed", "", markdown_text(outcome.error), ""]
             continue
         accuracy = outcome.accuracy
         per_class = accuracy.per_class_top1()
-        worst = sorted(range(len(per_class)), key=lambda c: per_class[c])[:WORST_CLASSES_SHOWN]
-        lines += [f"## {outcome.model}: top-1 {_pct(accuracy.top1)}", "",
+        scored = [c for c in range(len(per_class)) if per_class[c] is not None]
+        worst = sorted(scored, key=lambda c: per_class[c])[:WORST_CLASSES_SHOWN]
+        lines += [f"## {model}: top-1 {_pct(accuracy.top1)}", "",
                   "| class | top-1 | eval images |", "| --- | --- | --- |"]
-        lines += [f"| {class_names[c]} | {_pct(per_class[c])} | {accuracy.n_eval[c]} |" for c in worst]
+        lines += [f"| {markdown_text(class_names[c])} | {_pct(per_class[c])} | {accuracy.n_eval[c]} |" for c in worst]
         lines.append("")
     return "\n".join(lines)
 
 
 def _link(uri: str) -> str:
-    return uri if "://" in uri else f"file://{uri}"
+    """A link target: percent-encoded but for the URL's own separators, so that it ends where it should."""
+    return quote(uri if "://" in uri else f"file://{uri}", safe=":/@")
 
 
 def publish(record: ResultsRecord, outcomes: list[ModelOutcome], class_names: tuple[str, ...],

@@ -58,9 +58,9 @@ def render_summary(rows: list[dict[str, Any]]) -> str:
 
 
 def render_per_class(rows: list[dict[str, Any]]) -> str:
-    from casflow.tasks.results import per_class_cells
+    from casflow.tasks.results import per_class_table
 
-    return _table([per_class_cells(r) for r in rows])
+    return _table(per_class_table(rows))
 
 
 def _open_store(args: argparse.Namespace):

@@ -41,6 +41,7 @@ from casflow.flows.records import ModelChain
 from casflow.storage.store import is_transient
 from casflow.tasks import devices
 from casflow.tasks.config import Config, without_credentials
+from casflow.tasks.errors import InputError
 from casflow.tasks.results import RunInfo, regressions
 
 # casflow's loggers reach Prefect's handlers through PREFECT_LOGGING_EXTRA_LOGGERS=casflow
@@ -175,7 +176,10 @@ def cas_evaluation(config_path: str = DEMO_CONFIG, store_url: str | None = None,
     flow_run_id = flow_run.get_id()
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{(flow_run_id or uuid.uuid4().hex)[:8]}"
 
-    dataset = prepare_dataset.submit(config, store).result()
+    try:
+        dataset = prepare_dataset.submit(config, store).result()
+    except InputError as exc:  # a dataset that cannot be used (a class without eval images, ...): its one line,
+        return Failed(message=str(exc), data=exc)  # no traceback; `cas run` prints it (the state's result)
     models = config.all_models
     remote, remote_errors = _fan_out(model_deployment, config_text, config_path, store_url, config) if model_deployment else ({}, {})
     spec = config.classifier.device

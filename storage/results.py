@@ -4,8 +4,8 @@
   results/summary/date=YYYY-MM-DD/run=<run_id>/part-0.parquet   (written last: a run with a summary is whole)
 Long form: one row per (run, model, class), per (run, model, class or overall)
 change since the model's previous run, and per (run, model). Accuracies are
-fractions in [0, 1]; durations are seconds. Run ids start with the UTC time,
-so they sort in run order. Columns are only ever added: read the tables with
+fractions in [0, 1]; durations are seconds. Run ids start with the UTC time
+to the second; runs are ordered by `run_time` (`run_ids`). Columns are only ever added: read the tables with
 DuckDB's `union_by_name=true` so that older runs' files line up.
 """
 
@@ -40,10 +40,10 @@ PER_CLASS_SCHEMA = pa.schema(_RUN_KEYS + [
     pa.field("class_name", pa.string(), nullable=False),
     pa.field("n_train", pa.int64(), nullable=False),  # synthetic samples of this class trained on
     pa.field("n_eval", pa.int64(), nullable=False),  # real held-out images of this class
-    pa.field("top1", pa.float64(), nullable=False),
-    pa.field("top5", pa.float64(), nullable=False),
-    pa.field("top1_ci_low", pa.float64(), nullable=False),  # Wilson 95% interval
-    pa.field("top1_ci_high", pa.float64(), nullable=False),
+    pa.field("top1", pa.float64()),  # null for a class without eval images (no accuracy; not 0)
+    pa.field("top5", pa.float64()),
+    pa.field("top1_ci_low", pa.float64()),  # Wilson 95% interval; null without eval images
+    pa.field("top1_ci_high", pa.float64()),
     pa.field("cached", pa.bool_(), nullable=False),  # every step of this model came from the store
     pa.field("top1_seed_std", pa.float64()),  # spread of top1 across classifier seeds; null with one seed
     # scores beside CAS (config `scores`), in the real baseline's classifier; null when not asked for or not computable
@@ -70,7 +70,7 @@ SUMMARY_SCHEMA = pa.schema(_RUN_KEYS + [
     pa.field("real_top5", pa.float64()),
     pa.field("cas_ratio_top1", pa.float64()),  # cas_top1 / real_top1
     pa.field("cas_ratio_top5", pa.float64()),
-    pa.field("worst_class", pa.string()),
+    pa.field("worst_class", pa.string()),  # lowest top1 among the classes with eval images
     pa.field("worst_class_top1", pa.float64()),
     pa.field("sample_seconds", pa.float64()),
     pa.field("train_seconds", pa.float64()),
@@ -117,11 +117,11 @@ CHANGES_SCHEMA = pa.schema([
     pa.field("class_index", pa.int32()),  # null: the model overall
     pa.field("class_name", pa.string()),
     pa.field("n_eval", pa.int64(), nullable=False),
-    pa.field("top1_before", pa.float64(), nullable=False),
-    pa.field("top1_after", pa.float64(), nullable=False),
-    pa.field("delta", pa.float64(), nullable=False),  # top1_after - top1_before
-    pa.field("delta_ci_low", pa.float64(), nullable=False),  # 95%, paired on the same images
-    pa.field("delta_ci_high", pa.float64(), nullable=False),
+    pa.field("top1_before", pa.float64()),  # these five are null for a class without eval images
+    pa.field("top1_after", pa.float64()),
+    pa.field("delta", pa.float64()),  # top1_after - top1_before
+    pa.field("delta_ci_low", pa.float64()),  # 95%, paired on the same images
+    pa.field("delta_ci_high", pa.float64()),
     pa.field("n_better", pa.int64(), nullable=False),  # images now scored better (seed-averaged)
     pa.field("n_worse", pa.int64(), nullable=False),
     pa.field("p_value", pa.float64(), nullable=False),  # exact McNemar (sign) test
@@ -148,8 +148,23 @@ def write_table(store: Store, table: str, rows: list[dict[str, Any]], run_id: st
 
 
 def run_ids(store: Store) -> list[str]:
-    """Every committed run (one with a summary file; a run killed while writing has none), oldest first."""
-    return sorted(run_id for run_id, _ in _run_files(store, "summary"))
+    """Every committed run (one with a summary file; a run killed while writing has none), oldest first: by
+    start time (`run_time`). A run id starts with that time to the second, then a random tail, so the ids
+    order runs only between seconds; the summaries of runs that started in the same second are read for
+    their exact times."""
+    found = sorted(_run_files(store, "summary"))
+    by_second: dict[str, list[tuple[str, str]]] = {}
+    for run_id, location in found:
+        by_second.setdefault(run_id.split("-", 1)[0], []).append((run_id, location))
+    ordered = []
+    for runs in by_second.values():
+        if len(runs) > 1:
+            locations = [location for _, location in runs]
+            times = [_read(store, "summary", location, data).column("run_time")[0].as_py()
+                     for location, data in zip(locations, store.read_many(locations))]
+            runs = [run for _, run in sorted(zip(times, runs))]
+        ordered += [run_id for run_id, _ in runs]
+    return ordered
 
 
 def read_run(store: Store, table: str, run_id: str) -> pa.Table:
@@ -161,10 +176,11 @@ def read_run(store: Store, table: str, run_id: str) -> pa.Table:
 
 
 def read_all(store: Store, table: str) -> pa.Table:
-    """Every run's rows of a table, oldest run first (columns a run's file lacks read as null)."""
+    """Every run's rows of a table, oldest run (by run time) first (columns a run's file lacks read as null)."""
     locations = [location for _, location in _run_files(store, table)]
     tables = [_read(store, table, location, data) for location, data in zip(locations, store.read_many(locations))]
-    return pa.concat_tables(tables).sort_by("run_id") if tables else TABLES[table].empty_table()
+    order = [("run_time", "ascending"), ("run_id", "ascending")]  # run ids alone order runs only to the second
+    return pa.concat_tables(tables).sort_by(order) if tables else TABLES[table].empty_table()
 
 
 class ResultsError(ValueError):

@@ -101,11 +101,11 @@ class Change:
 
     class_index: int | None
     n_eval: int
-    top1_before: float
-    top1_after: float
-    delta: float
-    delta_ci_low: float
-    delta_ci_high: float
+    top1_before: float | None  # None (and the delta and its interval): a class without eval images
+    top1_after: float | None
+    delta: float | None
+    delta_ci_low: float | None
+    delta_ci_high: float | None
     n_better: int  # images whose (seed-averaged) correctness went up
     n_worse: int  # ... went down
     p_value: float
@@ -131,8 +131,8 @@ def compare(before: np.ndarray, after: np.ndarray, labels: np.ndarray, num_class
     class_adjusted = holm([r["p_value"] for r in raw[1:]])
     changes = []
     for c, r, p_adjusted in zip(groups, raw, [raw[0]["p_value"], *class_adjusted]):
-        beyond_noise = r["seed_noise"] is None or abs(r["delta"]) > r["seed_noise"]
-        significant = bool(p_adjusted < ALPHA and beyond_noise and r["delta"] != 0)
+        beyond_noise = r["seed_noise"] is None or abs(r["delta"] or 0.0) > r["seed_noise"]
+        significant = bool(p_adjusted < ALPHA and beyond_noise and r["delta"])
         direction = ("better" if r["delta"] > 0 else "worse") if significant else "same"
         changes.append(Change(class_index=c, p_adjusted=p_adjusted, significant=significant, direction=direction, **r))
     return changes
@@ -142,14 +142,15 @@ def _test(before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
     score_before, score_after = before.mean(axis=0), after.mean(axis=0)  # per image, averaged over seeds
     differences = score_after - score_before
     up, down = int((differences > 0).sum()), int((differences < 0).sum())
-    low, high = paired_interval(differences)
+    empty = len(differences) == 0  # a class without eval images: no accuracy before or after, no change
+    low, high = (None, None) if empty else paired_interval(differences)
     spreads = [s for s in (seed_spread(before), seed_spread(after)) if s is not None]
     noise = seed_noise(before, after)
     return {
         "n_eval": len(differences),
-        "top1_before": float(score_before.mean()) if len(differences) else 0.0,
-        "top1_after": float(score_after.mean()) if len(differences) else 0.0,
-        "delta": float(differences.mean()) if len(differences) else 0.0,
+        "top1_before": None if empty else float(score_before.mean()),
+        "top1_after": None if empty else float(score_after.mean()),
+        "delta": None if empty else float(differences.mean()),
         "delta_ci_low": low, "delta_ci_high": high,
         "n_better": up, "n_worse": down,
         "p_value": mcnemar_exact(up, down),
@@ -158,12 +159,18 @@ def _test(before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
     }
 
 
+def run_order(row: dict[str, Any]) -> tuple:
+    """A run's place in time: its start time (`run_time`), then its id. Run ids start with the start time
+    to the second only, and their random tail orders two runs of the same second by chance."""
+    return row["run_time"], row["run_id"]
+
+
 def previous_run(history: Sequence[dict[str, Any]], current: dict[str, Any]) -> dict[str, Any] | None:
-    """The summary row a model's row is compared with: its latest earlier successful run on the same
-    dataset, recipe and classifier seeds whose samples differ; None when there is none."""
+    """The summary row a model's row is compared with: its latest earlier successful run (by run time) on
+    the same dataset, recipe and classifier seeds whose samples differ; None when there is none."""
     same = ("model", "dataset_fingerprint", "recipe_fingerprint", "classifier_seeds")
     candidates = [row for row in history
-                  if row["run_id"] < current["run_id"] and row["status"] == "ok"
+                  if run_order(row) < run_order(current) and row["status"] == "ok"
                   and all(row.get(k) is not None and row.get(k) == current[k] for k in same)
                   and row["samples_fingerprint"] != current["samples_fingerprint"]]
-    return max(candidates, key=lambda row: row["run_id"], default=None)
+    return max(candidates, key=run_order, default=None)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from casflow.tasks.compare import run_order
 from casflow.tasks.results import change_cells, has_scores, scores_cells, summary_cells
 
 GRID_CLASSES = 10  # classes shown in sample grids and per-class bars (the first ones; all of them below this)
@@ -170,9 +171,11 @@ def _axes(left: float, top: float, width: float, height: float, ticks: Sequence[
     return parts
 
 
-def bar_chart_svg(categories: Sequence[str], series: Sequence[tuple[str, Sequence[float], Sequence[float], Sequence[float], str]],
+def bar_chart_svg(categories: Sequence[str],
+                  series: Sequence[tuple[str, Sequence[float | None], Sequence[float | None], Sequence[float | None], str]],
                   ylabel: str, alt: str) -> str:
-    """Grouped bars in [0, 1] with error bars: series are (name, values, lows, highs, colour); a legend above."""
+    """Grouped bars in [0, 1] with error bars: series are (name, values, lows, highs, colour); a legend above.
+    A value None (a class without eval images) has no bar."""
     n, rotate = len(categories), len(categories) > 12
     left, top, plot_h = 42.0, 22.0, 170.0
     plot_w = max(300.0, 28.0 * n)
@@ -184,6 +187,8 @@ def bar_chart_svg(categories: Sequence[str], series: Sequence[tuple[str, Sequenc
     for k, (name, values, lows, highs, colour) in enumerate(series):
         offset = (k - (len(series) - 1) / 2) * bar
         for i, (value, low, high) in enumerate(zip(values, lows, highs)):
+            if value is None:  # a class without eval images: no accuracy, no bar (not a bar at 0)
+                continue
             centre = left + slot * (i + 0.5) + offset
             parts.append(f"<rect x='{centre - bar / 2:.1f}' y='{y(value):.1f}' width='{bar:.1f}' height='{y(0) - y(value):.1f}' "
                          f"fill='{colour}'/>")
@@ -280,7 +285,7 @@ def _trend_section(history: list[dict[str, Any]], models: list[str]) -> str:
     figures = []
     for model in models:
         rows = sorted((r for r in history if r["model"] == model and r["status"] == "ok" and r.get("cas_ratio_top1") is not None
-                       and r.get("real_top1") and r["generator_kind"] != "real"), key=lambda r: r["run_id"])
+                       and r.get("real_top1") and r["generator_kind"] != "real"), key=run_order)
         if not rows:
             continue
         # the interval of CAS divided by the run's real baseline (the baseline's own noise is not included)

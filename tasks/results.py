@@ -100,18 +100,20 @@ class SeedScores:
     def top1_seed_std(self) -> float | None:
         return float(np.std([c.top1 for c in self.counts], ddof=1)) if len(self.counts) > 1 else None
 
-    def per_class_top1(self) -> list[float]:
-        return [c / n if n else float("nan") for c, n in zip(self.top1_correct, self.n_eval)]
+    def per_class_top1(self) -> list[float | None]:
+        """None for a class without eval images: it has no accuracy (not 0%)."""
+        return [float(c / n) if n else None for c, n in zip(self.top1_correct, self.n_eval)]
 
     def per_class_seed_std(self) -> list[float | None]:
         if len(self.counts) < 2:
             return [None] * len(self.n_eval)
         per_seed = np.array([c.per_class_top1() for c in self.counts])
-        return [float(s) for s in per_seed.std(axis=0, ddof=1)]
+        return [float(s) if n else None for s, n in zip(per_seed.std(axis=0, ddof=1), self.n_eval)]
 
-    def worst_class(self) -> int:
+    def worst_class(self) -> int | None:
+        """The class of lowest top-1 among those with eval images (None if none has any)."""
         scores = [c / n if n else math.inf for c, n in zip(self.top1_correct, self.n_eval)]
-        return int(np.argmin(scores))
+        return int(np.argmin(scores)) if any(self.n_eval) else None
 
     def confusion(self) -> np.ndarray:
         """[true class][predicted class], summed over seeds."""
@@ -136,11 +138,11 @@ def per_class_rows(run: RunInfo, outcome: ModelOutcome) -> list[dict[str, Any]]:
     rows = []
     for c, (name, spread) in enumerate(zip(run.class_names, accuracy.per_class_seed_std())):
         n, top1, top5 = accuracy.n_eval[c], float(accuracy.top1_correct[c]), float(accuracy.top5_correct[c])
-        low, high = wilson_interval(top1, n)
+        low, high = wilson_interval(top1, n) if n else (None, None)  # no eval images: no accuracy, null (not 0%)
         rows.append(_keys(run, outcome) | {
             "class_index": c, "class_name": name,
             "n_train": outcome.n_train_per_class[c] if outcome.n_train_per_class else 0, "n_eval": n,
-            "top1": top1 / n if n else 0.0, "top5": top5 / n if n else 0.0,
+            "top1": top1 / n if n else None, "top5": top5 / n if n else None,
             "top1_ci_low": low, "top1_ci_high": high, "top1_seed_std": spread, "cached": outcome.cached,
         } | {score: values[c] for score, values in class_scores.items()})
     return rows
@@ -169,7 +171,8 @@ def summary_row(run: RunInfo, outcome: ModelOutcome, baseline: ModelOutcome | No
     row |= {
         "n_eval": n_eval, "cas_top1": accuracy.top1, "cas_top5": accuracy.top5,
         "cas_top1_ci_low": low, "cas_top1_ci_high": high, "cas_top1_seed_std": accuracy.top1_seed_std,
-        "worst_class": run.class_names[worst], "worst_class_top1": accuracy.per_class_top1()[worst],
+        "worst_class": None if worst is None else run.class_names[worst],
+        "worst_class_top1": None if worst is None else accuracy.per_class_top1()[worst],
     }
     if outcome.scores:
         row |= outcome.scores["overall"] | {"scores_classifier_fingerprint": outcome.scores["classifier"]}
@@ -256,8 +259,8 @@ def change_cells(row: dict[str, Any]) -> dict[str, str]:
         "model": row["model"],
         "class": class_label(row["class_index"], row["class_name"]),
         "before": _pct(row["top1_before"]), "after": _pct(row["top1_after"]),
-        "change": f"{100 * row['delta']:+.2f}",
-        "95% interval": f"{100 * row['delta_ci_low']:+.2f} .. {100 * row['delta_ci_high']:+.2f}",
+        "change": "-" if row["delta"] is None else f"{100 * row['delta']:+.2f}",  # None: a class without eval images
+        "95% interval": "-" if row["delta_ci_low"] is None else f"{100 * row['delta_ci_low']:+.2f} .. {100 * row['delta_ci_high']:+.2f}",
         "images +/-": f"+{row['n_better']}/-{row['n_worse']}",
         "p": f"{row['p_adjusted']:.2g}",
         "seed noise": "-" if row.get("seed_noise") is None else f"{100 * row['seed_noise']:.2f}",
@@ -273,11 +276,24 @@ def class_label(index: int | None, name: str | None) -> str:
 
 
 def per_class_cells(row: dict[str, Any]) -> dict[str, str]:
-    """A per-class row as the cells people read."""
+    """A per-class row as the cells people read; a score the row lacks (null: too few images of the class for
+    it, or not asked for) is `-`, or left out with `per_class_table`."""
+    number = lambda value: "-" if value is None else f"{value:.3f}"  # noqa: E731
+    low, high = row["top1_ci_low"], row["top1_ci_high"]
     return {
         "model": row["model"], "class": class_label(row["class_index"], row["class_name"]), "n_train": str(row["n_train"]),
         "n_eval": str(row["n_eval"]), "top-1": _pct(row["top1"]),
-        "95% interval": f"{_pct(row['top1_ci_low'])} - {_pct(row['top1_ci_high'])}", "top-5": _pct(row["top5"]),
-    } | ({} if row.get("gan_test_top1") is None else {"GAN-test": _pct(row["gan_test_top1"])}) | (
-        {} if row.get("precision") is None else {"precision": f"{row['precision']:.3f}", "recall": f"{row['recall']:.3f}"}) | (
-        {} if row.get("memorized_fraction") is None else {"near copies": _pct(row["memorized_fraction"])})
+        "95% interval": "-" if low is None else f"{_pct(low)} - {_pct(high)}", "top-5": _pct(row["top5"]),
+        "GAN-test": _pct(row.get("gan_test_top1")), "precision": number(row.get("precision")),
+        "recall": number(row.get("recall")), "near copies": _pct(row.get("memorized_fraction")),
+    }
+
+
+PER_CLASS_SCORE_CELLS = {"GAN-test": "gan_test_top1", "precision": "precision", "recall": "recall",
+                         "near copies": "memorized_fraction"}
+
+
+def per_class_table(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Per-class rows as cells with the same columns in every row: a score column where any row has that score."""
+    shown = {cell for cell, column in PER_CLASS_SCORE_CELLS.items() if any(r.get(column) is not None for r in rows)}
+    return [{k: v for k, v in per_class_cells(r).items() if k not in PER_CLASS_SCORE_CELLS or k in shown} for r in rows]

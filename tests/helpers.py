@@ -54,6 +54,20 @@ def run_steps(config_path: Path, evaluate: bool = True):
     return config, store, dataset, done
 
 
+def class_folders(root, splits: dict[str, dict[str, int]]) -> dict:
+    """An imagefolder dataset of plain grey 8x8 PNGs: split -> class name -> image count."""
+    import numpy as np
+
+    from casflow.tasks.images import encode_png
+
+    for split, classes in splits.items():
+        for name, count in classes.items():
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                (root / split / name / f"{i}.png").write_bytes(encode_png(np.full((8, 8, 1), 20 * i, np.uint8)))
+    return {"kind": "imagefolder", "name": "folders", "train": str(root / "train"), "eval": str(root / "eval")}
+
+
 def prefect_command() -> str:
     """The `prefect` script of the Python running the tests."""
     return str(Path(sys.executable).with_name("prefect"))

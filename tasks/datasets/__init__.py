@@ -49,9 +49,28 @@ def load(spec: Any, files: SourceFiles, limits: Limits) -> Splits:
     except ValueError as exc:  # what the files refuse to read (not a regular file, over a limit): the message names it
         raise InputError(str(exc), source=f"dataset {spec.name}") from None
     if train.class_names != held_out.class_names:
-        raise InputError(f"train and eval splits have different classes: {train.class_names} vs {held_out.class_names}",
-                         source=f"dataset {spec.name}")
+        raise InputError(_class_mismatch(train.class_names, held_out.class_names), source=f"dataset {spec.name}")
     if train.image_shape != held_out.image_shape:
         raise InputError(f"train images are {train.image_shape}, eval images {held_out.image_shape}",
                          source=f"dataset {spec.name}")
     return train, held_out
+
+
+CLASSES_NAMED = 5  # a mismatch names this many classes of each kind, then counts the rest
+
+
+def _class_mismatch(train: tuple[str, ...], held_out: tuple[str, ...]) -> str:
+    """One line naming the classes that one split has and the other lacks (imagefolder: a class folder
+    with images on one side only), or saying that the same classes come in another order."""
+    def named(missing: list[str], split: str) -> str:
+        shown = ", ".join(repr(name) for name in missing[:CLASSES_NAMED])
+        more = f" and {len(missing) - CLASSES_NAMED} more" if len(missing) > CLASSES_NAMED else ""
+        return f"{'class' if len(missing) == 1 else 'classes'} {shown}{more} {'has' if len(missing) == 1 else 'have'} " \
+               f"no images in the {split} split"
+
+    problems = [named(missing, split) for missing, split in
+                (([n for n in train if n not in held_out], "eval"), ([n for n in held_out if n not in train], "train")) if missing]
+    if not problems:
+        return f"train and eval splits list the same classes in another order: {train} vs {held_out}"
+    return "; ".join(problems) + " (every class needs images in both)"
+

@@ -278,3 +278,21 @@ def test_a_step_past_its_time_limit_fails_its_model_and_the_lane_goes_on(tiny_co
     rows = summary(tmp_path / "store", report["run_id"])
     assert rows["stuck"]["status"] == "failed" and rows["gauss"]["status"] == "ok"
     assert not list((tmp_path / "store" / "samples").glob("*/manifest.json"))[1:]  # only gauss's set is committed
+
+
+def test_a_dataset_class_missing_from_eval_fails_cas_run_in_one_line(tiny_config, tmp_path, capfd, caplog):
+    """An imagefolder class with train images and no eval folder: `cas run` says so in one line naming the
+    class, with no traceback (Prefect's or ours), and exits 1 before any model runs."""
+    from casflow.flows.cli import main
+    from helpers import class_folders
+
+    dataset = class_folders(tmp_path / "data", {"train": {"ant": 3, "bee": 3}, "eval": {"ant": 2}})
+    assert main(["run", str(tiny_config(MODELS[:1], dataset=dataset))]) == 1
+    captured = capfd.readouterr()
+    output = captured.out + captured.err
+    assert "Traceback" not in output, output[-4000:]
+    assert not [r.getMessage() for r in caplog.records if r.exc_info]  # Prefect's logs: no exception with its traceback
+    named = [line for line in output.splitlines() if "'bee'" in line]
+    assert named and all("class 'bee' has no images in the eval split" in line for line in named), output[-3000:]
+    assert any(line.startswith("cas: ") for line in named), named
+    assert not (tmp_path / "store" / "samples").exists()

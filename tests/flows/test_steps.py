@@ -6,7 +6,7 @@ import yaml
 
 from casflow.flows import steps
 from casflow.tasks.classifiers import training
-from helpers import run_steps
+from helpers import class_folders, run_steps
 
 MODELS = [
     {"name": "real", "generator": {"kind": "real"}},
@@ -208,3 +208,18 @@ def test_a_full_decoded_cache_falls_back_to_the_shards(tiny_config, small_disk, 
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and str(cache) in warnings[0] and "No space left on device" in warnings[0], warnings
     assert not [p for p in cache.rglob("*") if p.is_file() and p.name != "filler"]  # nothing half-written
+
+
+@pytest.mark.parametrize("missing_from", ["eval", "train"])
+def test_an_imagefolder_class_missing_from_a_split_is_one_line_naming_it(tmp_path, tiny_config, missing_from):
+    from casflow.tasks.errors import InputError
+
+    splits = {"train": {"ant": 3, "bee": 3, "cat": 3}, "eval": {"ant": 2, "bee": 2, "cat": 2}}
+    del splits[missing_from]["bee"]
+    config = steps.read_config(str(tiny_config(MODELS[:1], dataset=class_folders(tmp_path / "data", splits))))
+    with pytest.raises(InputError) as info:
+        steps.prepare_dataset(config, steps.open_store(config.store))
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("dataset folders: ")
+    assert f"class 'bee' has no images in the {missing_from} split" in message
+    assert "'ant'" not in message and "'cat'" not in message  # only the class at fault is named

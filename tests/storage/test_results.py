@@ -38,6 +38,23 @@ def test_duckdb_reads_results_with_hive_partitioning(tmp_path):
     assert results.read_run(store, "summary", "20261122T020000Z-aaaa").num_rows == 1
 
 
+def test_runs_of_one_second_are_ordered_by_run_time_not_by_their_ids(tmp_path):
+    """Two runs that started in the same second: their ids differ only in a random tail, which sorts opposite
+    to their start times here. The latest run, every table's row order and the previous run follow the time."""
+    store = Store(str(tmp_path))
+    second = datetime(2026, 12, 1, 2, 0, 0, tzinfo=timezone.utc)
+    earlier, later = ("20261201T020000Z-ffffffff", second.replace(microsecond=100_000)), \
+        ("20261201T020000Z-00000000", second.replace(microsecond=900_000))
+    before = ("20261130T020000Z-99999999", datetime(2026, 11, 30, 2, 0, tzinfo=timezone.utc))
+    for run_id, when in (later, before, earlier):
+        results.write_table(store, "summary", [_row("summary", run_id=run_id, run_time=when)], run_id, when)
+        results.write_table(store, "per_class", [_row("per_class", run_id=run_id, run_time=when)], run_id, when)
+    in_order = [before[0], earlier[0], later[0]]
+    assert results.run_ids(store) == in_order
+    assert results.read_all(store, "summary").column("run_id").to_pylist() == in_order
+    assert results.read_all(store, "per_class").column("run_id").to_pylist() == in_order
+
+
 def test_rows_that_break_the_schema_are_refused(tmp_path):
     store = Store(str(tmp_path))
     with pytest.raises(ValueError):  # pyarrow's ArrowInvalid

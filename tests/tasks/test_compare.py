@@ -1,6 +1,7 @@
 """The statistics that judge a change between two runs, pinned against scipy and direct computations."""
 
 import math
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
@@ -104,8 +105,9 @@ def test_different_images_refuse_to_compare():
 
 
 def _row(run_id, samples="s1", status="ok", **extra):
-    return {"run_id": run_id, "model": "m", "status": status, "dataset_fingerprint": "d", "recipe_fingerprint": "r",
-            "classifier_seeds": [0], "samples_fingerprint": samples} | extra
+    when = datetime(int(run_id[:4]), int(run_id[5:7]), 1, tzinfo=timezone.utc)  # ids "YYYY-MM...": runs of a month tie
+    return {"run_id": run_id, "run_time": when, "model": "m", "status": status, "dataset_fingerprint": "d",
+            "recipe_fingerprint": "r", "classifier_seeds": [0], "samples_fingerprint": samples} | extra
 
 
 def test_previous_run_is_the_latest_earlier_success_with_other_samples():
@@ -124,3 +126,16 @@ def test_previous_run_is_the_latest_earlier_success_with_other_samples():
     ]
     assert previous_run(history, current)["run_id"] == "2026-02"
     assert previous_run(history[2:], current) is None
+
+
+def test_previous_run_is_chosen_by_run_time_not_by_the_random_tail_of_the_id():
+    """Run ids carry the start time to the second and then a random tail: three runs in one second whose
+    ids sort opposite to their start times."""
+    second = datetime(2026, 12, 1, 2, 0, 0, tzinfo=timezone.utc)
+    at = lambda ms: second + timedelta(milliseconds=ms)  # noqa: E731
+    first = _row("2026-12", samples="s1") | {"run_id": "20261201T020000Z-ffffffff", "run_time": at(100)}
+    second_run = _row("2026-12", samples="s2") | {"run_id": "20261201T020000Z-88888888", "run_time": at(400)}
+    current = _row("2026-12", samples="s3") | {"run_id": "20261201T020000Z-00000000", "run_time": at(900)}
+    assert previous_run([first, second_run], current)["run_id"] == second_run["run_id"]
+    assert previous_run([first], current)["run_id"] == first["run_id"]
+    assert previous_run([first, current], second_run)["run_id"] == first["run_id"]  # a later run is never the previous

@@ -35,3 +35,12 @@ def test_wilson_interval_pinned_values():
     assert wilson_interval(10, 10) == pytest.approx((0.7224672, 1.0), abs=1e-6)
     assert wilson_interval(36, 40) == pytest.approx((0.7694822, 0.9604205), abs=1e-6)
     assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_a_class_without_eval_images_has_no_accuracy_nor_seed_spread():
+    seeds = tuple(ClassCounts(n_eval=(4, 0, 2), top1_correct=(c, 0, 1), top5_correct=(4, 0, 2),
+                              confusion=((0,) * 3,) * 3) for c in (1, 3))
+    scores = SeedScores(seeds)
+    assert scores.per_class_top1() == [0.5, None, 0.5]  # not 0% and not NaN
+    assert scores.per_class_seed_std()[1] is None and scores.per_class_seed_std()[0] == pytest.approx(0.3535534)
+    assert scores.worst_class() in (0, 2)
