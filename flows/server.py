@@ -40,6 +40,8 @@ import time
 import urllib.error
 import urllib.request
 
+from casflow.tasks.exits import CasError
+
 MODE_VARIABLE = "CASFLOW_PREFECT_SERVER"  # auto (default) | temporary
 TIMEOUT_VARIABLE = "CASFLOW_SERVER_START_TIMEOUT"
 START_TIMEOUT = 120.0
@@ -47,7 +49,7 @@ LOCAL_HOST, LOCAL_PORT = "127.0.0.1", 4200  # Prefect's defaults for `prefect se
 STOP_GRACE = 3.0  # seconds a stopping server gets to end on SIGTERM before SIGKILL
 
 
-class ServerProblem(RuntimeError):
+class ServerProblem(CasError, RuntimeError):
     """No Prefect server to run on: the message is one line with the remedy (exit 1, nothing was run)."""
 
 

@@ -22,6 +22,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from casflow.storage.atomic import atomic_file, is_debris, is_temporary
+from casflow.tasks.exits import USAGE, CasError
 
 Kind = Literal["real", "samples", "classifiers", "evaluations", "scores"]
 KINDS: tuple[str, ...] = ("real", "samples", "classifiers", "evaluations", "scores")
@@ -45,7 +46,7 @@ def s3_options(endpoint_url: str | None = None, region: str | None = None, key: 
     return options
 
 
-class IntegrityError(ValueError):
+class IntegrityError(CasError, ValueError):
     """A committed object that disagrees with its commit marker (size, sha256) or cannot be parsed:
     corruption at rest. Never retried; `cas verify --fix` removes it so that the next run rebuilds it."""
 
@@ -84,7 +85,7 @@ def filesystem(url: str, s3: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem,
     return fs, os.path.abspath(url.removeprefix("file://"))
 
 
-class StoreUnreachable(ConnectionError):
+class StoreUnreachable(CasError, ConnectionError):
     """The store did not answer at all: a wrong endpoint or a server that is down, not worth minutes of retries."""
 
 
@@ -98,6 +99,12 @@ PROBE_READ_TIMEOUT = 6
 PROBE_ATTEMPTS = 2
 
 
+class StoreUrlError(CasError, ValueError):
+    """A store URL whose results would not outlive the run (`store_url_problem`)."""
+
+    exit_code = USAGE
+
+
 class Store:
     """casflow's own objects below one root URL. Every method takes a store-relative
     key, built by `location` or `results_location`; `uri` turns one into the URL a user pastes."""
@@ -105,7 +112,7 @@ class Store:
     def __init__(self, url: str, s3: dict[str, Any] | None = None):
         problem = store_url_problem(url)
         if problem:
-            raise ValueError(f"store.url {url}: {problem}")
+            raise StoreUrlError(f"store.url {url}: {problem}")
         self._s3 = s3 if s3 is not None else s3_options()
         self.fs, self.root = filesystem(url, self._s3)
         self.url = url if self.is_remote else os.path.abspath(self.root)
