@@ -11,12 +11,16 @@ exit status.
   cas verify [--quick] [--fix]              every committed object against its commit marker
 
 Exit status: 0 when everything finished; 1 when a model failed (the others
-are still written), results could not be read, or `verify` found problems
-(left after --fix); 2 for a bad
-config or command line, unknown run ids, or runs that cannot be compared;
-3 with --fail-on-regression when a model got significantly worse (overall or
-in a class), and nothing failed. Each error class carries its status
-(`casflow.tasks.exits.CasError`); the command prints its message as one line.
+are still written), results could not be read, a store did not answer or
+refused, or `verify` found problems (left after --fix); 2 for a bad config or
+command line, unknown run ids, runs that cannot be compared, or a store path
+that holds no store (`verify`); 3 with --fail-on-regression when a model got
+significantly worse (overall or in a class), and nothing failed; 130 and 143
+when Ctrl-C or SIGTERM stopped it; 141 when its output's reader went away
+(`cas results | head -1`). An error of the input, the store or the server is
+one line (`cas: ...`), not a traceback: each error class carries its status
+(`casflow.tasks.exits`). Everything printed goes through `flows.terminal`,
+which escapes control characters.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import sys
 from typing import Any
 
 from casflow.flows import lifecycle
+from casflow.flows.terminal import problem, say, table
 from casflow.tasks.exits import FAILED, REGRESSED, USAGE, CasError
 
 # Before Prefect is imported: show casflow's own progress lines in Prefect's
@@ -38,6 +43,9 @@ if "casflow" not in _extra.split(","):
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
+STORE_CHECK_SECONDS = 25.0  # a reading command's first contact with its store, imports and all within 30 s
+
+
 class CommandError(CasError):
     """A bad command line: unknown runs, runs that cannot be compared, a path that holds no store."""
 
@@ -46,34 +54,23 @@ class CommandError(CasError):
 
 # ---------------------------------------------------------------- rendering
 
-def _table(rows: list[dict[str, str]]) -> str:
-    """Rows of cells (column -> text) as aligned plain text; percentages aligned right."""
-    if not rows:
-        return ""
-    headers = list(rows[0])
-    widths = [max(len(h), *(len(r[h]) for r in rows)) for h in headers]
-    align = lambda c, w: c.rjust(w) if c.endswith("%") else c.ljust(w)  # noqa: E731
-    line = lambda cells: "  ".join(align(c, w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line([r[h] for h in headers]) for r in rows)])
-
-
 def render_summary(rows: list[dict[str, Any]]) -> str:
     from casflow.tasks.results import summary_cells
 
     errors = [f"  {r['model']}: {r['error']}" for r in rows if r["status"] != "ok"]
-    return _table([summary_cells(r) for r in rows]) + ("\n\nfailed:\n" + "\n".join(errors) if errors else "")
+    return table([summary_cells(r) for r in rows]) + ("\n\nfailed:\n" + "\n".join(errors) if errors else "")
 
 
 def render_per_class(rows: list[dict[str, Any]]) -> str:
     from casflow.tasks.results import per_class_cells
 
-    return _table([per_class_cells(r) for r in rows])
+    return table([per_class_cells(r) for r in rows])
 
 
 def render_changes(rows: list[dict[str, Any]]) -> str:
     from casflow.tasks.results import change_cells
 
-    return _table([change_cells(r) for r in rows])
+    return table([change_cells(r) for r in rows])
 
 
 def show_results(store, run_id: str | None, per_class: bool, model: str | None) -> int:
@@ -81,24 +78,26 @@ def show_results(store, run_id: str | None, per_class: bool, model: str | None) 
     from casflow.tasks.results import has_scores, scores_cells
 
     runs = results.run_ids(store)
+    if run_id and run_id not in runs:
+        raise CommandError(f"no run {run_id} in {store.url} (`cas results --list` lists them)")
     if not runs:
-        print(f"no results in {store.url}", file=sys.stderr)
+        problem(f"no results in {store.url}")
         return FAILED
     run_id = run_id or runs[-1]
     summary = results.read_run(store, "summary", run_id).to_pylist()
     if model:
         summary = [r for r in summary if r["model"] == model]
-    print(f"run {run_id}  dataset {summary[0]['dataset'] if summary else '?'}  recipe {summary[0]['recipe'] if summary else '?'}"
+    say(f"run {run_id}  dataset {summary[0]['dataset'] if summary else '?'}  recipe {summary[0]['recipe'] if summary else '?'}"
         f"  store {store.url}")
-    print(render_summary(summary))
+    say(render_summary(summary))
     scored = [r for r in summary if has_scores(r)]
     if scored:
-        print("\nscores beside CAS (in the real baseline's classifier; NAS: points of top-1 against real alone):")
-        print(_table([scores_cells(r) for r in scored]))
+        say("\nscores beside CAS (in the real baseline's classifier; NAS: points of top-1 against real alone):")
+        say(table([scores_cells(r) for r in scored]))
     if per_class:
         rows = results.read_run(store, "per_class", run_id).to_pylist()
-        print()
-        print(render_per_class([r for r in rows if model is None or r["model"] == model]))
+        say()
+        say(render_per_class([r for r in rows if model is None or r["model"] == model]))
     return 0
 
 
@@ -166,22 +165,22 @@ def _evaluate(live: lifecycle.Live, config, config_path: str, store_url: str | N
         lifecycle.drain_prefect()  # the run's last logs and events reach the server before it stops (not when Stopped)
     report = state.result(raise_on_failure=False)
     if not isinstance(report, dict):
-        print(f"cas: the run failed before writing results: {report}", file=sys.stderr)
+        problem(f"the run failed before writing results: {report}")
         return FAILED
     store = steps.open_store(config.store)
-    print()
+    say()
     show_results(store, report["run_id"], per_class=False, model=None)
     changes = [r for r in _read_changes(store, report["run_id"]) if r["class_index"] is None or r["significant"]]
     if changes:
-        print("\nchanges since each model's previous run (paired on the same eval images; points):")
-        print(render_changes(changes))
-    print(f"\nresults: {report['summary']}\n         {report['per_class']}\n         {report['changes']}")
+        say("\nchanges since each model's previous run (paired on the same eval images; points):")
+        say(render_changes(changes))
+    say(f"\nresults: {report['summary']}\n         {report['per_class']}\n         {report['changes']}")
     if report.get("report"):
-        print(f"report:  {report['report']}")
+        say(f"report:  {report['report']}")
     if not state.is_completed():
         return FAILED
     if fail_on_regression and report["regressions"]:
-        print(f"cas: significantly worse: {', '.join(report['regressions'])}", file=sys.stderr)
+        problem(f"significantly worse: {', '.join(report['regressions'])}")
         return REGRESSED
     return 0
 
@@ -214,22 +213,32 @@ def _read_changes(store, run_id: str) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- the commands that read a store
 
 def _store(args: argparse.Namespace):
-    """The store a reading command reads: --config's, else --store, else ./casflow-store."""
+    """The store a reading command reads (--config's, else --store, else ./casflow-store), once it has
+    answered: within STORE_CHECK_SECONDS, with access, else one line (StoreUnreachable, StoreRefused)."""
     from casflow.flows import steps
-    from casflow.storage.store import Store, s3_options
+    from casflow.storage.store import Store, StoreUnreachable, s3_options
 
-    if args.config:
-        return steps.open_store(steps.read_config(args.config, args.store).store)
-    return Store(args.store or "./casflow-store", s3=s3_options())
+    store = steps.open_store(steps.read_config(args.config, args.store).store) if args.config else \
+        Store(args.store or "./casflow-store", s3=s3_options())
+    try:
+        lifecycle.in_thread(lambda: store.probe(readable=True), "cas-store-check", STORE_CHECK_SECONDS)
+    except lifecycle.DeadlinePassed:
+        raise StoreUnreachable(f"store {store.url} at {store.endpoint} did not answer within {STORE_CHECK_SECONDS:g} s: "
+                               "is the endpoint right and the server up?") from None
+    return store
 
 
 def results_command(args: argparse.Namespace) -> int:
     store = _store(args)
     if not args.list:
         return show_results(store, args.run, args.per_class, args.model)
+    why = store.not_a_store()
+    if why:
+        problem(f"{store.url}: not a casflow store ({why}); no runs to list")
+        return FAILED
     from casflow.storage import results
 
-    print("\n".join(results.run_ids(store)))
+    say("\n".join(results.run_ids(store)))
     return 0
 
 
@@ -274,11 +283,11 @@ def compare_command(args: argparse.Namespace) -> int:
             rows += change_rows(class_names, before[name], after[name], steps.compare_runs(store, before[name], after[name], class_names))
         except ComparisonError as exc:
             problems.append(exc)
-    print(f"{before_id} -> {after_id}  store {store.url}")
+    say(f"{before_id} -> {after_id}  store {store.url}")
     if rows:
-        print(render_changes([r for r in rows if args.per_class or r["class_index"] is None or r["significant"]]))
+        say(render_changes([r for r in rows if args.per_class or r["class_index"] is None or r["significant"]]))
     for exc in problems:
-        print(f"cas: {exc}", file=sys.stderr)
+        problem(str(exc))
     if problems:
         return max(exc.exit_code for exc in problems)
     return REGRESSED if args.fail_on_regression and regressions(rows) else 0
@@ -293,14 +302,14 @@ def report_command(args: argparse.Namespace) -> int:
     if args.run and args.run not in runs:
         raise CommandError(f"no run {args.run} in {store.url} (`cas results --list` lists them)")
     if not runs:
-        print(f"cas: no results in {store.url}", file=sys.stderr)
+        problem(f"no results in {store.url}")
         return FAILED
     uri, page = reporting.write_report(store, args.run or runs[-1])
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             f.write(page)
-        print(args.out)
-    print(uri)
+        say(args.out)
+    say(uri)
     return 0
 
 
@@ -308,18 +317,21 @@ def verify_command(args: argparse.Namespace) -> int:
     from casflow.storage import verify
 
     store = _store(args)
+    why = store.not_a_store()
+    if why:
+        raise CommandError(f"{store.url}: not a casflow store ({why}); nothing to verify")
     findings = verify.verify(store, full=not args.quick)
     what = "sizes and commit markers" if args.quick else "sizes, commit markers and every sha256"
     if not findings:
-        print(f"{store.url}: nothing wrong ({what} checked)")
+        say(f"{store.url}: nothing wrong ({what} checked)")
         return 0
-    print(verify.render(store, findings))
+    say(verify.render(store, findings))
     if not args.fix:
-        print(f"\n{len(findings)} problem(s); `cas verify --fix` removes what the next run rebuilds")
+        say(f"\n{len(findings)} problem(s); `cas verify --fix` removes what the next run rebuilds")
         return FAILED
     removed = verify.repair(store, findings)
     kept = [f for f in findings if not f.repair]
-    print(f"\nremoved {len(removed)}; the next run rebuilds them" + (f"; {len(kept)} left to you" if kept else ""))
+    say(f"\nremoved {len(removed)}; the next run rebuilds them" + (f"; {len(kept)} left to you" if kept else ""))
     return FAILED if kept else 0
 
 
@@ -379,21 +391,22 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The `cas` command (`argv` None: the process's arguments; a run ends the process here, `lifecycle.end`);
+    """The `cas` command (`argv` None: the process's arguments, and the process ends here, `lifecycle.end`);
     with `argv`, the exit status is returned."""
     args = parser().parse_args(argv)
-    code = _dispatch(args)
-    return lifecycle.end(code, argv) if args.func in (demo_command, run_command) else code
+    return lifecycle.end(lifecycle.guarded(lambda: _dispatch(args)), argv)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except CasError as exc:
-        print(f"cas: {exc}", file=sys.stderr)
+        problem(str(exc))
         return exc.exit_code
+    except BrokenPipeError:
+        raise  # stdout's reader went away: `lifecycle.guarded`'s to end quietly
     except OSError as exc:  # an I/O failure: a file or object that could not be read or written
-        print(f"cas: {exc}", file=sys.stderr)
+        problem(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc) or type(exc).__name__)
         return FAILED
 
 

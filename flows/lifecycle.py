@@ -3,6 +3,8 @@
 - `in_thread`: a call in a daemon thread of its own, waited for (with a deadline, or none), its result or
   its exception handed back; the one way casflow runs something it may have to stop waiting for.
 - `signals_stop_the_run` and `stop`: SIGTERM and Ctrl-C end a `cas run` within seconds (exit 128 + signal).
+- `guarded`: any other command stopped by Ctrl-C exits 130, and one whose reader went away (`| head`) 141,
+  without a traceback.
 - `end`: the `cas` command's last act, its output flushed and the process ended without interpreter shutdown.
 
 Nothing here imports Prefect at module level (only `stop` and `drain_prefect` use it, when a run is there).
@@ -24,6 +26,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 STOP_MARK_SECONDS = 2.0  # what a stopping run spends telling the Prefect server that its flow run crashed
+SIGPIPE_STATUS = 128 + 13  # as a shell reports a process that SIGPIPE ended; Python ignores SIGPIPE and gets EPIPE
 
 
 # ---------------------------------------------------------------- a call in a thread, with a deadline
@@ -152,7 +155,20 @@ def drain_prefect() -> None:
     EventsWorker.drain_all(timeout=5)
 
 
-# ---------------------------------------------------------------- the end of the command
+# ---------------------------------------------------------------- every command: Ctrl-C, a closed pipe, the end
+
+
+def guarded(command: Callable[[], int]) -> int:
+    """command()'s exit status; 130 when Ctrl-C stops it (one line, no traceback), SIGPIPE_STATUS when its
+    output's reader went away (`cas results | head -1`): nothing more is written to that pipe."""
+    try:
+        return command()
+    except KeyboardInterrupt:
+        print("\ncas: stopped by SIGINT", file=sys.stderr, flush=True)
+        return 128 + signal.SIGINT
+    except BrokenPipeError:
+        _silence_stdout()
+        return SIGPIPE_STATUS
 
 
 def end(code: int, argv: list[str] | None) -> int:
@@ -160,15 +176,31 @@ def end(code: int, argv: list[str] | None) -> int:
     Called as a function (tests), it returns `code`.
 
     Rule: the command never ends through interpreter shutdown. Reason: Prefect's and the steps' daemon
-    threads (a task runner's pool, Prefect's event loop) may be inside native code then, and finalizing the
-    interpreter under them can abort a process whose work is done (SIGABRT from C++ code). A run has sent
-    its logs and events (`drain_prefect`) and stopped its temporary server before this."""
+    threads (a task runner's pool, Prefect's event loop, s3fs's loop, a call `in_thread` abandoned) may be
+    inside native code then, and finalizing the interpreter under them can abort a process whose work is
+    done (SIGABRT from C++ code). A run has sent its logs and events (`drain_prefect`) and stopped its
+    temporary server before this."""
     if argv is not None:
         return code
-    _flush()
-    os._exit(code)
+    os._exit(SIGPIPE_STATUS if not _flush() and code == 0 else code)
 
 
-def _flush() -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
+def _flush() -> bool:
+    """Flush stdout and stderr; False when stdout's reader has gone (what was left unwritten is dropped)."""
+    ok = True
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        ok = False
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
+    return ok
+
+
+def _silence_stdout() -> None:
+    """stdout onto /dev/null, so that no later flush (ours, or the interpreter's) fails on the closed pipe."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)

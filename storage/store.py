@@ -26,6 +26,7 @@ from casflow.tasks.exits import USAGE, CasError
 
 Kind = Literal["real", "samples", "classifiers", "evaluations", "scores"]
 KINDS: tuple[str, ...] = ("real", "samples", "classifiers", "evaluations", "scores")
+TOP_FOLDERS = (*KINDS, "results", "reports")  # what a store holds at its root
 
 
 def s3_options(endpoint_url: str | None = None, region: str | None = None, key: str | None = None,
@@ -89,6 +90,10 @@ class StoreUnreachable(CasError, ConnectionError):
     """The store did not answer at all: a wrong endpoint or a server that is down, not worth minutes of retries."""
 
 
+class StoreRefused(CasError, PermissionError):
+    """The store answered, and refused what was asked: missing or wrong credentials, no permission."""
+
+
 # The first contact with a remote store, before any work: short timeouts and one retry, so a store that
 # never answers fails within about 30 s instead of after every step's retries (252 s). Once it has
 # answered, s3_options' long retries ride out restarts and throttling.
@@ -132,10 +137,12 @@ class Store:
             return self.root
         return self._s3.get("endpoint_url") or "the default AWS S3 endpoint"
 
-    def probe(self) -> None:
+    def probe(self, readable: bool = False) -> None:
         """Raise StoreUnreachable, naming the endpoint, when an S3 store does not answer within about
         30 s. Any answer (even an error such as a missing bucket or refused credentials)
-        counts: those errors are the steps' to report."""
+        counts: those errors are the steps' to report. With `readable` (a command that only reads, and has
+        no steps to report them), an answer that refuses the request raises StoreRefused instead; a missing
+        bucket does not (it holds no results, which the command says)."""
         if not (self.is_remote and "s3" in self.fs.protocol):
             return
         config = dict(self._s3.get("config_kwargs", {}), connect_timeout=PROBE_CONNECT_TIMEOUT,
@@ -143,15 +150,35 @@ class Store:
         fs = fsspec.filesystem("s3", **dict(self._s3, config_kwargs=config, skip_instance_cache=True))
         fs.retries = 1  # s3fs's own retry loop, around botocore's
         started = time.monotonic()
+        bucket, _, prefix = self.root.partition("/")
         try:
-            fs.call_s3("head_bucket", Bucket=self.root.split("/", 1)[0])
+            if readable:  # what a reader needs: listing its prefix (a policy may allow that and not HeadBucket)
+                fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=f"{prefix}/" if prefix else "", MaxKeys=1)
+            else:
+                fs.call_s3("head_bucket", Bucket=bucket)
         except Exception as exc:
             if not _no_answer(exc):
+                if readable and not isinstance(exc, FileNotFoundError):
+                    raise StoreRefused(f"store {self.url} at {self.endpoint} refused the request ({_reason(exc)}): "
+                                       "are the credentials right (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+                                       "the config's store keys)?") from None
                 return
             raise StoreUnreachable(
                 f"store {self.url} at {self.endpoint} did not answer ({_reason(exc)}; gave up after "
                 f"{time.monotonic() - started:.0f} s): is the endpoint right and the server up? Nothing was run"
             ) from None
+
+    def not_a_store(self) -> str | None:
+        """Why the root holds no casflow store (absent, not a folder, none of a store's folders in it), or
+        None when it does."""
+        if not self.is_remote and os.path.lexists(self.root) and not os.path.isdir(self.root):
+            return "not a folder"
+        names = set(self.listdir(""))
+        if names & set(TOP_FOLDERS):
+            return None
+        if not names:
+            return "nothing there" if self.is_remote else ("an empty folder" if os.path.isdir(self.root) else "no such folder")
+        return f"none of a store's folders in it ({', '.join(f + '/' for f in TOP_FOLDERS)})"
 
     # ------------------------------------------------------------ layout
 
