@@ -40,6 +40,7 @@ import time
 import urllib.error
 import urllib.request
 
+from casflow.flows.terminal import problem
 from casflow.tasks.exits import CasError
 
 MODE_VARIABLE = "CASFLOW_PREFECT_SERVER"  # auto (default) | temporary
@@ -132,8 +133,7 @@ class RunServer:
                 raise ServerProblem(f"no Prefect server answers at {self.url} (PREFECT_API_URL): start it (`make server`), "
                                     "or unset PREFECT_API_URL and cas starts a temporary one")
             return self.url
-        print(f"cas: {self.how}; starting a temporary one for this run (`make server` keeps one for every run)",
-              file=sys.stderr, flush=True)
+        problem(f"{self.how}; starting a temporary one for this run (`make server` keeps one for every run)")
         return self.temporary.wait()
 
     def close(self) -> None:
