@@ -17,12 +17,10 @@ fails the run at once instead: long retries are for a store that answered.
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import functools
 import inspect
 import logging
-import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -36,7 +34,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from casflow.flows import artifacts, placement, reporting, steps
+from casflow.flows import artifacts, lifecycle, placement, reporting, steps
 from casflow.flows.records import ModelChain
 from casflow.storage.store import is_transient
 from casflow.tasks import devices
@@ -68,28 +66,13 @@ class StepTimeLimit(RuntimeError):
 
 
 def _within_time_limit(seconds: float, step: str, fn, *args: Any, **kwargs: Any) -> Any:
-    """fn(*args, **kwargs), given up after `seconds`: user code (a sample() that never returns, a read that
-    never ends) cannot be interrupted from outside, so it runs in a daemon thread that is abandoned at the
-    limit. It commits nothing half-written if it ever finishes (every write is atomic, markers last), and
-    it ends with the process."""
-    outcome: dict[str, Any] = {}
-    context = contextvars.copy_context()  # Prefect's run context: the step's logs stay with its task run
-
-    def run() -> None:
-        try:
-            outcome["value"] = context.run(fn, *args, **kwargs)
-        except BaseException as exc:  # handed to the caller's thread as is
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=run, name=f"casflow-{step}", daemon=True)
-    worker.start()
-    worker.join(seconds)
-    if worker.is_alive():
+    """fn(*args, **kwargs), given up after `seconds` (`lifecycle.in_thread`: user code such as a sample()
+    that never returns cannot be interrupted, so it is abandoned at the limit)."""
+    try:
+        return lifecycle.in_thread(functools.partial(fn, *args, **kwargs), f"casflow-{step}", seconds)
+    except lifecycle.DeadlinePassed:
         raise StepTimeLimit(f"{step} did not finish within limits.step_seconds = {seconds:g} s; "
-                            "it was given up and its device went on with the next model")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
+                            "it was given up and its device went on with the next model") from None
 
 
 def _step(fn, name: str, retries: int = 3, run_name: str | None = None):

@@ -40,6 +40,9 @@ import time
 import urllib.error
 import urllib.request
 
+from casflow.flows.terminal import problem
+from casflow.tasks.exits import CasError
+
 MODE_VARIABLE = "CASFLOW_PREFECT_SERVER"  # auto (default) | temporary
 TIMEOUT_VARIABLE = "CASFLOW_SERVER_START_TIMEOUT"
 START_TIMEOUT = 120.0
@@ -47,7 +50,7 @@ LOCAL_HOST, LOCAL_PORT = "127.0.0.1", 4200  # Prefect's defaults for `prefect se
 STOP_GRACE = 3.0  # seconds a stopping server gets to end on SIGTERM before SIGKILL
 
 
-class ServerProblem(RuntimeError):
+class ServerProblem(CasError, RuntimeError):
     """No Prefect server to run on: the message is one line with the remedy (exit 1, nothing was run)."""
 
 
@@ -130,8 +133,7 @@ class RunServer:
                 raise ServerProblem(f"no Prefect server answers at {self.url} (PREFECT_API_URL): start it (`make server`), "
                                     "or unset PREFECT_API_URL and cas starts a temporary one")
             return self.url
-        print(f"cas: {self.how}; starting a temporary one for this run (`make server` keeps one for every run)",
-              file=sys.stderr, flush=True)
+        problem(f"{self.how}; starting a temporary one for this run (`make server` keeps one for every run)")
         return self.temporary.wait()
 
     def close(self) -> None:

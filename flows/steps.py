@@ -60,8 +60,8 @@ log = logging.getLogger("casflow.steps")
 def read_config(path: str, store_url: str | None = None) -> Config:
     """Load and validate a YAML config file; `store_url` overrides `store.url`.
 
-    ConfigError for anything that stops the run before it starts: a file that is not a regular file or
-    is larger than MAX_CONFIG_BYTES, not UTF-8, not valid, or a store that cannot keep the results."""
+    ConfigError for anything that stops the run before it starts: a file that is absent or unreadable, not a
+    regular file or larger than MAX_CONFIG_BYTES, not UTF-8, not valid, or a store that cannot keep the results."""
     return config_from_text(read_config_text(path), path, store_url)
 
 
@@ -70,6 +70,8 @@ def read_config_text(path: str) -> str:
         return read_local_file(path, path, MAX_CONFIG_BYTES, "a config may have")
     except (NotRegularFile, FileTooLarge) as exc:
         raise ConfigError(str(exc)) from None
+    except OSError as exc:  # absent, unreadable: a config that cannot run, like any other
+        raise ConfigError(f"{path}: {exc.strerror or exc}") from None
 
 
 def config_from_text(text: str, source: str, store_url: str | None = None) -> Config:

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from casflow.storage.store import Store
+from casflow.tasks.exits import CasError
 
 _RUN_KEYS = [
     pa.field("run_id", pa.string(), nullable=False),
@@ -183,7 +184,7 @@ def read_all(store: Store, table: str) -> pa.Table:
     return pa.concat_tables(tables).sort_by(order) if tables else TABLES[table].empty_table()
 
 
-class ResultsError(ValueError):
+class ResultsError(CasError, ValueError):
     """A results file that cannot be read; the message names it."""
 
 

@@ -24,6 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any
 
 from casflow.storage.store import REBUILD, IntegrityError, Store
+from casflow.tasks.exits import CasError
 
 log = logging.getLogger("casflow.storage")
 
@@ -32,7 +33,7 @@ MANIFEST = "manifest.json"
 KEY_DIGITS = 9
 
 
-class ShardFormatError(ValueError):
+class ShardFormatError(CasError, ValueError):
     """A tar stream that is not a valid WebDataset shard (duplicate keys, truncation)."""
 
 

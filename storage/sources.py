@@ -30,18 +30,25 @@ from casflow.storage import decoded_cache
 from casflow.storage.atomic import atomic_file
 from casflow.storage.shards import iter_tar
 from casflow.storage.store import filesystem, s3_options
+from casflow.tasks.exits import USAGE, CasError
 
 
-class NotRegularFile(ValueError):
+class NotRegularFile(CasError, ValueError):
     """A device, pipe, socket or folder where a file was expected: reading it may never end."""
 
+    exit_code = USAGE
 
-class FileTooLarge(ValueError):
+
+class FileTooLarge(CasError, ValueError):
     """A file (or archive member) larger than a configured limit."""
 
+    exit_code = USAGE
 
-class TooManyFiles(ValueError):
+
+class TooManyFiles(CasError, ValueError):
     """A folder, archive or brace pattern that names more files than a configured limit."""
+
+    exit_code = USAGE
 
 
 def regular_file_size(path: str, name: str) -> int:

@@ -22,9 +22,11 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from casflow.storage.atomic import atomic_file, is_debris, is_temporary
+from casflow.tasks.exits import USAGE, CasError
 
 Kind = Literal["real", "samples", "classifiers", "evaluations", "scores"]
 KINDS: tuple[str, ...] = ("real", "samples", "classifiers", "evaluations", "scores")
+TOP_FOLDERS = (*KINDS, "results", "reports")  # what a store holds at its root
 
 
 def s3_options(endpoint_url: str | None = None, region: str | None = None, key: str | None = None,
@@ -45,7 +47,7 @@ def s3_options(endpoint_url: str | None = None, region: str | None = None, key: 
     return options
 
 
-class IntegrityError(ValueError):
+class IntegrityError(CasError, ValueError):
     """A committed object that disagrees with its commit marker (size, sha256) or cannot be parsed:
     corruption at rest. Never retried; `cas verify --fix` removes it so that the next run rebuilds it."""
 
@@ -84,8 +86,12 @@ def filesystem(url: str, s3: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem,
     return fs, os.path.abspath(url.removeprefix("file://"))
 
 
-class StoreUnreachable(ConnectionError):
+class StoreUnreachable(CasError, ConnectionError):
     """The store did not answer at all: a wrong endpoint or a server that is down, not worth minutes of retries."""
+
+
+class StoreRefused(CasError, PermissionError):
+    """The store answered, and refused what was asked: missing or wrong credentials, no permission."""
 
 
 # The first contact with a remote store, before any work: short timeouts and one retry, so a store that
@@ -98,6 +104,12 @@ PROBE_READ_TIMEOUT = 6
 PROBE_ATTEMPTS = 2
 
 
+class StoreUrlError(CasError, ValueError):
+    """A store URL whose results would not outlive the run (`store_url_problem`)."""
+
+    exit_code = USAGE
+
+
 class Store:
     """casflow's own objects below one root URL. Every method takes a store-relative
     key, built by `location` or `results_location`; `uri` turns one into the URL a user pastes."""
@@ -105,7 +117,7 @@ class Store:
     def __init__(self, url: str, s3: dict[str, Any] | None = None):
         problem = store_url_problem(url)
         if problem:
-            raise ValueError(f"store.url {url}: {problem}")
+            raise StoreUrlError(f"store.url {url}: {problem}")
         self._s3 = s3 if s3 is not None else s3_options()
         self.fs, self.root = filesystem(url, self._s3)
         self.url = url if self.is_remote else os.path.abspath(self.root)
@@ -125,10 +137,12 @@ class Store:
             return self.root
         return self._s3.get("endpoint_url") or "the default AWS S3 endpoint"
 
-    def probe(self) -> None:
+    def probe(self, readable: bool = False) -> None:
         """Raise StoreUnreachable, naming the endpoint, when an S3 store does not answer within about
         30 s. Any answer (even an error such as a missing bucket or refused credentials)
-        counts: those errors are the steps' to report."""
+        counts: those errors are the steps' to report. With `readable` (a command that only reads, and has
+        no steps to report them), an answer that refuses the request raises StoreRefused instead; a missing
+        bucket does not (it holds no results, which the command says)."""
         if not (self.is_remote and "s3" in self.fs.protocol):
             return
         config = dict(self._s3.get("config_kwargs", {}), connect_timeout=PROBE_CONNECT_TIMEOUT,
@@ -136,15 +150,35 @@ class Store:
         fs = fsspec.filesystem("s3", **dict(self._s3, config_kwargs=config, skip_instance_cache=True))
         fs.retries = 1  # s3fs's own retry loop, around botocore's
         started = time.monotonic()
+        bucket, _, prefix = self.root.partition("/")
         try:
-            fs.call_s3("head_bucket", Bucket=self.root.split("/", 1)[0])
+            if readable:  # what a reader needs: listing its prefix (a policy may allow that and not HeadBucket)
+                fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=f"{prefix}/" if prefix else "", MaxKeys=1)
+            else:
+                fs.call_s3("head_bucket", Bucket=bucket)
         except Exception as exc:
             if not _no_answer(exc):
+                if readable and not isinstance(exc, FileNotFoundError):
+                    raise StoreRefused(f"store {self.url} at {self.endpoint} refused the request ({_reason(exc)}): "
+                                       "are the credentials right (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+                                       "the config's store keys)?") from None
                 return
             raise StoreUnreachable(
                 f"store {self.url} at {self.endpoint} did not answer ({_reason(exc)}; gave up after "
                 f"{time.monotonic() - started:.0f} s): is the endpoint right and the server up? Nothing was run"
             ) from None
+
+    def not_a_store(self) -> str | None:
+        """Why the root holds no casflow store (absent, not a folder, none of a store's folders in it), or
+        None when it does."""
+        if not self.is_remote and os.path.lexists(self.root) and not os.path.isdir(self.root):
+            return "not a folder"
+        names = set(self.listdir(""))
+        if names & set(TOP_FOLDERS):
+            return None
+        if not names:
+            return "nothing there" if self.is_remote else ("an empty folder" if os.path.isdir(self.root) else "no such folder")
+        return f"none of a store's folders in it ({', '.join(f + '/' for f in TOP_FOLDERS)})"
 
     # ------------------------------------------------------------ layout
 

@@ -38,12 +38,16 @@ from typing import Any
 
 import numpy as np
 
+from casflow.tasks.exits import USAGE, CasError
+
 ALPHA = 0.05
 Z_95 = 1.959963984540054  # two-sided 95%
 
 
-class ComparisonError(ValueError):
+class ComparisonError(CasError, ValueError):
     """Two runs that cannot be compared: the message says why and what to do."""
+
+    exit_code = USAGE
 
 
 def mcnemar_exact(up: int, down: int) -> float:

@@ -17,14 +17,17 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 
 from casflow.tasks import classifiers, datasets, devices, generators
 from casflow.tasks.datasets.digits import DigitsDataset
+from casflow.tasks.exits import USAGE, CasError
 from casflow.tasks.fingerprint import canonical_json
 from casflow.tasks.generators.builtin import RealGenerator
 from casflow.tasks.limits import Limits
 from casflow.tasks.schema import Frozen
 
 
-class ConfigError(ValueError):
+class ConfigError(CasError, ValueError):
     """A config that cannot run; the message lists every problem with its key path."""
+
+    exit_code = USAGE
 
 
 class StoreConfig(Frozen):

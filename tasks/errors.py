@@ -1,11 +1,15 @@
 """Errors that name what a user must fix."""
 
+from casflow.tasks.exits import USAGE, CasError
 
-class InputError(ValueError):
+
+class InputError(CasError, ValueError):
     """Bad input from a user: a model's samples, a dataset or a checkpoint.
 
     Never retried: the message says which model, which file and what is wrong.
     """
+
+    exit_code = USAGE
 
     def __init__(self, problem: str, *, model: str | None = None, source: str | None = None):
         self.problem = problem

@@ -58,7 +58,7 @@ def test_a_running_server_is_found_and_a_cached_run_imports_no_torch(cached, pre
     before = flow_run_names(prefect_api["PREFECT_API_URL"])
     script = ("import sys; from casflow.flows.cli import main; code = main(['run', sys.argv[1]]); "
               f"print('heavy:', sorted(m for m in {HEAVY!r} if m in sys.modules), flush=True); "
-              "import os; sys.stderr.flush(); os._exit(code)")  # as the `cas` command ends (cli._end): no interpreter teardown
+              "import os; sys.stderr.flush(); os._exit(code)")  # as the `cas` command ends (lifecycle.end): no interpreter teardown
     done = subprocess.run([sys.executable, "-c", script, str(config)], env=env, cwd=folder, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

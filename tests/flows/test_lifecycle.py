@@ -1,0 +1,43 @@
+"""`flows.lifecycle.in_thread`: the one way casflow runs a call it may stop waiting for."""
+
+import contextvars
+import threading
+import time
+
+import pytest
+
+from casflow.flows import lifecycle
+
+where = contextvars.ContextVar("where", default="unset")
+
+
+def test_in_thread_returns_the_result_in_the_callers_context():
+    where.set("caller")
+    assert lifecycle.in_thread(lambda: (where.get(), threading.current_thread().name), "probe") == ("caller", "probe")
+
+
+def test_in_thread_raises_the_calls_own_exception():
+    def fail():
+        raise KeyError("the call's own")
+
+    with pytest.raises(KeyError, match="the call's own"):
+        lifecycle.in_thread(fail, "probe", seconds=5)
+
+
+def test_in_thread_gives_up_at_the_deadline():
+    release = threading.Event()
+    started = time.monotonic()
+    with pytest.raises(lifecycle.DeadlinePassed, match="stuck still running after 0.2 s"):
+        lifecycle.in_thread(release.wait, "stuck", seconds=0.2)
+    assert time.monotonic() - started < 2
+    release.set()
+
+
+def test_a_step_past_its_time_limit_is_a_step_time_limit():
+    from casflow.flows.pipeline import StepTimeLimit, _within_time_limit
+
+    release = threading.Event()
+    with pytest.raises(StepTimeLimit, match="draw-samples did not finish within limits.step_seconds = 0.2 s"):
+        _within_time_limit(0.2, "draw-samples", release.wait, 30)
+    release.set()
+    assert _within_time_limit(5, "draw-samples", lambda a, b=0: a + b, 1, b=2) == 3
