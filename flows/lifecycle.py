@@ -23,6 +23,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from casflow.tasks import stopping
+
 T = TypeVar("T")
 
 STOP_MARK_SECONDS = 2.0  # what a stopping run spends telling the Prefect server that its flow run crashed
@@ -47,7 +49,8 @@ def in_thread(call: Callable[[], T], name: str, seconds: float | None = None) ->
     otherwise take and answer by waiting for every running step. An abandoned call commits nothing
     half-written if it ever finishes (every write is atomic, markers last), and it ends with the process."""
     outcome: dict[str, Any] = {}
-    context = contextvars.copy_context()
+    with stopping.stoppable() as told_to_stop:
+        context = contextvars.copy_context()  # the call's loops see its own stop flag (tasks/stopping.py)
 
     def target() -> None:
         try:
@@ -59,6 +62,7 @@ def in_thread(call: Callable[[], T], name: str, seconds: float | None = None) ->
     thread.start()
     thread.join(seconds)
     if thread.is_alive():
+        told_to_stop.set()  # our loops stop at their next block; user code that never checks runs on, abandoned
         raise DeadlinePassed(f"{name} still running after {seconds:g} s")
     if "error" in outcome:
         raise outcome["error"]
@@ -114,6 +118,7 @@ def stop(signum: int, live: Live) -> None:
     no object) and no commit marker, which the next run cleans and redoes; everything committed is whole."""
     for s in (signal.SIGTERM, signal.SIGINT):  # a second signal while stopping: stop at once
         signal.signal(s, lambda n, f: os._exit(128 + n))
+    stopping.stop_all()  # steps stop computing at their next block while the run is marked and its server ends
     name = signal.Signals(signum).name
     print(f"\ncas: stopped by {name}; nothing half-written was committed, and the next run cleans what this one left",
           file=sys.stderr, flush=True)

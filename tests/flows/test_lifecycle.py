@@ -41,3 +41,29 @@ def test_a_step_past_its_time_limit_is_a_step_time_limit():
         _within_time_limit(0.2, "draw-samples", release.wait, 30)
     release.set()
     assert _within_time_limit(5, "draw-samples", lambda a, b=0: a + b, 1, b=2) == 3
+
+
+def test_a_step_past_its_time_limit_stops_computing():
+    """Busy in numpy, block by block as the score step is: given up at the limit, its thread ends within a
+    block's time instead of computing on for nobody."""
+    import numpy as np
+
+    from casflow.flows.pipeline import StepTimeLimit, _within_time_limit
+    from casflow.tasks import stopping
+
+    blocks, threads = [], []
+
+    def busy() -> None:
+        threads.append(threading.current_thread())
+        a = np.random.default_rng(0).normal(size=(300, 64))
+        while True:
+            stopping.check()
+            blocks.append(float(((a[:, None, :] - a[None, :, :]) ** 2).sum()))
+
+    with pytest.raises(StepTimeLimit):
+        _within_time_limit(0.5, "score-samples", busy)
+    threads[0].join(5)
+    assert not threads[0].is_alive() and blocks
+    count = len(blocks)
+    time.sleep(0.3)
+    assert len(blocks) == count  # nothing computed after it stopped
