@@ -161,13 +161,14 @@ def listening_port(pids: set[int]) -> int:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_killed_mid_flow_no_process_of_the_run_is_left_and_its_port_is_free(tmp_path, signum):
+@pytest.mark.parametrize("signum, busy", [(signal.SIGKILL, ""), (signal.SIGTERM, ""), (signal.SIGTERM, "1")],
+                         ids=["SIGKILL", "SIGTERM", "SIGTERM-busy-in-numpy"])
+def test_killed_mid_flow_no_process_of_the_run_is_left_and_its_port_is_free(tmp_path, signum, busy):
     (tmp_path / "slow_gen.py").write_text(textwrap.dedent(SLOW_GENERATOR))
     models = [{"name": "slow", "generator": {"kind": "python", "entry_point": "slow_gen:make", "batch_size": 100}}]
     config = write_config(tmp_path, models, store={"url": str(tmp_path / "store"), "shard_size": 100})
     store = Store(str(tmp_path / "store"))
-    env = env_for(tmp_path, SLOW_SECONDS="1.0")  # 15 batches: 15 s of sampling left to wait for, were the run to wait
+    env = env_for(tmp_path, SLOW_SECONDS="1.0", SLOW_BUSY=busy)  # 15 batches: 15 s of sampling left to wait for, were the run to wait
     process = subprocess.Popen([*CAS, "run", str(config)], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
