@@ -38,7 +38,7 @@ from casflow.tasks.fingerprint import fingerprint
 
 log = logging.getLogger("casflow.plan")
 
-JSON_VERSION = 1
+JSON_SHAPE = 1  # `cas plan --json`'s "version": raised when a key changes meaning (keys are only ever added)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +115,7 @@ class Plan:
                                       "units": s.units, "seconds": _round(s.seconds), "rate_source": s.rate_source,
                                       "bytes": s.bytes} for s in mine]})
         return {
-            "version": JSON_VERSION, "config": self.config, "store": self.store,
+            "version": JSON_SHAPE, "config": self.config, "store": self.store,
             "dataset": {"name": self.dataset, "fingerprint": self.dataset_fingerprint,
                         "status": "cached" if self.dataset_cached else "compute"},
             "recipe": self.recipe, "models": models,
@@ -383,6 +383,17 @@ def render(plan: Plan) -> str:
                  f"{_size(plan.total_bytes())} to write")
     lines.append(one_line_total(plan))
     return "\n".join(lines)
+
+
+def pre_run_line(config_path: str, store_url: str | None = None) -> str | None:
+    """`one_line_total` of a config's plan, for `cas run` to print before it starts; None (and a warning
+    in the log) when no plan can be made: a plan never stops a run (the run reports the problem itself)."""
+    try:
+        config = steps.read_config(config_path, store_url)
+        return one_line_total(make_plan(config, steps.open_store(config.store), config_path))
+    except Exception as exc:  # noqa: BLE001 - an estimate is optional; the run itself says what is wrong
+        log.warning("no plan: %s", exc)
+        return None
 
 
 def plan_command(config_path: str, store_url: str | None, as_json: bool) -> int:

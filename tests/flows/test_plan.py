@@ -15,14 +15,16 @@ from casflow.flows.records import ModelChain
 from casflow.storage import artifacts
 from casflow.tasks import throughput
 from casflow.tasks.results import RunInfo
-from helpers import write_config
+from helpers import TINY_CLASSIFIER, write_config
 
 MODELS = [
     {"name": "real", "generator": {"kind": "real"}},
     {"name": "gauss", "generator": {"kind": "gaussian", "components": 16}},
 ]
 CHANGED = [MODELS[0], {"name": "gauss", "generator": {"kind": "gaussian", "components": 8}}]
-SECTIONS = {"scores": {"augmentation": [0.5]}}  # one NAS classifier for gauss, scores on
+EPOCHS = 2  # the tests' tiny recipe, shorter still: six trainings in this module
+SECTIONS = {"scores": {"augmentation": [0.5]},  # one NAS classifier for gauss, scores on
+            "classifier": TINY_CLASSIFIER | {"options": TINY_CLASSIFIER["options"] | {"epochs": EPOCHS}}}
 
 
 def run_chains(config_path, run_id="run-1"):
@@ -98,9 +100,8 @@ def test_a_changed_generator_computes_its_model_only(warm):
 
 def test_changing_the_recipe_retrains_on_stored_samples(warm):
     directory, _, _ = warm
-    options = {"classifier": {"recipe": "fast", "options": {"widths": [32, 64, 64], "epochs": 3, "batch_size": 64,
-                                                            "flip": False, "translate": 1}, "device": "cpu"}}
-    plan = plan_of(write_config(directory, MODELS, name="recipe.yaml", **SECTIONS, **options))
+    other = SECTIONS | {"classifier": SECTIONS["classifier"] | {"options": SECTIONS["classifier"]["options"] | {"epochs": 3}}}
+    plan = plan_of(write_config(directory, MODELS, name="recipe.yaml", **other))
     gauss = by_label(plan, "gauss")
     assert gauss["samples"].status == "cached"
     train = gauss["train seed 0"]
@@ -133,7 +134,7 @@ def test_markers_record_what_plans_estimate_from(warm):
     _, _, (config, store, chains, scored) = warm
     log = artifacts.read_train_log(store, chains["gauss"].classifiers[0].fingerprint)
     assert log["recipe"] == "fast" and log["image_shape"] == [8, 8, 1] and log["device"] == "cpu"
-    assert log["images_seen"] == round(chains["gauss"].samples.shard_set.num_samples * 6)
+    assert log["images_seen"] == round(chains["gauss"].samples.shard_set.num_samples * EPOCHS)
     metrics = artifacts.read_evaluation(store, chains["gauss"].evaluations[0].fingerprint)
     assert metrics["num_images"] == 359 and metrics["seconds"] > 0 and metrics["recipe"] == "fast"
     stored_scores = artifacts.read_scores(store, scored["gauss"].fingerprint)
@@ -157,7 +158,7 @@ def test_defaults_without_history(tmp_path):
     gauss = by_label(plan, "gauss")
     assert all(s.status == "compute" for s in plan.steps if s.step != "samples" or s.model != "real")
     train = gauss["train seed 0"]
-    assert train.units == 1438 * 6 and train.rate_source.startswith("default")
+    assert train.units == 1438 * EPOCHS and train.rate_source.startswith("default")
     assert train.seconds == pytest.approx(train.units / throughput.TRAIN[("fast", "cpu")].rate)
     assert gauss["evaluate seed 0"].seconds == pytest.approx(359 / throughput.EVALUATE[("fast", "cpu")].rate)
     assert gauss["samples"].seconds == pytest.approx(1438 / throughput.SAMPLES["gaussian"].rate)
