@@ -159,6 +159,8 @@ def make_plan(config: Config, store: Store, config_path: str = "config", device_
         for model in config.all_models:
             planned.append(_scores_step(config, store, model, dataset, names[lanes[model.name]], estimator,
                                         _samples_of(planned, model.name), real_classifier))
+    order = {name: i for i, name in enumerate(lanes)}
+    planned.sort(key=lambda s: order[s.model])  # stable: each model's steps together, in the order a run calls them
     return Plan(config_path, store.url, config.dataset.name, dataset_fp, dataset is not None, config.classifier.resolved.name,
                 lanes, tuple(planned))
 
@@ -334,7 +336,7 @@ def _duration(seconds: float | None) -> str:
     if seconds < 60:
         return f"{seconds:.1f} s"
     if seconds < 3600:
-        return f"{seconds / 60:.0f} min"
+        return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
 
 
