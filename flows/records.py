@@ -80,6 +80,7 @@ class ScoresRecord:
     overall: dict[str, float | None]
     per_class: dict[str, list[float | None]]
     cached: bool
+    seconds: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)

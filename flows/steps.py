@@ -117,7 +117,7 @@ def verify_store(store: Store, level: str) -> list[verify.Finding]:
 def prepare_dataset(config: Config, store: Store) -> DatasetRecord:
     """Shard the real train and eval splits once per dataset fingerprint."""
     spec, files = config.dataset, open_files(config)
-    inputs = datasets.fingerprint_inputs(spec, files) | {"shard_size": config.store.shard_size}
+    inputs = dataset_inputs(config, files)
     fp = fingerprint("dataset", inputs)
     locations = {split: store.location("real", fp, split) for split in ("train", "eval")}
     committed = {split: load_shard_set(store, loc) for split, loc in locations.items()}
@@ -134,6 +134,10 @@ def prepare_dataset(config: Config, store: Store) -> DatasetRecord:
             fingerprint_inputs=inputs | {"split": split}, class_names=data.class_names, image_shape=data.image_shape,
             what=f"{spec.name} {split}")
     return DatasetRecord(spec.name, fp, committed["train"], committed["eval"], cached=False)
+
+
+def dataset_inputs(config: Config, files: Files) -> dict:
+    return datasets.fingerprint_inputs(config.dataset, files) | {"shard_size": config.store.shard_size}
 
 
 # ---------------------------------------------------------------- step 2: a model's samples as shards
@@ -234,7 +238,7 @@ def classifier_inputs(config: Config, samples: ShardSet, num_classes: int, seed:
 def evaluate_classifier(config: Config, store: Store, classifier: ClassifierRecord, dataset: DatasetRecord,
                         device: str) -> EvaluationRecord:
     started = time.perf_counter()
-    inputs = {"classifier": classifier.fingerprint, "eval": dataset.eval.manifest_sha256}
+    inputs = evaluation_inputs(classifier.fingerprint, dataset.eval)
     fp = fingerprint("evaluation", inputs)
     stored = artifacts.read_evaluation(store, fp)
     if stored is not None:
@@ -253,12 +257,19 @@ def evaluate_classifier(config: Config, store: Store, classifier: ClassifierReco
                              for start in range(0, len(labels), training.PREDICT_BATCH)])  # the batches of one call
     counts = count_correct(logits, labels, len(dataset.class_names))
     top5, p_true = top_predictions(logits, labels)
-    artifacts.write_evaluation(store, fp, {"fingerprint_inputs": inputs, "counts": dataclasses.asdict(counts)},
+    measured = {"seconds": round(time.perf_counter() - started, 3), "device": training.device_name(torch_device),
+                "num_images": len(labels), "image_shape": list(dataset.eval.image_shape), "recipe": recipe.name,
+                "recipe_fingerprint": recipe.fingerprint}  # what `cas plan` estimates from (flows/plan.py)
+    artifacts.write_evaluation(store, fp, {"fingerprint_inputs": inputs, "counts": dataclasses.asdict(counts)} | measured,
                                keys=[sample_key(i) for i in range(len(labels))], labels=labels, top5=top5, p_true=p_true)
     log.info("model %s: top-1 %.4f, top-5 %.4f on %d real eval images", classifier.model, counts.top1, counts.top5,
              sum(counts.n_eval))
     return EvaluationRecord(classifier.model, fp, classifier, counts, cached=False,
                             seconds=round(time.perf_counter() - started, 3))
+
+
+def evaluation_inputs(classifier_fingerprint: str, eval_split: ShardSet) -> dict:
+    return {"classifier": classifier_fingerprint, "eval": eval_split.manifest_sha256}
 
 
 # ---------------------------------------------------------------- step 4b: scores beside CAS, in the real baseline's classifier
@@ -272,11 +283,8 @@ def score_samples(config: Config, store: Store, samples: SamplesRecord, real: Cl
     References: Frechet distance, precision/recall and density/coverage against the real eval split
     (images the classifier never saw, so the `real` model's row is an honest floor); near copies against
     the real train split, in pixels and in features."""
-    spec = config.scores
-    inputs = {"samples": samples.shard_set.manifest_sha256, "classifier": real.fingerprint,
-              "eval": dataset.eval.manifest_sha256, "train": dataset.train.manifest_sha256,
-              "asked": spec.model_dump(exclude={"augmentation"}), "precision_recall_k": scores.PRECISION_RECALL_K,
-              "density_coverage_k": scores.DENSITY_COVERAGE_K, "near_copy_quantile": scores.NEAR_COPY_QUANTILE}
+    spec, started = config.scores, time.perf_counter()
+    inputs = scores_inputs(config, samples.shard_set, real.fingerprint, dataset)
     fp = fingerprint("scores", inputs)
     stored = artifacts.read_scores(store, fp)
     if stored is not None:
@@ -310,9 +318,20 @@ def score_samples(config: Config, store: Store, samples: SamplesRecord, real: Cl
         per_class["memorized_fraction"] = list(scores.fraction_per_class(pixels.flags, labels, num_classes))
     overall = {k: scores.finite_or_none(v) for k, v in overall.items()}
     per_class = {k: [scores.finite_or_none(v) for v in values] for k, values in per_class.items()}
-    artifacts.write_scores(store, fp, {"fingerprint_inputs": inputs, "overall": overall, "per_class": per_class})
+    measured = {"seconds": round(time.perf_counter() - started, 3), "device": training.device_name(torch_device),
+                "num_samples": len(labels), "image_shape": list(dataset.train.image_shape), "recipe": recipe.name,
+                "recipe_fingerprint": recipe.fingerprint}  # what `cas plan` estimates from (flows/plan.py)
+    artifacts.write_scores(store, fp, {"fingerprint_inputs": inputs, "overall": overall, "per_class": per_class} | measured)
     log.info("model %s: scores %s", samples.model, ", ".join(f"{k} {v:.4g}" for k, v in overall.items() if v is not None))
-    return ScoresRecord(samples.model, fp, real.fingerprint, overall, per_class, cached=False)
+    return ScoresRecord(samples.model, fp, real.fingerprint, overall, per_class, cached=False, seconds=measured["seconds"])
+
+
+def scores_inputs(config: Config, samples: ShardSet, real_classifier: str, dataset: DatasetRecord) -> dict:
+    """Everything that changes a model's scores beside CAS."""
+    return {"samples": samples.manifest_sha256, "classifier": real_classifier,
+            "eval": dataset.eval.manifest_sha256, "train": dataset.train.manifest_sha256,
+            "asked": config.scores.model_dump(exclude={"augmentation"}), "precision_recall_k": scores.PRECISION_RECALL_K,
+            "density_coverage_k": scores.DENSITY_COVERAGE_K, "near_copy_quantile": scores.NEAR_COPY_QUANTILE}
 
 
 # ---------------------------------------------------------------- step 5: results, judged against the previous run

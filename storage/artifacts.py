@@ -104,6 +104,34 @@ def read_scores(store: Store, fingerprint: str) -> dict[str, Any] | None:
     return _read_marker(store, location)
 
 
+# What each commit marker records of its step's work and time, for `cas plan`'s estimates (flows/plan.py);
+# markers written before these keys were kept lack them and are left out.
+MEASURED_KEYS = {
+    "classifiers": (TRAIN_LOG, ("train_seconds", "device", "recipe", "recipe_fingerprint", "image_shape", "images_seen",
+                                "weights_size")),
+    "evaluations": (METRICS, ("seconds", "device", "recipe", "recipe_fingerprint", "image_shape", "num_images",
+                              "predictions_size")),
+    "scores": (SCORES, ("seconds", "device", "recipe", "recipe_fingerprint", "image_shape", "num_samples")),
+}
+
+
+def measurements(store: Store, kind: str) -> list[dict[str, Any]]:
+    """The measured keys (MEASURED_KEYS) of every committed marker of a kind ("classifiers",
+    "evaluations", "scores") that has them all; one listing and one concurrent read. A marker that
+    does not parse is left out (`cas verify` reports it)."""
+    name, keys = MEASURED_KEYS[kind]
+    locations = [path for path in store.find(kind) if path.endswith(f"/{name}") and path.count("/") == 2]
+    found = []
+    for data in store.read_many(locations):
+        try:
+            marker = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if isinstance(marker, dict) and all(marker.get(key) is not None for key in keys):
+            found.append({key: marker[key] for key in keys})
+    return found
+
+
 def _read_marker(store: Store, location: str) -> dict[str, Any]:
     try:
         marker = json.loads(store.read_bytes(location))

@@ -23,8 +23,8 @@ from casflow.tasks.classifiers import Recipe, data_path
 from casflow.tasks.classifiers.common import PREDICT_BATCH, ResidentLoader, StreamingLoader, predict_features, predict_logits
 from casflow.tasks.fingerprint import derive_seed
 
-__all__ = ["PREDICT_BATCH", "InMemorySamples", "TrainingSamples", "data_path", "features", "load_weights", "predict", "train",
-           "weights_bytes"]
+__all__ = ["PREDICT_BATCH", "InMemorySamples", "TrainingSamples", "data_path", "device_name", "features", "load_weights",
+           "predict", "train", "weights_bytes", "weights_size"]
 
 
 class TrainingSamples(Protocol):
@@ -84,11 +84,28 @@ def train(recipe: Recipe, samples: TrainingSamples, *, num_classes: int, device:
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its kernels once
         torch.cuda.reset_peak_memory_stats(device)
     net, log = recipe.module.train(loader, num_classes, hp, device, derive_seed(seed, "init"), samples.image_shape)
-    log["device"] = str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)
+    log["device"] = device_name(device)
     log["torch"] = torch.__version__
+    # what `cas plan` estimates from (tasks/throughput.py): images seen per second, per recipe, image shape and device
+    log |= {"recipe": recipe.name, "recipe_fingerprint": recipe.fingerprint, "num_samples": samples.num_samples,
+            "image_shape": list(samples.image_shape), "images_seen": round(samples.num_samples * hp.epochs)}
     if device.type == "cuda":
         log["peak_gpu_memory_bytes"] = int(torch.cuda.max_memory_allocated(device))
     return net, log
+
+
+def device_name(device: torch.device) -> str:
+    """"cpu", or the GPU's name: what training logs and throughput is matched on."""
+    return str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)
+
+
+def weights_size(recipe: Recipe, image_shape: tuple[int, int, int], num_classes: int) -> int:
+    """About how many bytes `weights_bytes` gives for this recipe, from a network built on the meta
+    device (no memory, no data): the tensors' bytes plus torch.save's framing per tensor."""
+    with torch.device("meta"):
+        net = recipe.module.build(recipe.hp, image_shape, num_classes)
+    state = net.state_dict()
+    return sum(t.numel() * t.element_size() for t in state.values()) + 160 * len(state) + 1500
 
 
 def weights_bytes(net: torch.nn.Module) -> bytes:

@@ -1,0 +1,465 @@
+"""`cas plan CONFIG`: what a run of a config would compute, how long it would take and what it would write,
+from fingerprints and store lookups alone (nothing is drawn, trained or evaluated).
+
+Per model it lists the steps a run calls (`pipeline._submit_chain`, then the scores): its samples; a
+classifier and its evaluation per classifier seed; the same per Naive Augmentation Score ratio; its
+scores beside CAS. A step is `cached` when its output is committed under its fingerprint, else it
+will `compute`; a fingerprint that depends on an earlier step's output (a classifier's on its samples'
+manifest) is known only once that step has run, so such a step computes "after samples".
+
+Estimates: each computing step's units of work (`tasks/throughput.py`) over the rate earlier runs on
+this store measured (their commit markers; sampling from the results' summary rows), else a default.
+Bytes: the samples' shards (bytes per sample of the real train split's shards), the weights and the
+predictions (as earlier ones of the same recipe, else estimated).
+
+For the CLI: `plan_command` (`cas plan CONFIG [--json]`) and `one_line_total` (the line `cas run`
+prints before it starts); for the flow: `compare_with_plan` (a line per step, estimated against measured).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import statistics
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from casflow.flows import placement, steps
+from casflow.flows.records import DatasetRecord, ModelChain
+from casflow.storage import artifacts, results
+from casflow.storage.shards import load_shard_set
+from casflow.storage.store import Store, StoreUnreachable
+from casflow.tasks import devices, generators, throughput
+from casflow.tasks.config import Config, ConfigError, ModelConfig
+from casflow.tasks.errors import InputError
+from casflow.tasks.fingerprint import fingerprint
+
+log = logging.getLogger("casflow.plan")
+
+JSON_SHAPE = 1  # `cas plan --json`'s "version": raised when a key changes meaning (keys are only ever added)
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedStep:
+    model: str
+    step: str  # samples | train | evaluate | scores
+    seed: int | None  # the classifier seed (train, evaluate)
+    ratio: float | None  # the NAS ratio (train, evaluate of an augmented classifier)
+    status: str  # cached | compute
+    fingerprint: str | None  # None: known only after `after` has computed
+    after: str | None  # the earlier step whose output this step's fingerprint needs: "dataset", "samples", "train"
+    device: str  # as throughput is matched: "cpu" or the GPU's name
+    units: float | None  # the step's work (tasks/throughput.py); None when the dataset is not sharded yet
+    seconds: float | None  # estimated; 0 for a cached step
+    rate_source: str | None  # "history (n)" or "default (...)"
+    bytes: int | None  # estimated bytes it writes; 0 for a cached step
+
+    @property
+    def label(self) -> str:
+        """samples, train seed 0, evaluate seed 0, train NAS 0.5, evaluate NAS 0.5, scores."""
+        if self.ratio is not None:
+            return f"{self.step} NAS {self.ratio:g}"
+        return self.step if self.seed is None else f"{self.step} seed {self.seed}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    config: str
+    store: str
+    dataset: str
+    dataset_fingerprint: str
+    dataset_cached: bool
+    recipe: str
+    lanes: dict[str, str]  # model -> lane device ("cpu", "cuda:0")
+    steps: tuple[PlannedStep, ...]
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.lanes)
+
+    def computing(self) -> list[PlannedStep]:
+        return [s for s in self.steps if s.status == "compute"]
+
+    def models_computing(self) -> list[str]:
+        return list(dict.fromkeys(s.model for s in self.computing()))
+
+    def total_seconds(self) -> float | None:
+        """Device seconds of every computing step; None when one of them has no estimate."""
+        values = [s.seconds for s in self.computing()]
+        return None if any(v is None for v in values) else sum(values)
+
+    def wall_seconds(self) -> float | None:
+        """The longest lane's seconds: lanes run side by side, a lane's models one after another."""
+        if self.total_seconds() is None:
+            return None
+        per_lane: dict[str, float] = {}
+        for s in self.computing():
+            per_lane[self.lanes[s.model]] = per_lane.get(self.lanes[s.model], 0.0) + s.seconds
+        return max(per_lane.values(), default=0.0)
+
+    def total_bytes(self) -> int | None:
+        values = [s.bytes for s in self.computing()]
+        return None if any(v is None for v in values) else sum(values)
+
+    def to_json(self) -> dict[str, Any]:
+        """The documented shape (README, `cas plan --json`); keys are only ever added."""
+        total, wall = self.total_seconds(), self.wall_seconds()
+        models = []
+        for name in self.models:
+            mine = [s for s in self.steps if s.model == name]
+            models.append({"name": name, "lane": self.lanes[name], "computes": any(s.status == "compute" for s in mine),
+                           "steps": [{"step": s.step, "seed": s.seed, "ratio": s.ratio, "status": s.status,
+                                      "fingerprint": s.fingerprint, "after": s.after, "device": s.device,
+                                      "units": s.units, "seconds": _round(s.seconds), "rate_source": s.rate_source,
+                                      "bytes": s.bytes} for s in mine]})
+        return {
+            "version": JSON_SHAPE, "config": self.config, "store": self.store,
+            "dataset": {"name": self.dataset, "fingerprint": self.dataset_fingerprint,
+                        "status": "cached" if self.dataset_cached else "compute"},
+            "recipe": self.recipe, "models": models,
+            "total": {"models": len(self.models), "models_computing": len(self.models_computing()),
+                      "steps": len(self.steps), "steps_computing": len(self.computing()),
+                      "seconds": _round(total), "device_hours": None if total is None else round(total / 3600, 4),
+                      "wall_seconds": _round(wall), "bytes": self.total_bytes(),
+                      "devices": sorted(set(self.lanes.values()))},
+        }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+# ---------------------------------------------------------------- making a plan
+
+def make_plan(config: Config, store: Store, config_path: str = "config", device_names: Mapping[str, str] | None = None) -> Plan:
+    """The plan of a run of `config` on `store`: fingerprints and store lookups only.
+
+    `device_names` maps a lane ("cpu", "cuda:0") to the name throughput is matched on ("cpu", the GPU's
+    name); by default it is asked of torch, which is imported only where a GPU may be visible."""
+    files = steps.open_files(config)
+    dataset_fp = fingerprint("dataset", steps.dataset_inputs(config, files))
+    train, eval_ = (load_shard_set(store, store.location("real", dataset_fp, split)) for split in ("train", "eval"))
+    dataset = DatasetRecord(config.dataset.name, dataset_fp, train, eval_, cached=True) if train and eval_ else None
+
+    spec = config.classifier.device
+    lane_devices = devices.visible_devices(spec, _cuda_count(spec))
+    lanes = placement.assign_lanes([m.name for m in config.all_models], lane_devices)
+    names = dict(device_names) if device_names is not None else {d: _device_name(d) for d in lane_devices}
+    estimator = _Estimator(config, store, dataset)
+    planned: list[PlannedStep] = []
+    real_classifier = None
+    for model in config.all_models:
+        chain = _model_steps(config, store, files, model, dataset, names[lanes[model.name]], estimator)
+        if model.name == config.baseline.name:
+            real_classifier = chain["first_classifier"]
+        planned += chain["steps"]
+    if config.scores.gan_test or config.scores.features or config.scores.memorization:
+        for model in config.all_models:
+            planned.append(_scores_step(config, store, model, dataset, names[lanes[model.name]], estimator,
+                                        _samples_of(planned, model.name), real_classifier))
+    order = {name: i for i, name in enumerate(lanes)}
+    planned.sort(key=lambda s: order[s.model])  # stable: each model's steps together, in the order a run calls them
+    return Plan(config_path, store.url, config.dataset.name, dataset_fp, dataset is not None, config.classifier.resolved.name,
+                lanes, tuple(planned))
+
+
+def _model_steps(config: Config, store: Store, files: Any, model: ModelConfig, dataset: DatasetRecord | None,
+                 device: str, estimator: _Estimator) -> dict[str, Any]:
+    """A model's samples, then a classifier and an evaluation per seed and per NAS ratio."""
+    kind = model.generator.kind
+    shard_set, samples_status, samples_fp = None, "compute", None
+    if dataset is not None:
+        if generators.SOURCES[kind].draw is None:  # `real`: the real train split's shards
+            shard_set, samples_status, samples_fp = dataset.train, "cached", dataset.train.fingerprint
+        else:
+            try:
+                samples_fp = fingerprint("samples", steps.samples_inputs(config, files, model, dataset))
+            except (InputError, OSError, ValueError) as exc:  # its files unreadable: the run would fail it
+                log.warning("model %s: samples fingerprint unknown (%s); planned as computing", model.name, exc)
+            if samples_fp is not None:
+                shard_set = load_shard_set(store, store.location("samples", samples_fp))
+                samples_status = "cached" if shard_set is not None else "compute"
+    num = dataset.train.num_samples if dataset is not None else None
+    out = [estimator.step(model.name, "samples", None, None, samples_status, samples_fp,
+                          None if dataset is not None else "dataset", device, kind, num)]
+
+    def train_and_evaluate(seed: int, ratio: float | None) -> str | None:
+        classifier_fp = None
+        if shard_set is not None:
+            inputs = steps.classifier_inputs(config, shard_set, len(dataset.class_names), seed, ratio, dataset.train)
+            classifier_fp = fingerprint("classifier", inputs)
+        after = "dataset" if dataset is None else "samples" if shard_set is None else None
+        classifier_cached = classifier_fp is not None and artifacts.read_train_log(store, classifier_fp) is not None
+        images = None if num is None else num if ratio is None else num + round(ratio * num)
+        out.append(estimator.step(model.name, "train", seed, ratio, "cached" if classifier_cached else "compute",
+                                  classifier_fp, after, device, None, images))
+        evaluation_fp = None if classifier_fp is None else fingerprint(
+            "evaluation", steps.evaluation_inputs(classifier_fp, dataset.eval))
+        evaluation_cached = evaluation_fp is not None and artifacts.read_evaluation(store, evaluation_fp) is not None
+        eval_images = dataset.eval.num_samples if dataset is not None else None
+        out.append(estimator.step(model.name, "evaluate", seed, ratio, "cached" if evaluation_cached else "compute",
+                                  evaluation_fp, after or (None if classifier_fp else "train"), device, None, eval_images))
+        return classifier_fp
+
+    first = [train_and_evaluate(seed, None) for seed in config.classifier_seeds][0]
+    for ratio in config.scores.augmentation if kind != "real" else ():
+        train_and_evaluate(config.classifier_seeds[0], ratio)
+    return {"steps": out, "first_classifier": first}
+
+
+def _samples_of(planned: list[PlannedStep], model: str) -> PlannedStep:
+    return next(s for s in planned if s.model == model and s.step == "samples")
+
+
+def _scores_step(config: Config, store: Store, model: ModelConfig, dataset: DatasetRecord | None, device: str,
+                 estimator: _Estimator, samples: PlannedStep, real_classifier: str | None) -> PlannedStep:
+    fp = None
+    if dataset is not None and samples.status == "cached" and real_classifier is not None:
+        shard_set = dataset.train if samples.fingerprint == dataset.train.fingerprint else \
+            load_shard_set(store, store.location("samples", samples.fingerprint))
+        fp = fingerprint("scores", steps.scores_inputs(config, shard_set, real_classifier, dataset))
+    cached = fp is not None and artifacts.read_scores(store, fp) is not None
+    after = "dataset" if dataset is None else "samples" if samples.status != "cached" else None if fp else "train"
+    return estimator.step(model.name, "scores", None, None, "cached" if cached else "compute", fp, after, device, None,
+                          None if dataset is None else dataset.train.num_samples)
+
+
+class _Estimator:
+    """Seconds and bytes of a step from the store's history, read once per plan."""
+
+    def __init__(self, config: Config, store: Store, dataset: DatasetRecord | None):
+        self.recipe = config.classifier.resolved
+        self.dataset = dataset
+        self.epochs = float(self.recipe.hp.epochs)
+        self.shape = tuple(dataset.train.image_shape) if dataset is not None else None
+        self.num_classes = len(dataset.class_names) if dataset is not None else None
+        self.history, self.weights, self.predictions = read_history(store)
+        self._weights_estimate: int | None = None
+
+    def step(self, model: str, step: str, seed: int | None, ratio: float | None, status: str, fp: str | None,
+             after: str | None, device: str, kind: str | None, count: int | None) -> PlannedStep:
+        if status == "cached":
+            return PlannedStep(model, step, seed, ratio, status, fp, None, device, None, 0.0, None, 0)
+        if step == "samples" and generators.SOURCES[kind].draw is None:  # real, not yet sharded: the dataset step's
+            return PlannedStep(model, step, seed, ratio, status, fp, after, device, 0, 0.0, None, 0)
+        units = None if count is None else count * self.epochs if step == "train" else count
+        if step == "samples":
+            rate = throughput.rate(self.history, "samples", kind, self.dataset.fingerprint if self.dataset else None,
+                                   device, None)
+        else:
+            rate = throughput.rate(self.history, step, self.recipe.name, self.recipe.fingerprint, device, self.shape)
+        seconds = None if units is None else throughput.seconds(units, rate)
+        return PlannedStep(model, step, seed, ratio, status, fp, after, device, units, seconds, rate.source,
+                           self._bytes(step, count))
+
+    def _bytes(self, step: str, count: int | None) -> int | None:
+        if count is None or self.dataset is None:
+            return None
+        if step == "samples":
+            per_sample = sum(s.size for s in self.dataset.train.shards) / max(self.dataset.train.num_samples, 1)
+            return round(count * per_sample + 1000)  # and the manifest
+        if step == "train":
+            return self._weights() + 2000  # and train_log.json
+        if step == "evaluate":
+            return round(count * self._prediction_bytes()) + 2000
+        return 4000  # scores.json
+
+    def _weights(self) -> int:
+        same = [w for fp, shape, w in self.weights if fp == self.recipe.fingerprint and shape == self.shape]
+        if same:
+            return round(statistics.median(same))
+        if self._weights_estimate is None:
+            from casflow.tasks.classifiers import training  # torch: only when no classifier of this recipe is stored
+
+            self._weights_estimate = training.weights_size(self.recipe, self.shape, self.num_classes)
+        return self._weights_estimate
+
+    def _prediction_bytes(self) -> float:
+        return statistics.median(self.predictions) if self.predictions else throughput.PREDICTION_BYTES_PER_IMAGE
+
+
+def read_history(store: Store) -> tuple[list[throughput.Measurement], list[tuple], list[float]]:
+    """Every measurement on the store (classifiers', evaluations' and scores' markers; sampling from the
+    results' summary rows), the stored weights' sizes by (recipe fingerprint, image shape), and the
+    predictions' bytes per eval image."""
+    found: list[throughput.Measurement] = []
+    weights, predictions = [], []
+    shape = lambda m: tuple(m["image_shape"])  # noqa: E731
+    for m in artifacts.measurements(store, "classifiers"):
+        found.append(throughput.Measurement("train", m["recipe"], m["recipe_fingerprint"], m["device"], shape(m),
+                                            m["images_seen"], m["train_seconds"]))
+        weights.append((m["recipe_fingerprint"], shape(m), m["weights_size"]))
+    for m in artifacts.measurements(store, "evaluations"):
+        found.append(throughput.Measurement("evaluate", m["recipe"], m["recipe_fingerprint"], m["device"], shape(m),
+                                            m["num_images"], m["seconds"]))
+        predictions.append(m["predictions_size"] / max(m["num_images"], 1))
+    for m in artifacts.measurements(store, "scores"):
+        found.append(throughput.Measurement("scores", m["recipe"], m["recipe_fingerprint"], m["device"], shape(m),
+                                            m["num_samples"], m["seconds"]))
+    try:
+        summary = results.read_all(store, "summary").to_pylist()
+    except results.ResultsError as exc:  # a damaged results file: plan without sampling history
+        log.warning("plan: no sampling history: %s", exc)
+        summary = []
+    for row in summary:
+        if row.get("samples_cached") is False and (row.get("sample_seconds") or 0) > 0 and row.get("n_samples") \
+                and row.get("device") and row.get("generator_kind"):
+            found.append(throughput.Measurement("samples", row["generator_kind"], row["dataset_fingerprint"], row["device"],
+                                                None, row["n_samples"], row["sample_seconds"]))
+    return found, weights, predictions
+
+
+def _cuda_count(spec: str) -> int:
+    """As the flow counts GPUs (pipeline._cuda_count), without importing Prefect."""
+    if devices.parse(spec) == ["cpu"] or not devices.may_have_gpus():
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _device_name(lane: str) -> str:
+    if lane == "cpu":
+        return "cpu"
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(lane))
+
+
+# ---------------------------------------------------------------- printing
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def one_line_total(plan: Plan) -> str:
+    """The line `cas run` prints before it starts, e.g. `plan: 3 of 5 models compute, ~4 min on cpu, 12.0 MB to write`."""
+    computing = plan.models_computing()
+    if not computing:
+        return f"plan: all {len(plan.models)} models cached, nothing to compute"
+    on = ", ".join(sorted(set(plan.lanes[m] for m in computing)))
+    wall = plan.wall_seconds()
+    time_part = "time unknown until the dataset is sharded" if wall is None else f"~{_duration(wall)} on {on}"
+    size = plan.total_bytes()
+    return (f"plan: {len(computing)} of {len(plan.models)} models compute, {time_part}, "
+            f"{'?' if size is None else _size(size)} to write")
+
+
+def render(plan: Plan) -> str:
+    """The table `cas plan` prints."""
+    lines = [f"plan  config {plan.config}  store {plan.store}  dataset {plan.dataset} "
+             f"({'cached' if plan.dataset_cached else 'compute'})  recipe {plan.recipe}"]
+    header = ("model", "step", "status", "estimate", "writes", "device", "rate from")
+    rows = []
+    for s in plan.steps:
+        status = s.status if s.status == "cached" or s.after is None else f"compute after {s.after}"
+        if s.status == "cached" and s.fingerprint:
+            status += f" ({s.fingerprint[:12]})"
+        rows.append((s.model, s.label, status, "-" if s.status == "cached" else _duration(s.seconds),
+                     "-" if s.status == "cached" else _size(s.bytes), s.device, s.rate_source or "-"))
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    total = plan.total_seconds()
+    hours = "?" if total is None else f"{total / 3600:.3f}"
+    lines.append(f"total: {len(plan.computing())} of {len(plan.steps)} steps compute; {_duration(total)} of device time "
+                 f"({hours} device-hours), ~{_duration(plan.wall_seconds())} on {len(set(plan.lanes.values()))} lane(s); "
+                 f"{_size(plan.total_bytes())} to write")
+    lines.append(one_line_total(plan))
+    return "\n".join(lines)
+
+
+def pre_run_line(config_path: str, store_url: str | None = None) -> str | None:
+    """`one_line_total` of a config's plan, for `cas run` to print before it starts; None (and a warning
+    in the log) when no plan can be made: a plan never stops a run (the run reports the problem itself)."""
+    try:
+        config = steps.read_config(config_path, store_url)
+        return one_line_total(make_plan(config, steps.open_store(config.store), config_path))
+    except Exception as exc:  # noqa: BLE001 - an estimate is optional; the run itself says what is wrong
+        log.warning("no plan: %s", exc)
+        return None
+
+
+def plan_command(config_path: str, store_url: str | None, as_json: bool) -> int:
+    """`cas plan CONFIG [--store URL] [--json]`: prints the plan (JSON with `as_json`); 0 when planned,
+    2 for a bad config, 1 when the store does not answer."""
+    try:
+        config = steps.read_config(config_path, store_url)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    store = steps.open_store(config.store)
+    try:
+        store.probe()
+        plan = make_plan(config, store, config_path)
+    except StoreUnreachable as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except ValueError as exc:  # classifier.device names more GPUs than are visible
+        print(f"{config_path}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(plan.to_json(), indent=1) if as_json else render(plan))
+    return 0
+
+
+# ---------------------------------------------------------------- after the run
+
+def measured_seconds(plan: Plan, chains: Mapping[str, ModelChain | None], scored: Mapping[str, Any]) -> dict[tuple, float | None]:
+    """Per planned step (model, step, seed, ratio): the seconds the run measured (0 for a cache hit),
+    None where it did not finish. `chains` maps each model to its chain of records (the flow's
+    settled chains), `scored` each model to its ScoresRecord."""
+    measured: dict[tuple, float | None] = {}
+    for s in plan.steps:
+        chain = chains.get(s.model)
+        record = None
+        if s.step == "scores":
+            record = scored.get(s.model)
+        elif chain is not None and s.step == "samples":
+            record = chain.samples
+        elif chain is not None:
+            pairs = chain.augmented if s.ratio is not None else chain.seeds
+            planned = [(t.seed, t.ratio) for t in plan.steps if t.model == s.model and t.step == s.step
+                       and (t.ratio is None) == (s.ratio is None)]  # the chain's pairs, in the same order
+            pair = pairs[planned.index((s.seed, s.ratio))] if len(pairs) == len(planned) else None
+            record = None if pair is None else pair[0] if s.step == "train" else pair[1]
+        if record is None:
+            measured[(s.model, s.step, s.seed, s.ratio)] = None
+        else:
+            value = record.train_seconds if s.step == "train" else record.seconds
+            measured[(s.model, s.step, s.seed, s.ratio)] = 0.0 if record.cached else float(value)
+    return measured
+
+
+def compare_with_plan(plan: Plan, chains: Mapping[str, ModelChain | None], scored: Mapping[str, Any]) -> list[str]:
+    """One line per step the plan said would compute: estimated against measured seconds, for the
+    flow's log at the end of a run."""
+    measured = measured_seconds(plan, chains, scored)
+    lines = []
+    for s in plan.computing():
+        got = measured[(s.model, s.step, s.seed, s.ratio)]
+        what = f"model {s.model}: {s.label}: estimated {_duration(s.seconds)}"
+        if got is None:
+            lines.append(f"{what}, did not finish")
+        elif s.seconds is None or got == 0.0:
+            lines.append(f"{what}, measured {_duration(got)}" + (" (cached after all)" if got == 0.0 else ""))
+        else:
+            lines.append(f"{what}, measured {_duration(got)} (x{got / s.seconds:.2f})")
+    return lines

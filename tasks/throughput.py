@@ -1,0 +1,150 @@
+"""How fast each step runs, for `cas plan`'s estimates: rates earlier runs measured, else defaults.
+
+A step's work is counted in units whose cost is roughly linear in them:
+
+  samples    samples drawn                      per generator kind and device
+  train      images seen (training images x epochs)  per recipe, image shape and device
+  evaluate   real eval images predicted         per recipe, image shape and device
+  scores     samples scored                     per recipe, image shape and device
+
+Earlier runs' measurements (`Measurement`, read from the store's commit markers and results by
+`flows/plan.py`) give a rate: the median of units / seconds over the measurements of the same step,
+key (recipe or generator kind), device and image shape, those of the same variant (the recipe's
+fingerprint: its hyperparameters; for samples the dataset's fingerprint) preferred when there are any.
+Without one, the default below, scaled from the image size it was measured at by pixels (the
+convolutions' cost grows with H x W). Plain numbers, no torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+
+STEPS = ("samples", "train", "evaluate", "scores")
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    """One earlier step's work and time, as a commit marker (or a results row, for samples) recorded it."""
+
+    step: str  # one of STEPS
+    key: str  # the recipe's name; for samples the generator's kind
+    variant: str | None  # the recipe's fingerprint; for samples the dataset's fingerprint
+    device: str  # as training logs it: "cpu" or the GPU's name (torch.cuda.get_device_name)
+    image_shape: tuple[int, int, int] | None  # None for samples (the dataset's shape is in `variant`)
+    units: float
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Default:
+    rate: float  # units per second at `shape`
+    shape: tuple[int, int, int]  # the image shape it was measured at
+    source: str  # where the number comes from
+
+
+@dataclasses.dataclass(frozen=True)
+class Rate:
+    per_second: float
+    source: str  # "history (n)" or "default (...)"
+    measured: int  # how many earlier measurements it is the median of; 0 for a default
+
+
+# ---------------------------------------------------------------- defaults
+
+DIGITS = (8, 8, 1)
+CIFAR = (32, 32, 3)
+CPU_SOURCE = "demo config, 2-core CPU shared at load 12-14, 2026-12-02"
+# airbench's README (KellerJordan/cifar10-airbench): airbench94 3.83 s for 9.9 epochs of 50,000 images,
+# airbench96 46.3 s, taken here as 40 epochs (`accurate`'s), both on one A100; not measured by this project (no GPU yet).
+AIRBENCH = "airbench README, A100; not measured here"
+
+# (recipe, "cpu" | "gpu") -> images x epochs per second
+TRAIN: dict[tuple[str, str], Default] = {
+    ("fast", "cpu"): Default(250.0, DIGITS, CPU_SOURCE),
+    ("accurate", "cpu"): Default(250.0 / 15, DIGITS, "fast's CPU rate / 15 (airbench96's FLOPs / airbench94's); a guess"),
+    ("paper", "cpu"): Default(250.0 / 30, DIGITS, "fast's CPU rate / 30 (ResNet-18); a guess"),
+    ("fast", "gpu"): Default(9.9 * 50_000 / 3.83, CIFAR, AIRBENCH),
+    ("accurate", "gpu"): Default(40 * 50_000 / 46.3, CIFAR, AIRBENCH),
+    ("paper", "gpu"): Default(9.9 * 50_000 / 3.83 / 20, CIFAR, "fast's GPU rate / 20 (ResNet-18); a guess"),
+}
+# (recipe, "cpu" | "gpu") -> eval images per second, the step's whole time (load weights, decode, predict with TTA)
+EVALUATE: dict[tuple[str, str], Default] = {
+    ("fast", "cpu"): Default(465.0, DIGITS, CPU_SOURCE),
+    ("accurate", "cpu"): Default(465.0 / 15, DIGITS, "fast's CPU rate / 15; a guess"),
+    ("paper", "cpu"): Default(465.0 / 30, DIGITS, "fast's CPU rate / 30; a guess"),
+    ("fast", "gpu"): Default(100_000.0, CIFAR, "a guess: inference at about 20x airbench94's training rate"),
+    ("accurate", "gpu"): Default(20_000.0, CIFAR, "a guess"),
+    ("paper", "gpu"): Default(10_000.0, CIFAR, "a guess"),
+}
+# (recipe, "cpu" | "gpu") -> samples scored per second (features of samples, eval and train images; nearest neighbours)
+SCORES: dict[tuple[str, str], Default] = {
+    ("fast", "cpu"): Default(224.0, DIGITS, CPU_SOURCE),
+    ("accurate", "cpu"): Default(224.0 / 15, DIGITS, "fast's CPU rate / 15; a guess"),
+    ("paper", "cpu"): Default(224.0 / 30, DIGITS, "fast's CPU rate / 30; a guess"),
+    ("fast", "gpu"): Default(20_000.0, CIFAR, "a guess"),
+    ("accurate", "gpu"): Default(5_000.0, CIFAR, "a guess"),
+    ("paper", "gpu"): Default(2_500.0, CIFAR, "a guess"),
+}
+# generator kind -> samples per second, any device (most kinds read files: the CPU decodes and encodes PNG)
+SAMPLES: dict[str, Default] = {
+    "gaussian": Default(1880.0, DIGITS, CPU_SOURCE),
+    "real-shuffled": Default(3900.0, DIGITS, CPU_SOURCE),
+    "*": Default(1000.0, (64, 64, 3), "benchmarks/results/scale-2026-11-29.md: file formats drew 650-1,400 images/s"),
+}
+
+
+def device_class(device: str) -> str:
+    return "cpu" if device == "cpu" else "gpu"
+
+
+def default_rate(step: str, key: str, device: str, image_shape: tuple[int, int, int] | None) -> Rate:
+    """The table's rate for a step, scaled by pixels to `image_shape` (unscaled when it is None)."""
+    if step == "samples":
+        default = SAMPLES.get(key, SAMPLES["*"])
+    else:
+        table = {"train": TRAIN, "evaluate": EVALUATE, "scores": SCORES}[step]
+        default = table.get((key, device_class(device))) or table[("fast", device_class(device))]
+    scale = 1.0 if image_shape is None else _pixels(default.shape) / _pixels(image_shape)
+    return Rate(default.rate * scale, f"default ({default.source})", 0)
+
+
+def _pixels(shape: tuple[int, int, int]) -> int:
+    return shape[0] * shape[1]
+
+
+# ---------------------------------------------------------------- estimates
+
+def rate(history: list[Measurement], step: str, key: str, variant: str | None, device: str,
+         image_shape: tuple[int, int, int] | None) -> Rate:
+    """The median rate of the matching measurements (same variant first), else the default."""
+    matching = [m for m in history if m.step == step and m.key == key and m.device == device and m.seconds > 0
+                and m.units > 0 and (image_shape is None or m.image_shape is None or tuple(m.image_shape) == tuple(image_shape))]
+    same_variant = [m for m in matching if variant is not None and m.variant == variant]
+    chosen = same_variant or matching
+    if not chosen:
+        return default_rate(step, key, device, image_shape)
+    return Rate(statistics.median(m.units / m.seconds for m in chosen), f"history ({len(chosen)})", len(chosen))
+
+
+def seconds(units: float, step_rate: Rate) -> float:
+    return units / step_rate.per_second
+
+
+# ---------------------------------------------------------------- bytes
+
+TAR_BLOCK = 512
+
+
+def shard_bytes_per_sample(image_shape: tuple[int, int, int]) -> int:
+    """A sample's bytes in a shard when no shard set of that shape is on the store to measure: a tar
+    header and the padded data of its `.png` (at most its raw pixels plus PNG's ~70 bytes of framing)
+    and of its `.cls`."""
+    height, width, channels = image_shape
+    png = height * (width * channels + 1) + 70
+    return 2 * TAR_BLOCK + TAR_BLOCK * math.ceil(png / TAR_BLOCK) + TAR_BLOCK
+
+
+# predictions.parquet per eval image (key, label, top-5, p_true; zstd) when no evaluation on the store says
+PREDICTION_BYTES_PER_IMAGE = 13  # the demo: 4,574 bytes for 359 eval images
