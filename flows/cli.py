@@ -113,6 +113,12 @@ def run_command(args: argparse.Namespace) -> int:
     return run(args.config, args.store, args.fail_on_regression, args.model_deployment, args.temporary_server)
 
 
+def plan_command(args: argparse.Namespace) -> int:
+    from casflow.flows import plan
+
+    return plan.plan_command(args.config, args.store, args.json)
+
+
 def run(config_path: str, store_url: str | None, fail_on_regression: bool = False, model_deployment: str | None = None,
         temporary_server: bool = False) -> int:
     """Evaluate a config's models in a Prefect flow, on a running Prefect server or a temporary one (`flows.server`).
@@ -130,6 +136,11 @@ def run(config_path: str, store_url: str | None, fail_on_regression: bool = Fals
                                          or os.environ.get("CASFLOW_PREFECT_SERVER") == "temporary"):
                     raise CommandError("--model-deployment needs the Prefect server where that deployment and its workers "
                                        "are: set PREFECT_API_URL, and no temporary server (README: Many machines)")
+                from casflow.flows import plan
+
+                line = plan.pre_run_line(config_path, store_url)  # what the night will cost, before it starts
+                if line:
+                    say(line)
                 return _evaluate(live, config, config_path, store_url, fail_on_regression, model_deployment, temporary_server)
             finally:
                 if not isinstance(sys.exc_info()[1], lifecycle.Stopped):  # `stop` still has to tell the server
@@ -362,6 +373,12 @@ def parser() -> argparse.ArgumentParser:
                                   "(also CASFLOW_PREFECT_SERVER=temporary)")
     run_cmd.add_argument("--model-deployment", metavar="FLOW/DEPLOYMENT",
                          help="run each model as a flow run of this deployment (e.g. cas-model/casflow-model), on its workers")
+
+    plan_cmd = sub.add_parser("plan", help="what a run of a config would compute, how long it would take, what it would write")
+    plan_cmd.set_defaults(func=plan_command)
+    plan_cmd.add_argument("config")
+    plan_cmd.add_argument("--store", help="override store.url")
+    plan_cmd.add_argument("--json", action="store_true", help="print the plan as JSON (README: cas plan)")
 
     def reading(name: str, func, help: str) -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help)

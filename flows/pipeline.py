@@ -34,7 +34,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from casflow.flows import artifacts, lifecycle, placement, reporting, steps
+from casflow.flows import artifacts, lifecycle, placement, plan, reporting, steps
 from casflow.flows.records import ModelChain
 from casflow.storage.store import is_transient
 from casflow.tasks import devices
@@ -101,6 +101,18 @@ write_report = task(name="write-report", retries=3, retry_delay_seconds=RETRY_DE
                     retry_condition_fn=_retry_if_transient, cache_policy=NO_CACHE)(reporting.write_report)
 
 
+def _plan(config: Config, store: Any, config_path: str) -> plan.Plan | None:
+    """The run's plan, logged as its one-line total, for the estimated-against-measured lines at the end;
+    None when it cannot be made (a plan never fails a run)."""
+    try:
+        run_plan = plan.make_plan(config, store, config_path)
+    except Exception as exc:  # noqa: BLE001 (an estimate, never a reason to stop)
+        log.warning(f"no plan for this run: {exc}")
+        return None
+    log.info(plan.one_line_total(run_plan))
+    return run_plan
+
+
 def _cuda_count(spec: str) -> int:
     """The GPUs this process sees, when `spec` may use one; torch is imported only where one may be."""
     if devices.parse(spec) == ["cpu"] or not devices.may_have_gpus():
@@ -163,6 +175,7 @@ def cas_evaluation(config_path: str = DEMO_CONFIG, store_url: str | None = None,
         dataset = prepare_dataset.submit(config, store).result()
     except InputError as exc:  # a dataset that cannot be used (a class without eval images, ...): its one line,
         return Failed(message=str(exc), data=exc)  # no traceback; `cas run` prints it (the state's result)
+    run_plan = _plan(config, store, config_path)
     models = config.all_models
     remote, remote_errors = _fan_out(model_deployment, config_text, config_path, store_url, config) if model_deployment else ({}, {})
     spec = config.classifier.device
@@ -180,6 +193,9 @@ def cas_evaluation(config_path: str = DEMO_CONFIG, store_url: str | None = None,
     settled = {name: _settle_chain(name, chain) for name, chain in futures.items()}
     settled |= {name: (None, error) for name, error in remote_errors.items()}
     scored = _score(config, store, dataset, lanes, settled)
+    if run_plan is not None:
+        for line in plan.compare_with_plan(run_plan, {name: chain for name, (chain, _) in settled.items()}, scored):
+            log.info(line)
     outcomes = [steps.outcome(model, chain, error, sample_scores=scored.get(model.name))
                 for model in models for chain, error in [settled[model.name]]]
     # fanned-out models were computed by their flow runs: what they found cached and how long sampling took
