@@ -139,13 +139,13 @@ def test_disjoint_sets_score_zero():
 
 def test_blocks_do_not_change_the_numbers():
     real, fake = features(0, 70), features(1, 50, shift=0.4)
-    one = 1  # tiles of one distance: one query row against one reference at a time
+    one = 30  # tiles of 30 distances (6 query rows x 5 references): far below the sets' sizes
     radii = scores.kth_neighbour_distances(real, 3)
     np.testing.assert_allclose(scores.kth_neighbour_distances(real, 3, block_elements=one), radii, rtol=1e-5)
     np.testing.assert_allclose(scores.kth_neighbour_distances(real, 3, block_elements=300), radii, rtol=1e-5)
     np.testing.assert_array_equal(scores.balls_containing(fake, real, radii * 1.0001, block_elements=one),
                                   scores.balls_containing(fake, real, radii * 1.0001))
-    for block in (one, 17, 10**9):
+    for block in (2, 17, 10**9):  # 2: one query row against one or two references at a time
         distances, nearest = scores.nearest_neighbours(fake, real, block_elements=block)
         np.testing.assert_array_equal(nearest, cdist(fake, real).argmin(1))
         result = scores.near_copies(real, fake, quantile=0.2, block_elements=block)
@@ -161,6 +161,11 @@ def test_uint8_pixels_are_searched_without_a_float_copy_and_match_floats():
     np.testing.assert_array_equal(as_uint8.nearest, as_float.nearest)
     np.testing.assert_allclose(as_uint8.distances, cdist(samples.astype(float), train.astype(float)).min(1), rtol=1e-5, atol=1e-2)
     assert as_uint8.flags[:5].all() and not as_uint8.flags[5:].any()
+
+
+def test_too_few_points_for_k_5_still_give_precision_and_recall():
+    out = scores.feature_scores(features(0, 5), features(1, 5))
+    assert out["precision"] is not None and out["recall"] is not None and out["density"] is None and out["coverage"] is None
 
 
 def test_too_few_points_and_bad_shapes_are_errors():
@@ -256,6 +261,10 @@ def test_precision_recall_density_coverage_match_the_prdc_package(seed, n_real, 
         # 1e-5 of a ball's edge, which these seeded sets do not have
         assert (pr.precision, pr.recall, dc.density, dc.coverage) == pytest.approx(
             (reference["precision"], reference["recall"], reference["density"], reference["coverage"]), abs=1e-12)
+    together = scores.manifold_scores(real, fake)  # the one-pass version feature_scores uses, k = 3 and 5
+    assert together == (scores.precision_recall(real, fake), scores.density_coverage(real, fake))
+    for block in (50, 10**9):
+        assert scores.manifold_scores(real, fake, block_elements=block) == together
 
 
 def pytorch_fid_frechet(a, b):
