@@ -10,11 +10,12 @@ Per N: each score's seconds and their sum (the score step without decoding
 and the classifier's forward passes, which are linear and measured
 elsewhere); the growth exponent log(t_b / t_a) / log(N_b / N_a) between the
 two largest N; a projection to 1.28M samples on one H100 from published
-throughput and the constants measured here. Near copies in pixels above
-`--pixel-samples` samples are timed on that many seeded samples against the
-whole train split and scaled by M / measured (every sample's search is the
-same work, so the time is linear in M at a fixed train split): the table
-says so.
+throughput and the constants measured here. A near-copy search of more
+than `--pixel-queries` (pixels) or `--feature-queries` (features) points is
+timed on that many seeded queries against the whole train split and scaled
+by the queries it stands for (each query's exact search is the same work, so
+the time is linear in the queries at a fixed train split): the table marks
+those with *.
 """
 
 from __future__ import annotations
@@ -41,8 +42,7 @@ PROJECTED_N = 1_281_167  # ImageNet-1k's train split: one sample per train image
 H100_FP32_FLOPS = 60e12  # H100 SXM dense FP32 (not TF32): 67 TFLOPS peak per NVIDIA's datasheet, taken as ~60 sustained
 H100_BYTES_PER_S = 3.35e12  # H100 SXM HBM3 bandwidth per NVIDIA's datasheet
 BYTES_PER_DISTANCE = 16  # a float32 tile written by the matmul, then read and written by the clamp, read by the min
-SCORES = ("gan_test", "fd", "precision_recall", "density_coverage", "per_class", "near_copies_pixels",
-          "near_copies_features")
+SCORES = ("gan_test", "fd", "precision_recall_density_coverage", "per_class", "near_copies_pixels", "near_copies_features")
 
 
 def synthetic(n: int, seed: int) -> dict[str, np.ndarray]:
@@ -66,7 +66,23 @@ def timed(fn, device) -> tuple[float, object]:
     return time.perf_counter() - started, out
 
 
-def measure(n: int, pixel_samples: int, device, seed: int) -> dict:
+def near_copy_seconds(train: np.ndarray, samples: np.ndarray, max_queries: int, device, seed: int) -> tuple[float, str | None]:
+    """Seconds of scores.near_copies(train, samples): run as is when it searches at most `max_queries` points per
+    part, else its two exact searches (the threshold's train subset, then every sample, each against the whole
+    train split) timed on `max_queries` seeded queries each and scaled by the queries they stand for."""
+    n, threshold_points = len(samples), min(len(train), scores.SUBSET_LIMIT)
+    if max(n, threshold_points) <= max_queries:
+        return timed(lambda: scores.near_copies(train, samples, device=device), device)[0], None
+    queries = scores.subset(len(train), min(threshold_points, max_queries), seed, "benchmark threshold queries")
+    t_threshold, _ = timed(lambda: scores.nearest_neighbours(train[queries], train, exclude=queries, device=device), device)
+    rows = scores.subset(n, min(n, max_queries), seed, "benchmark sample queries")
+    t_samples, _ = timed(lambda: scores.nearest_neighbours(samples[rows], train, device=device), device)
+    note = (f"timed on {len(queries)} of {threshold_points} threshold queries and {len(rows)} of {n} samples against "
+            f"all {len(train)} train images, scaled")
+    return t_threshold * threshold_points / len(queries) + t_samples * n / len(rows), note
+
+
+def measure(n: int, pixel_queries: int, feature_queries: int, device, seed: int) -> dict:
     train, samples, real = synthetic(n, seed), synthetic(n, seed + 1), synthetic(n, seed + 2)  # real: the eval split
     sets = scores.set_subsets(samples["labels"], CLASSES, "samples")
     real_sets = scores.set_subsets(real["labels"], CLASSES, "real")
@@ -75,44 +91,36 @@ def measure(n: int, pixel_samples: int, device, seed: int) -> dict:
     seconds["gan_test"], _ = timed(lambda: scores.gan_test(samples["logits"][sets.overall], samples["labels"][sets.overall],
                                                            CLASSES), device)
     seconds["fd"], _ = timed(lambda: scores.frechet_distance(r, f), device)
-    seconds["precision_recall"], _ = timed(lambda: scores.precision_recall(r, f, device=device), device)
-    seconds["density_coverage"], _ = timed(lambda: scores.density_coverage(r, f, device=device), device)
+    seconds["precision_recall_density_coverage"], _ = timed(lambda: scores.manifold_scores(r, f, device=device), device)
     inner: dict[str, float] = {}
-    seconds["per_class"], _ = timed(lambda: scores.set_scores(real["features"], real["labels"], samples["features"],
-                                                              samples["labels"], CLASSES, device=device, seconds=inner), device)
-    seconds["per_class"] = inner["set_scores_per_class"]  # set_scores' overall part is the three rows above
-    measured_m = min(n, pixel_samples)
-    rows = scores.subset(n, measured_m, seed, "benchmark pixel samples")
-    t, result = timed(lambda: scores.near_copies(train["pixels"], samples["pixels"][rows], device=device), device)
-    seconds["near_copies_pixels"] = t * n / measured_m
-    notes["near_copies_pixels"] = None if measured_m == n else f"{measured_m} of {n} samples timed, scaled by {n / measured_m:g}"
-    seconds["near_copies_features"], features_result = timed(
-        lambda: scores.near_copies(train["features"], samples["features"], device=device), device)
+    timed(lambda: scores.set_scores(real["features"], real["labels"], samples["features"], samples["labels"], CLASSES,
+                                    device=device, seconds=inner), device)
+    seconds["per_class"] = inner["set_scores_per_class"]  # set_scores' overall part is the two rows above
+    for space, queries in (("pixels", pixel_queries), ("features", feature_queries)):
+        seconds[f"near_copies_{space}"], notes[f"near_copies_{space}"] = near_copy_seconds(
+            train[space], samples[space], queries, device, seed)
     return {"n": n, "seconds": seconds, "notes": notes, "subset_samples": len(sets.overall), "subset_real": len(real_sets.overall),
-            "pixel_samples_timed": measured_m, "near_copy_fraction_pixels": result.fraction,
-            "near_copy_fraction_features": features_result.fraction, "threshold_points": result.threshold_points}
-
-
-def exponent(a: dict, b: dict, score: str) -> float:
-    ta, tb = a["seconds"][score], b["seconds"][score]
-    return math.log(tb / ta) / math.log(b["n"] / a["n"])
+            "threshold_points": min(n, scores.SUBSET_LIMIT)}
 
 
 def projection(largest: dict) -> dict:
-    """Near-copy search as t = a M N D + b M N (matmul, then the per-distance passes), fitted to the two near-copy
-    searches at the largest N (D = 3072 and 64); on an H100 a = 2 / FP32 rate, b = bytes per distance / bandwidth.
-    Everything else is capped by the subsets or linear: its measured seconds are scaled by N (an upper bound)."""
+    """Near-copy search as t = Q N (a D + b), Q queries (the samples and the threshold's train subset) against N
+    train images: a per multiply-add (the matmul), b per distance (the passes over each tile), fitted to the two
+    searches at the largest N (D = 3072 and 64). On an H100: a = 2 / FP32 rate, b = bytes per distance /
+    bandwidth. Everything else is capped by the subsets or linear: its seconds here are scaled by N, an upper bound."""
     n = largest["n"]
-    pixel_t, feature_t = largest["seconds"]["near_copies_pixels"], largest["seconds"]["near_copies_features"]
-    a = (pixel_t - feature_t) / (n * n * (PIXELS - FEATURE_DIM))
-    b = max(feature_t / (n * n) - a * FEATURE_DIM, 0.0)
+    pairs = (n + largest["threshold_points"]) * n
+    per_pixel_pair, per_feature_pair = (largest["seconds"][f"near_copies_{s}"] / pairs for s in ("pixels", "features"))
+    a = (per_pixel_pair - per_feature_pair) / (PIXELS - FEATURE_DIM)
+    b = max(per_feature_pair - a * FEATURE_DIM, 0.0)
     rest = sum(largest["seconds"][s] for s in SCORES if not s.startswith("near_copies"))
     m = PROJECTED_N
-    h100 = {f"near_copies_{space}": m * m * (2 * d / H100_FP32_FLOPS + BYTES_PER_DISTANCE / H100_BYTES_PER_S)
+    big_pairs = (m + scores.SUBSET_LIMIT) * m
+    h100 = {f"near_copies_{space}": big_pairs * (2 * d / H100_FP32_FLOPS + BYTES_PER_DISTANCE / H100_BYTES_PER_S)
             for space, d in (("pixels", PIXELS), ("features", FEATURE_DIM))}
     return {"fitted_cpu_seconds_per_multiply_add": a, "fitted_cpu_gflops": 2 / a / 1e9 if a > 0 else None,
             "fitted_cpu_seconds_per_distance": b, "cpu_projected_seconds": {
-                "near_copies_pixels": a * m * m * PIXELS + b * m * m, "near_copies_features": a * m * m * FEATURE_DIM + b * m * m,
+                "near_copies_pixels": big_pairs * (a * PIXELS + b), "near_copies_features": big_pairs * (a * FEATURE_DIM + b),
                 "others_upper_bound": rest * m / n},
             "h100_projected_seconds": h100 | {"others_upper_bound_cpu_measured": rest * m / n},
             "h100_assumptions": {"fp32_flops": H100_FP32_FLOPS, "bytes_per_s": H100_BYTES_PER_S,
@@ -122,18 +130,19 @@ def projection(largest: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 200_000])
-    parser.add_argument("--pixel-samples", type=int, default=10_000,
-                        help="near copies in pixels: samples timed per N (the rest scaled linearly)")
+    parser.add_argument("--pixel-queries", type=int, default=1000,
+                        help="near copies in pixels: at most this many queries timed per search (the rest scaled linearly)")
+    parser.add_argument("--feature-queries", type=int, default=20_000, help="the same for near copies in features")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
     device = torch.device(args.device)
 
-    measure(1000, 1000, device, args.seed + 99)  # warm-up: torch's kernels and thread pool, left out
+    measure(1000, 1000, 1000, device, args.seed + 99)  # warm-up: torch's kernels and thread pool, left out
     results = []
     for n in args.sizes:
-        results.append(measure(n, args.pixel_samples, device, args.seed))
+        results.append(measure(n, args.pixel_queries, args.feature_queries, device, args.seed))
         print(f"N = {n}: " + ", ".join(f"{k} {v:.2f} s" for k, v in results[-1]["seconds"].items()), flush=True)
 
     date = datetime.now(timezone.utc)
@@ -150,13 +159,13 @@ def main() -> None:
         if a is not None:
             ta, tb = values[-2], values[-1]
             exponents[score] = math.log(tb / ta) / math.log(b["n"] / a["n"]) if ta > 0 and tb > 0 else None
-        marks = ["*" if score == "near_copies_pixels" and r["notes"]["near_copies_pixels"] else "" for r in results]
+        marks = ["*" if r["notes"].get(score) else "" for r in results]
         lines.append(f"| {score} | " + " | ".join(f"{v:.3f}{m}" for v, m in zip(values, marks)) + " | "
                      + ("-" if exponents.get(score) is None else f"{exponents[score]:.2f}") + " |")
     table = "\n".join(lines)
     projected = projection(results[-1])
     h100 = projected["h100_projected_seconds"]
-    notes = [f"* {r['notes']['near_copies_pixels']}" for r in results if r["notes"]["near_copies_pixels"]]
+    notes = [f"* N = {r['n']:,}, {score}: {note}" for r in results for score, note in r["notes"].items() if note]
     text = (f"# Scores beside CAS: time against N\n\n{header}\n\n"
             f"Seconds of each score as the scores step computes it, on {args.device}: N samples (10 classes) against N "
             "real eval images and N train images; synthetic 32x32x3 uint8 pixels and 64-d features. Growth exponent "
