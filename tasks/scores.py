@@ -122,7 +122,7 @@ class _Tiles:
     def blocks(self, points, size: int) -> Iterator[tuple[int, Any, Any]]:
         """(start, centred float32 block, its squared norms)."""
         for start in range(0, len(points), size):
-            block = points[start : start + size].to(torch_float32()) - self.centre
+            block = points[start : start + size].to(_float32()) - self.centre
             yield start, block, (block * block).sum(1)
 
     def tiles(self, query_columns: Callable, reference_columns: Callable) -> Iterator[tuple[int, Iterator[tuple[int, Any]]]]:
@@ -138,7 +138,7 @@ class _Tiles:
             yield r_start, reference_columns(r_start, r, r_norms)
 
 
-def torch_float32():
+def _float32():
     import torch
 
     return torch.float32
