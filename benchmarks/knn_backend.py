@@ -25,7 +25,7 @@ from provenance import git_commit  # noqa: E402  (benchmarks/, beside this scrip
 from casflow.tasks import scores
 
 REPO = Path(__file__).resolve().parent.parent
-CASES = [(64, 20_000, 50_000), (3072, 2_000, 20_000)]  # (dimensions, queries, references)
+CASES = [(64, 10_000, 50_000), (3072, 2_000, 10_000)]  # (dimensions, queries, references)
 
 
 def faiss_nearest(faiss, queries: np.ndarray, references: np.ndarray):
@@ -46,7 +46,7 @@ def best_of(fn, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
     import faiss
