@@ -23,8 +23,11 @@ round-off below zero is clipped to zero. Float32 on 64-d features or 3072
 pixels moves a distance by about 1e-6 of its size: a ball test flips only
 for a point within that of a ball's edge. The same inputs on the same device
 give the same numbers; another device or block size may differ by that
-rounding. faiss was not used: exact search here is a matmul plus a running
-top-k, which torch does on the GPU at matmul speed (benchmarks/scores_scale.py).
+rounding. The matmuls are full FP32, torch's default on CUDA (TF32, if a
+caller turns it on with torch.backends.cuda.matmul.allow_tf32, would cost
+about 1e-3 relative). faiss was not used: exact search here is a matmul plus
+a running top-k, which torch does on the GPU at matmul speed
+(benchmarks/knn_backend.py compares faiss-cpu's exact index on the CPU).
 
 A point's k-th nearest neighbour within its own set excludes the point
 itself (by index), as in the authors' code. Balls are closed (distance <=
