@@ -282,7 +282,9 @@ def score_samples(config: Config, store: Store, samples: SamplesRecord, real: Cl
 
     References: Frechet distance, precision/recall and density/coverage against the real eval split
     (images the classifier never saw, so the `real` model's row is an honest floor); near copies against
-    the real train split, in pixels and in features."""
+    the real train split, in pixels and in features. Distance work runs on `device` (scores.py's tiles);
+    GAN-test and the feature scores use seeded subsets of at most scores.SUBSET_LIMIT points per set and
+    per class, whose sizes are stored beside them (`scores_n_samples`, `scores_n_real`)."""
     spec, started = config.scores, time.perf_counter()
     inputs = scores_inputs(config, samples.shard_set, real.fingerprint, dataset)
     fp = fingerprint("scores", inputs)
@@ -297,23 +299,30 @@ def score_samples(config: Config, store: Store, samples: SamplesRecord, real: Cl
                                 num_classes=num_classes, device=torch_device)
     images, labels = load_decoded(store, samples.shard_set, f"model {samples.model}")
     features = lambda x: training.features(recipe, net, x, torch_device)  # noqa: E731
-    overall: dict[str, float | None] = {}
-    per_class: dict[str, list[float | None]] = {}
-    if spec.gan_test:
-        counts = scores.gan_test(training.predict(recipe, net, images, torch_device), labels, num_classes)
-        overall["gan_test_top1"], per_class["gan_test_top1"] = counts.top1, counts.per_class_top1()
+    overall: dict[str, float | int | None] = {}
+    per_class: dict[str, list[float | int | None]] = {}
+    if spec.gan_test:  # on the samples' subsets (scores.set_subsets), as the feature scores
+        subsets = scores.set_subsets(labels, num_classes, "samples")
+        needed = subsets.union
+        logits = training.predict(recipe, net, images if len(needed) == len(images) else images[needed], torch_device)
+        of = lambda rows: logits[np.searchsorted(needed, rows)]  # noqa: E731
+        by_class = np.concatenate(subsets.per_class)
+        overall["gan_test_top1"] = scores.gan_test(of(subsets.overall), labels[subsets.overall], num_classes).top1
+        per_class["gan_test_top1"] = scores.gan_test(of(by_class), labels[by_class], num_classes).per_class_top1()
+        overall["scores_n_samples"] = len(subsets.overall)
+        per_class["scores_n_samples"] = [len(rows) for rows in subsets.per_class]
     sample_features = features(images) if spec.features or spec.memorization else None
     if spec.features:
         eval_images, eval_labels = load_decoded(store, dataset.eval, f"{dataset.name} eval split")
-        eval_features = features(eval_images)
-        overall |= scores.feature_scores(eval_features, sample_features)
-        by_class = [scores.feature_scores(eval_features[eval_labels == c], sample_features[labels == c]) for c in range(num_classes)]
-        per_class |= {name: [scores_of_class[name] for scores_of_class in by_class] for name in by_class[0]}
-    if spec.memorization:
+        set_overall, set_per_class = scores.set_scores(features(eval_images), eval_labels, sample_features, labels, num_classes,
+                                                       device=torch_device)
+        overall |= set_overall
+        per_class |= set_per_class
+    if spec.memorization:  # every sample against the whole train split; pixels stay uint8 until a tile needs them
         train_images, train_labels = load_decoded(store, dataset.train, f"{dataset.name} train split")
-        flat = lambda x: x.reshape(len(x), -1).astype(np.float32)  # noqa: E731
-        pixels = scores.near_copies(flat(train_images), flat(images))
-        in_features = scores.near_copies(features(train_images), sample_features)
+        flat = lambda x: x.reshape(len(x), -1)  # noqa: E731
+        pixels = scores.near_copies(flat(train_images), flat(images), device=torch_device)
+        in_features = scores.near_copies(features(train_images), sample_features, device=torch_device)
         overall["memorized_fraction"], overall["memorized_fraction_features"] = pixels.fraction, in_features.fraction
         per_class["memorized_fraction"] = list(scores.fraction_per_class(pixels.flags, labels, num_classes))
     overall = {k: scores.finite_or_none(v) for k, v in overall.items()}
@@ -331,7 +340,8 @@ def scores_inputs(config: Config, samples: ShardSet, real_classifier: str, datas
     return {"samples": samples.manifest_sha256, "classifier": real_classifier,
             "eval": dataset.eval.manifest_sha256, "train": dataset.train.manifest_sha256,
             "asked": config.scores.model_dump(exclude={"augmentation"}), "precision_recall_k": scores.PRECISION_RECALL_K,
-            "density_coverage_k": scores.DENSITY_COVERAGE_K, "near_copy_quantile": scores.NEAR_COPY_QUANTILE}
+            "density_coverage_k": scores.DENSITY_COVERAGE_K, "near_copy_quantile": scores.NEAR_COPY_QUANTILE,
+            "subset_limit": scores.SUBSET_LIMIT, "subset_seed": scores.SUBSET_SEED}
 
 
 # ---------------------------------------------------------------- step 5: results, judged against the previous run

@@ -55,6 +55,8 @@ PER_CLASS_SCHEMA = pa.schema(_RUN_KEYS + [
     pa.field("density", pa.float64()),
     pa.field("coverage", pa.float64()),
     pa.field("memorized_fraction", pa.float64()),  # share of this class's samples that are near copies of train images
+    pa.field("scores_n_samples", pa.int64()),  # this class's samples GAN-test and the feature scores used (a seeded subset)
+    pa.field("scores_n_real", pa.int64()),  # this class's real eval images the feature scores used
 ])
 
 SUMMARY_SCHEMA = pa.schema(_RUN_KEYS + [
@@ -100,6 +102,8 @@ SUMMARY_SCHEMA = pa.schema(_RUN_KEYS + [
     pa.field("coverage", pa.float64()),
     pa.field("memorized_fraction", pa.float64()),  # share of samples that are near copies of train images, in pixels
     pa.field("memorized_fraction_features", pa.float64()),  # the same in the features
+    pa.field("scores_n_samples", pa.int64()),  # samples GAN-test and the feature scores used: a seeded subset, at most 10k
+    pa.field("scores_n_real", pa.int64()),  # real eval images the feature scores used (FD's bias and the k-NN radii depend on both)
     pa.field("nas_ratios", pa.list_(pa.float64())),  # Naive Augmentation Score: synthetic share of the real train count
     pa.field("nas_top1", pa.list_(pa.float64())),  # top-1 of the classifier trained on real + that share of samples
     pa.field("nas_delta_top1", pa.list_(pa.float64())),  # nas_top1 minus real_top1 of the same classifier seed

@@ -27,7 +27,7 @@ CODE_VERSIONS: dict[str, int] = {
     "samples": 2,  # a model's samples as shards (tasks/samples.py, tasks/generators/)
     "classifier": 1,  # a trained classifier (tasks/classifiers/training.py)
     "evaluation": 2,  # counts and per-image predictions on the real eval split (tasks/metrics.py); 2: predictions
-    "scores": 1,  # the scores beside CAS (tasks/scores.py)
+    "scores": 2,  # the scores beside CAS (tasks/scores.py); 2: float32 tiles on the device, seeded subsets and their sizes
     "recipe": 1,  # how a recipe and its hyperparameters are named (runs compare only under one recipe)
     # inside those fingerprints' inputs
     "recipe:fast": 2,  # tasks/classifiers/fast.py

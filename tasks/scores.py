@@ -1,8 +1,8 @@
 """Feature-space scores of a model's samples against real images, beside CAS.
 
 CAS says whether samples teach a classifier the real classes; these say why
-not. Each takes plain arrays, (N, D) float features (a classifier's
-penultimate activations, or flattened pixels), and returns plain numbers:
+not. Each takes plain arrays, (N, D) features (a classifier's penultimate
+activations, or flattened pixels, uint8 is fine), and returns plain numbers:
 
   frechet_distance   Heusel et al. 2017 (FID's formula): Gaussians fitted to both sets
   precision_recall   Kynkaenniemi et al. 2019: k-NN manifolds, k = 3
@@ -10,98 +10,255 @@ penultimate activations, or flattened pixels), and returns plain numbers:
   near_copies        memorisation: samples that sit on top of a real train image
   gan_test           Shmelkov et al. 2018: the real-trained classifier's accuracy on the samples
   per_class          any of the first three, class by class
+  set_scores         FD, P/R, D/C overall and per class on seeded subsets, as the scores step stores them
 
-Distances are Euclidean, in float64, computed a block of rows at a time
-(`DISTANCE_BLOCK_ELEMENTS` distances held at once), so memory stays bounded
-for any set size; the same inputs give the same numbers. A point's k-th
-nearest neighbour within its own set excludes the point itself (by index),
-as in the authors' code. Balls are closed (distance <= radius), as the
-papers define them; the reference implementations differ on `<` vs `<=`,
-which matters only for exact ties (duplicated points).
+Distances and k-NN run in torch on the given device (the scores step passes
+the model's: a GPU when it has one), in float32, one tile of at most
+`block_elements` squared distances at a time (queries x references, both
+streamed), so memory stays bounded for any set size: the references are
+never held as floats whole, only one block of them. Squared distances by
+|q|^2 + |r|^2 - 2 q.r after centring both sets on the references' mean
+(distances are unchanged, the cancellation in the expansion smaller);
+round-off below zero is clipped to zero. Float32 on 64-d features or 3072
+pixels moves a distance by about 1e-6 of its size: a ball test flips only
+for a point within that of a ball's edge. The same inputs on the same device
+give the same numbers; another device or block size may differ by that
+rounding. The matmuls are full FP32, torch's default on CUDA (TF32, if a
+caller turns it on with torch.backends.cuda.matmul.allow_tf32, would cost
+about 1e-3 relative). faiss was not used: exact search here is a matmul plus
+a running top-k, which torch does on the GPU at matmul speed
+(benchmarks/knn_backend.py compares faiss-cpu's exact index on the CPU).
 
-All k-NN scores depend on the set sizes (a larger set has smaller k-NN
-radii); compare models on sets of equal size, which CAS's budget gives.
+A point's k-th nearest neighbour within its own set excludes the point
+itself (by index), as in the authors' code. Balls are closed (distance <=
+radius), as the papers define them; the reference implementations differ on
+`<` vs `<=`, which matters only for exact ties (duplicated points).
+
+Set sizes: FD, P/R, D/C and GAN-test use a seeded subset of at most
+`SUBSET_LIMIT` points per set (10k, as Naeem et al. evaluate P/R/D/C), and
+per class at most as many per class; the scores step records the sizes used
+(`scores_n_samples`, `scores_n_real`). All k-NN scores depend on the set
+sizes (a larger set has smaller k-NN radii), and FD is biased upward by
+roughly a constant over N (Chong & Forsyth 2020: FID at 5k images sits
+measurably above FID at 50k): compare models at equal sizes only, which
+CAS's budget and the fixed cap give. Near copies are not subsampled: every
+sample is searched against the whole train split.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
+from casflow.tasks.fingerprint import derive_seed
 from casflow.tasks.metrics import ClassCounts, count_correct
 
-DISTANCE_BLOCK_ELEMENTS = 2**22  # float64 distances held at once: 32 MiB per block
+DISTANCE_BLOCK_ELEMENTS = {"cpu": 2**22, "cuda": 2**28}  # float32 squared distances per tile: 16 MiB, 1 GiB
 PRECISION_RECALL_K = 3  # Kynkaenniemi et al. 2019, section 3
 DENSITY_COVERAGE_K = 5  # Naeem et al. 2020, section 4 (k = 5 with 10k real and fake samples)
 NEAR_COPY_QUANTILE = 0.01  # see near_copies: about 1% of fresh real images fall below it
+SUBSET_LIMIT = 10_000  # points per set (and per class) for FD, P/R, D/C, GAN-test and the near-copy threshold
+SUBSET_SEED = 0  # the subsets' seed: fixed, so a model's scores do not move with the run's seed
 
 Score = TypeVar("Score")
 
 
-# ---------------------------------------------------------------- distances in blocks
+# ---------------------------------------------------------------- seeded subsets
+
+def subset(n: int, limit: int, seed: int, *salt: int | str) -> np.ndarray:
+    """Sorted indices of at most `limit` of n points: all of them when n <= limit, else a seeded draw without
+    replacement (seed and salt, e.g. ("samples", class) -> one stream per set)."""
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(derive_seed(seed, *salt)).choice(n, size=limit, replace=False))
+
+
+# ---------------------------------------------------------------- distances in tiles, on the device
+
+def _device(device: Any):
+    import torch
+
+    return torch.device(device)
+
+
+def _as_points(x: Any, what: str, device):
+    """(N, D) points as a tensor on the device, in their own dtype (uint8 pixels stay 1 byte a value)."""
+    import torch
+
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    if t.ndim != 2:
+        raise ValueError(f"{what}: expected (N, D) features, got shape {tuple(t.shape)}")
+    return t.to(device)
+
+
+def _block_elements(device, block_elements: int | None) -> int:
+    return block_elements or DISTANCE_BLOCK_ELEMENTS["cuda" if device.type == "cuda" else "cpu"]
+
+
+class _Tiles:
+    """Queries against references, a tile at a time: float32 blocks centred on the references' mean. Each
+    consumer appends columns to both blocks so that one matmul gives what it compares (`_k_nearest_squared`:
+    |r|^2 - 2 q.r; `_balls_containing_squared`: |q - r|^2 - radius^2), so a tile is written once and read once."""
+
+    CACHE_BLOCKS = 4  # references up to this many tiles' worth of floats are converted once, not per query block
+
+    def __init__(self, queries, references, device, block_elements: int | None):
+        import torch
+
+        self.device = _device(device)
+        self.queries, self.references = _as_points(queries, "queries", self.device), _as_points(references, "references", self.device)
+        if self.queries.shape[1] != self.references.shape[1]:
+            raise ValueError(f"queries have {self.queries.shape[1]} dimensions, references {self.references.shape[1]}")
+        elements = _block_elements(self.device, block_elements)
+        self.cols = max(1, min(len(self.references), math.isqrt(elements)))
+        self.rows = max(1, elements // self.cols)
+        self.cached = self.references.numel() <= self.CACHE_BLOCKS * elements
+        total = torch.zeros(self.references.shape[1], dtype=torch.float64, device=self.device)
+        for start in range(0, len(self.references), self.cols):  # the mean in float64, a block at a time
+            total += self.references[start : start + self.cols].to(torch.float64).sum(0)
+        self.centre = (total / max(1, len(self.references))).to(torch.float32)
+
+    def blocks(self, points, size: int) -> Iterator[tuple[int, Any, Any]]:
+        """(start, centred float32 block, its squared norms)."""
+        for start in range(0, len(points), size):
+            block = points[start : start + size].to(_float32()) - self.centre
+            yield start, block, (block * block).sum(1)
+
+    def tiles(self, query_columns: Callable, reference_columns: Callable) -> Iterator[tuple[int, Iterator[tuple[int, Any]]]]:
+        """(query start, iterator of (reference start, tile)) per query block; tile = query_columns(start, block,
+        norms) @ reference_columns(start, block, norms).T."""
+        references = list(self._references(reference_columns)) if self.cached else None
+        for q_start, q, q_norms in self.blocks(self.queries, self.rows):
+            left = query_columns(q_start, q, q_norms)
+            yield q_start, ((r_start, left @ right.T) for r_start, right in (references or self._references(reference_columns)))
+
+    def _references(self, reference_columns: Callable):
+        for r_start, r, r_norms in self.blocks(self.references, self.cols):
+            yield r_start, reference_columns(r_start, r, r_norms)
+
+
+def _float32():
+    import torch
+
+    return torch.float32
+
+
+def _k_nearest_squared(queries, references, k: int, *, exclude: np.ndarray | None = None, device="cpu",
+                       block_elements: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Squared distances (N, k), ascending, and indices of each query's k nearest references, streaming over
+    both sets. `exclude[i]`: a reference index query i may not take (itself, when the sets are one)."""
+    import torch
+
+    tiles = _Tiles(queries, references, device, block_elements)
+    n = len(tiles.queries)
+    if not 1 <= k <= len(tiles.references) - (exclude is not None):
+        raise ValueError(f"k = {k} needs at least {k + (exclude is not None)} points, got {len(tiles.references)}")
+    out_d, out_i = np.empty((n, k), dtype=np.float32), np.empty((n, k), dtype=np.int64)
+    skip = None if exclude is None else torch.as_tensor(exclude, device=tiles.device)
+    one = lambda block: torch.ones(len(block), 1, dtype=block.dtype, device=block.device)  # noqa: E731
+    query_norms = {}
+    rows = tiles.tiles(lambda start, q, norms: query_norms.__setitem__(start, norms) or torch.cat([q, one(q)], 1),
+                       lambda start, r, norms: torch.cat([-2.0 * r, norms[:, None]], 1))  # tile: |r|^2 - 2 q.r
+    for q_start, row in rows:
+        best_d = best_i = None
+        for r_start, tile in row:
+            if skip is not None:
+                own = skip[q_start : q_start + len(tile)] - r_start
+                hit = ((own >= 0) & (own < tile.shape[1])).nonzero().squeeze(1)
+                tile[hit, own[hit]] = torch.inf
+            if k == 1:
+                d, i = tile.min(dim=1, keepdim=True)
+            else:
+                d, i = torch.topk(tile, min(k, tile.shape[1]), dim=1, largest=False)
+            i = i + r_start
+            if best_d is None:
+                best_d, best_i = d, i
+            elif k == 1:
+                closer = d < best_d  # ties keep the earlier (lower) index
+                best_d, best_i = torch.where(closer, d, best_d), torch.where(closer, i, best_i)
+            else:
+                merged = torch.cat([best_d, d], 1)
+                best_d, order = torch.topk(merged, min(k, merged.shape[1]), dim=1, largest=False)
+                best_i = torch.gather(torch.cat([best_i, i], 1), 1, order)
+        best_d = (best_d + query_norms.pop(q_start)[:, None]).clamp_(min=0.0)  # + |q|^2: squared distances
+        out_d[q_start : q_start + len(best_d)] = best_d.cpu().numpy()
+        out_i[q_start : q_start + len(best_d)] = best_i.cpu().numpy()
+    return out_d, out_i
+
+
+def _kth_squared(points, k: int, *, device="cpu", block_elements: int | None = None) -> np.ndarray:
+    n = len(points)
+    if not 1 <= k < n:
+        raise ValueError(f"k = {k} needs at least {k + 1} points, got {n}")
+    d, _ = _k_nearest_squared(points, points, k, exclude=np.arange(n), device=device, block_elements=block_elements)
+    return d[:, k - 1]
+
+
+def kth_neighbour_distances(points, k: int, *, device="cpu", block_elements: int | None = None) -> np.ndarray:
+    """Distance from each point to its k-th nearest other point of the same set (itself excluded)."""
+    return np.sqrt(_kth_squared(points, k, device=device, block_elements=block_elements).astype(np.float64))
+
+
+def _exact_distances(queries, references, indices: np.ndarray, *, device="cpu", rows: int = 4096) -> np.ndarray:
+    """|q_i - r_indices[i]| by direct differences (float32 on the device, summed in float64): the expansion's
+    round-off, which grows with the norms, gone. An exact copy is at 0, not at a few units of round-off."""
+    import torch
+
+    device = _device(device)
+    queries, references = _as_points(queries, "queries", device), _as_points(references, "references", device)
+    index = torch.as_tensor(indices, device=device)
+    out = np.empty(len(queries))
+    for start in range(0, len(queries), rows):
+        diff = queries[start : start + rows].to(torch.float32) - references[index[start : start + rows]].to(torch.float32)
+        out[start : start + len(diff)] = (diff * diff).sum(1, dtype=torch.float64).sqrt().cpu().numpy()
+    return out
+
+
+def nearest_neighbours(queries, references, *, exclude: np.ndarray | None = None, device="cpu",
+                       block_elements: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(distance, index) of each query's nearest reference (`exclude[i]`: a reference query i may not take).
+    The nearest is found in float32 tiles (ties go to the lowest index, within that rounding); its distance is
+    then recomputed exactly (`_exact_distances`)."""
+    _, nearest = _k_nearest_squared(queries, references, 1, exclude=exclude, device=device, block_elements=block_elements)
+    return _exact_distances(queries, references, nearest[:, 0], device=device), nearest[:, 0]
+
+
+def _balls_containing_squared(queries, centres, squared_radii: np.ndarray, *, device="cpu",
+                              block_elements: int | None = None) -> np.ndarray:
+    import torch
+
+    tiles = _Tiles(queries, centres, device, block_elements)
+    radii = torch.as_tensor(np.asarray(squared_radii, dtype=np.float32), device=tiles.device)
+    counts = np.zeros(len(tiles.queries), dtype=np.int64)
+    ones = lambda block: torch.ones(len(block), 1, dtype=block.dtype, device=block.device)  # noqa: E731
+    rows = tiles.tiles(lambda start, q, norms: torch.cat([q, norms[:, None], ones(q)], 1),  # tile: |q - c|^2 - radius^2
+                       lambda start, c, norms: torch.cat([-2.0 * c, ones(c), (norms - radii[start : start + len(c)])[:, None]], 1))
+    for q_start, row in rows:
+        total = None
+        for _, tile in row:
+            inside = (tile <= 0).sum(1, dtype=torch.int32)
+            total = inside if total is None else total + inside
+        counts[q_start : q_start + len(total)] = total.cpu().numpy()
+    return counts
+
+
+def balls_containing(queries, centres, radii: np.ndarray, *, device="cpu", block_elements: int | None = None) -> np.ndarray:
+    """For each query, how many closed balls (centre i, radius i) contain it."""
+    radii = np.asarray(radii, dtype=np.float64)
+    return _balls_containing_squared(queries, centres, radii * radii, device=device, block_elements=block_elements)
+
+
+# ---------------------------------------------------------------- Frechet distance
 
 def _as_features(x: np.ndarray, what: str) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2:
         raise ValueError(f"{what}: expected (N, D) features, got shape {x.shape}")
     return x
-
-
-def distance_blocks(queries: np.ndarray, references: np.ndarray, *,
-                    block_elements: int = DISTANCE_BLOCK_ELEMENTS) -> Iterator[tuple[slice, np.ndarray]]:
-    """(rows, Euclidean distances from those query rows to every reference), block by block.
-
-    Squared distances by |q|^2 + |r|^2 - 2 q.r in float64, after centring both
-    sets on the references' mean (distances are unchanged, the cancellation in
-    the expansion smaller); round-off below zero is clipped to zero."""
-    queries, references = _as_features(queries, "queries"), _as_features(references, "references")
-    centre = references.mean(axis=0) if len(references) else 0.0
-    queries, references = queries - centre, references - centre
-    reference_norms = np.einsum("ij,ij->i", references, references)
-    rows = max(1, block_elements // max(1, len(references)))
-    for start in range(0, len(queries), rows):
-        block = queries[start : start + rows]
-        squared = np.einsum("ij,ij->i", block, block)[:, None] + reference_norms[None, :] - 2.0 * (block @ references.T)
-        yield slice(start, start + len(block)), np.sqrt(np.maximum(squared, 0.0, out=squared))
-
-
-def kth_neighbour_distances(points: np.ndarray, k: int, *, block_elements: int = DISTANCE_BLOCK_ELEMENTS) -> np.ndarray:
-    """Distance from each point to its k-th nearest other point of the same set (itself excluded)."""
-    points = _as_features(points, "points")
-    if not 1 <= k < len(points):
-        raise ValueError(f"k = {k} needs at least {k + 1} points, got {len(points)}")
-    out = np.empty(len(points))
-    for rows, distances in distance_blocks(points, points, block_elements=block_elements):
-        distances[np.arange(len(distances)), np.arange(rows.start, rows.stop)] = np.inf  # not its own neighbour
-        out[rows] = np.partition(distances, k - 1, axis=1)[:, k - 1]
-    return out
-
-
-def nearest_neighbours(queries: np.ndarray, references: np.ndarray, *,
-                       block_elements: int = DISTANCE_BLOCK_ELEMENTS) -> tuple[np.ndarray, np.ndarray]:
-    """(distance, index) of each query's nearest reference; ties go to the lowest index."""
-    queries, references = _as_features(queries, "queries"), _as_features(references, "references")
-    distances, indices = np.empty(len(queries)), np.empty(len(queries), dtype=np.int64)
-    for rows, block in distance_blocks(queries, references, block_elements=block_elements):
-        indices[rows] = block.argmin(axis=1)
-        distances[rows] = block[np.arange(len(block)), indices[rows]]
-    return distances, indices
-
-
-def balls_containing(queries: np.ndarray, centres: np.ndarray, radii: np.ndarray, *,
-                     block_elements: int = DISTANCE_BLOCK_ELEMENTS) -> np.ndarray:
-    """For each query, how many closed balls (centre i, radius i) contain it."""
-    queries, centres = _as_features(queries, "queries"), _as_features(centres, "centres")
-    counts = np.empty(len(queries), dtype=np.int64)
-    for rows, block in distance_blocks(queries, centres, block_elements=block_elements):
-        counts[rows] = (block <= radii[None, :]).sum(axis=1)
-    return counts
-
-
-# ---------------------------------------------------------------- Frechet distance
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     """Frechet distance between Gaussians fitted to two feature sets (Heusel et al. 2017):
@@ -118,7 +275,9 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     when the product is singular); eigenvalues that round-off makes slightly
     negative are clipped to 0, and so is a total of order -1e-12 for
     identical sets. Biased upward at small N (Chong & Forsyth 2020): compare
-    values at equal set sizes only."""
+    values at equal set sizes only. Stays in float64 numpy on the CPU: its cost is
+    N D^2 for the covariances (subsets of `SUBSET_LIMIT` points) and D^3 for the
+    eigenvalues, small beside the k-NN work."""
     a, b = _as_features(features_a, "features_a"), _as_features(features_b, "features_b")
     if len(a) < 2 or len(b) < 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"Frechet distance needs two sets of at least 2 points of one dimension, got {a.shape} and {b.shape}")
@@ -140,17 +299,16 @@ class PrecisionRecall:
     recall: float  # share of real points inside the samples' manifold: diversity
 
 
-def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = PRECISION_RECALL_K) -> PrecisionRecall:
+def precision_recall(real, fake, k: int = PRECISION_RECALL_K, *, device="cpu") -> PrecisionRecall:
     """Improved precision and recall (Kynkaenniemi et al. 2019).
 
     A set's manifold is the union of closed balls around its points, each
     with the radius of that point's k-th nearest neighbour in the set.
     Precision: the share of fake points inside the real manifold; recall: the
     share of real points inside the fake manifold. k = 3 as the paper."""
-    real, fake = _as_features(real, "real"), _as_features(fake, "fake")
-    real_radii, fake_radii = kth_neighbour_distances(real, k), kth_neighbour_distances(fake, k)
-    return PrecisionRecall(precision=float(np.mean(balls_containing(fake, real, real_radii) > 0)),
-                           recall=float(np.mean(balls_containing(real, fake, fake_radii) > 0)))
+    real_radii, fake_radii = _kth_squared(real, k, device=device), _kth_squared(fake, k, device=device)
+    return PrecisionRecall(precision=float(np.mean(_balls_containing_squared(fake, real, real_radii, device=device) > 0)),
+                           recall=float(np.mean(_balls_containing_squared(real, fake, fake_radii, device=device) > 0)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +317,7 @@ class DensityCoverage:
     coverage: float  # share of real balls with at least one sample in them
 
 
-def density_coverage(real: np.ndarray, fake: np.ndarray, k: int = DENSITY_COVERAGE_K) -> DensityCoverage:
+def density_coverage(real, fake, k: int = DENSITY_COVERAGE_K, *, device="cpu") -> DensityCoverage:
     """Density and coverage (Naeem et al. 2020): balls around real points only,
     so a few fake outliers cannot inflate a fake manifold.
 
@@ -167,11 +325,10 @@ def density_coverage(real: np.ndarray, fake: np.ndarray, k: int = DENSITY_COVERA
         coverage = 1/N #{i : some fake_j in B(real_i, NND_k(real_i))}
 
     with N real and M fake points; k = 5 as the paper."""
-    real, fake = _as_features(real, "real"), _as_features(fake, "fake")
-    real_radii = kth_neighbour_distances(real, k)
-    nearest_fake, _ = nearest_neighbours(real, fake)
-    return DensityCoverage(density=float(balls_containing(fake, real, real_radii).sum() / (k * len(fake))),
-                           coverage=float(np.mean(nearest_fake <= real_radii)))
+    real_radii = _kth_squared(real, k, device=device)
+    nearest_fake, _ = _k_nearest_squared(real, fake, 1, device=device)
+    return DensityCoverage(density=float(_balls_containing_squared(fake, real, real_radii, device=device).sum() / (k * len(fake))),
+                           coverage=float(np.mean(nearest_fake[:, 0] <= real_radii)))
 
 
 # ---------------------------------------------------------------- memorisation
@@ -182,13 +339,15 @@ class NearCopies:
     distances: np.ndarray  # (M,) distance from each sample to its nearest train image
     nearest: np.ndarray  # (M,) index of that train image
     threshold: float  # the distance below which a sample is a near copy
+    threshold_points: int = 0  # train images whose leave-one-out distances gave the threshold
 
     @property
     def fraction(self) -> float:
         return float(np.mean(self.flags)) if len(self.flags) else float("nan")
 
 
-def near_copies(train: np.ndarray, samples: np.ndarray, quantile: float = NEAR_COPY_QUANTILE) -> NearCopies:
+def near_copies(train, samples, quantile: float = NEAR_COPY_QUANTILE, *, threshold_points: int = SUBSET_LIMIT,
+                seed: int = SUBSET_SEED, device="cpu", block_elements: int | None = None) -> NearCopies:
     """Which samples are near copies of a real train image (memorisation).
 
     Rule: a sample is a near copy when its distance to the nearest train
@@ -200,6 +359,14 @@ def near_copies(train: np.ndarray, samples: np.ndarray, quantile: float = NEAR_C
     digits, the eval split: 1.1% in pixel space); a model that returns its
     training images with light noise has nearly all of them flagged.
 
+    Every sample is searched against the whole train split, exactly (float32
+    tiles on the device, a running nearest per sample over train blocks):
+    M x N distances, the one quadratic part of the scores. The threshold's
+    quantile is estimated from a seeded subset of at most `threshold_points`
+    train images, each against the whole train split (itself excluded): the
+    same distances as from all of them, estimated from 10k points (about 100
+    below the 1% quantile), and linear in N.
+
     Why not Alaa et al. 2022's authenticity rule (a sample is inauthentic
     when its nearest real point is closer to it than to that point's own
     nearest real neighbour): fresh real images fail it at a high rate, 44%
@@ -209,16 +376,24 @@ def near_copies(train: np.ndarray, samples: np.ndarray, quantile: float = NEAR_C
     fraction cannot. The quantile rule's base rate is `quantile` by
     construction and needs no test.
 
-    Works in any space: flattened pixels (as floats) or classifier features.
-    The threshold comes from the whole train set, so every class is judged
-    by the same distance (classes that are tighter in that space have a
-    higher base rate)."""
-    train, samples = _as_features(train, "train"), _as_features(samples, "samples")
+    Works in any space: flattened pixels (uint8 or floats) or classifier
+    features. The threshold comes from the whole train set, so every class
+    is judged by the same distance (classes that are tighter in that space
+    have a higher base rate)."""
     if not 0 < quantile < 1:
         raise ValueError(f"quantile must be in (0, 1), got {quantile}")
-    threshold = float(np.quantile(kth_neighbour_distances(train, 1), quantile))
-    distances, nearest = nearest_neighbours(samples, train)
-    return NearCopies(flags=distances < threshold, distances=distances, nearest=nearest, threshold=threshold)
+    queries = subset(len(train), threshold_points, seed, "near-copy threshold")
+    if len(queries) < 1 or len(train) < 2:
+        raise ValueError(f"near copies need at least 2 train images, got {len(train)}")
+    train_t = _as_points(train, "train", _device(device))
+    import torch
+
+    query_rows = train_t if len(queries) == len(train_t) else train_t[torch.as_tensor(queries, device=train_t.device)]
+    leave_one_out, _ = nearest_neighbours(query_rows, train_t, exclude=queries, device=device, block_elements=block_elements)
+    threshold = float(np.quantile(leave_one_out, quantile))
+    distances, nearest = nearest_neighbours(samples, train_t, device=device, block_elements=block_elements)
+    return NearCopies(flags=distances < threshold, distances=distances, nearest=nearest, threshold=threshold,
+                      threshold_points=len(queries))
 
 
 # ---------------------------------------------------------------- GAN-test and per class
@@ -228,7 +403,8 @@ def gan_test(sample_logits: np.ndarray, sample_labels: np.ndarray, num_classes: 
     predicts the model's samples; its accuracy is how recognisable the
     samples are as their class (fidelity; blind to diversity, unlike CAS,
     which is GAN-train). The counts per class are those of `count_correct`:
-    `.top1`, `.per_class_top1()`."""
+    `.top1`, `.per_class_top1()`. The scores step gives it the samples of
+    `set_subsets` (at most `SUBSET_LIMIT` overall and per class)."""
     return count_correct(sample_logits, sample_labels, num_classes)
 
 
@@ -258,13 +434,77 @@ def fraction_per_class(flags: np.ndarray, labels: np.ndarray, num_classes: int) 
 
 # ---------------------------------------------------------------- the set-level scores together, as stored
 
-def feature_scores(real: np.ndarray, fake: np.ndarray) -> dict[str, float | None]:
+@dataclasses.dataclass(frozen=True)
+class Subsets:
+    """Which points the set-level scores use: indices into a set, overall and per class."""
+    overall: np.ndarray
+    per_class: list[np.ndarray]
+
+    @property
+    def union(self) -> np.ndarray:
+        return np.union1d(self.overall, np.concatenate(self.per_class)) if self.per_class else self.overall
+
+
+def set_subsets(labels: np.ndarray, num_classes: int, what: str, *, limit: int = SUBSET_LIMIT,
+                seed: int = SUBSET_SEED) -> Subsets:
+    """At most `limit` points of a labelled set overall and at most `limit` of each class, seeded by (seed, what,
+    class): the same set gives the same subsets in every run."""
+    labels = np.asarray(labels)
+    members = [np.flatnonzero(labels == c) for c in range(num_classes)]
+    return Subsets(overall=subset(len(labels), limit, seed, what),
+                   per_class=[m[subset(len(m), limit, seed, what, c)] for c, m in enumerate(members)])
+
+
+def manifold_scores(real, fake, *, device="cpu", block_elements: int | None = None) -> tuple[PrecisionRecall, DensityCoverage]:
+    """`precision_recall` (k = PRECISION_RECALL_K) and `density_coverage` (k = DENSITY_COVERAGE_K) with the
+    k-NN work shared: each set's radii from one search within it, then one pass over fake x real tiles that
+    counts all four (precision and density by fake row, recall and coverage by real column). Three passes of
+    distances instead of seven; the same comparisons, so the same numbers."""
+    import torch
+
+    k_pr, k_dc = PRECISION_RECALL_K, DENSITY_COVERAGE_K
+    real_t, fake_t = _as_points(real, "real", _device(device)), _as_points(fake, "fake", _device(device))
+    if min(len(real_t), len(fake_t)) <= max(k_pr, k_dc):
+        raise ValueError(f"k = {max(k_pr, k_dc)} needs at least {max(k_pr, k_dc) + 1} points, got {len(real_t)} and {len(fake_t)}")
+    real_k, _ = _k_nearest_squared(real_t, real_t, max(k_pr, k_dc), exclude=np.arange(len(real_t)), device=device,
+                                   block_elements=block_elements)
+    fake_k, _ = _k_nearest_squared(fake_t, fake_t, k_pr, exclude=np.arange(len(fake_t)), device=device,
+                                   block_elements=block_elements)
+    tiles = _Tiles(fake_t, real_t, device, block_elements)
+    as_tensor = lambda x: torch.as_tensor(x, device=tiles.device)  # noqa: E731
+    real_pr, real_dc, fake_pr = as_tensor(real_k[:, k_pr - 1]), as_tensor(real_k[:, k_dc - 1]), as_tensor(fake_k[:, k_pr - 1])
+    ones = lambda block: torch.ones(len(block), 1, dtype=block.dtype, device=block.device)  # noqa: E731
+    rows = tiles.tiles(lambda start, f, norms: torch.cat([f, norms[:, None], ones(f)], 1),  # tile: |f - r|^2
+                       lambda start, r, norms: torch.cat([-2.0 * r, ones(r), norms[:, None]], 1))
+    in_real = torch.zeros(len(fake_t), dtype=torch.bool, device=tiles.device)
+    density = torch.zeros(len(fake_t), dtype=torch.int64, device=tiles.device)
+    in_fake = torch.zeros(len(real_t), dtype=torch.bool, device=tiles.device)
+    covered = torch.zeros(len(real_t), dtype=torch.bool, device=tiles.device)
+    for f_start, row in rows:
+        for r_start, tile in row:
+            f_rows, r_cols = slice(f_start, f_start + tile.shape[0]), slice(r_start, r_start + tile.shape[1])
+            inside_dc = tile <= real_dc[None, r_cols]
+            in_real[f_rows] |= (tile <= real_pr[None, r_cols]).any(1)
+            density[f_rows] += inside_dc.sum(1)
+            in_fake[r_cols] |= (tile <= fake_pr[f_rows, None]).any(0)
+            covered[r_cols] |= inside_dc.any(0)
+    return (PrecisionRecall(precision=float(in_real.double().mean()), recall=float(in_fake.double().mean())),
+            DensityCoverage(density=float(density.sum().item() / (k_dc * len(fake_t))), coverage=float(covered.double().mean())))
+
+
+def feature_scores(real, fake, *, device="cpu") -> dict[str, float | None]:
     """Frechet distance, precision/recall and density/coverage of two feature sets; None where a set (one
     class's, say) has too few points for a score."""
     out: dict[str, float | None] = {}
+    try:
+        together = sum(map(dataclasses.astuple, manifold_scores(real, fake, device=device)), ())
+    except ValueError:  # too few points for k = 5: each on its own, so that P/R (k = 3) may still be computed
+        together = None
     for names, score in ((("fd",), lambda: (frechet_distance(real, fake),)),
-                         (("precision", "recall"), lambda: dataclasses.astuple(precision_recall(real, fake))),
-                         (("density", "coverage"), lambda: dataclasses.astuple(density_coverage(real, fake)))):
+                         (("precision", "recall"), lambda: together[:2] if together else
+                          dataclasses.astuple(precision_recall(real, fake, device=device))),
+                         (("density", "coverage"), lambda: together[2:] if together else
+                          dataclasses.astuple(density_coverage(real, fake, device=device)))):
         try:
             values = score()
         except ValueError:
@@ -273,6 +513,32 @@ def feature_scores(real: np.ndarray, fake: np.ndarray) -> dict[str, float | None
     return out
 
 
+def set_scores(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray, fake_labels: np.ndarray, num_classes: int, *,
+               limit: int = SUBSET_LIMIT, seed: int = SUBSET_SEED, device="cpu",
+               seconds: dict[str, float] | None = None) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """FD, precision/recall and density/coverage overall and per class, each on `set_subsets` of both sets,
+    with the sizes used: `scores_n_real` and `scores_n_samples` (overall: ints; per class: lists).
+    `seconds`, when given, gets the time of the overall and the per-class scores."""
+    import time
+
+    real_sets, fake_sets = set_subsets(real_labels, num_classes, "real", limit=limit, seed=seed), \
+        set_subsets(fake_labels, num_classes, "samples", limit=limit, seed=seed)
+    started = time.perf_counter()
+    overall: dict[str, Any] = feature_scores(real[real_sets.overall], fake[fake_sets.overall], device=device)
+    overall |= {"scores_n_real": len(real_sets.overall), "scores_n_samples": len(fake_sets.overall)}
+    middle = time.perf_counter()
+    by_class = [feature_scores(real[r], fake[f], device=device) for r, f in zip(real_sets.per_class, fake_sets.per_class)]
+    per_class_scores: dict[str, list[Any]] = {name: [scores_of_class[name] for scores_of_class in by_class]
+                                              for name in by_class[0]} if by_class else {}
+    per_class_scores |= {"scores_n_real": [len(r) for r in real_sets.per_class],
+                         "scores_n_samples": [len(f) for f in fake_sets.per_class]}
+    if seconds is not None:
+        seconds |= {"set_scores_overall": middle - started, "set_scores_per_class": time.perf_counter() - middle}
+    return overall, per_class_scores
+
+
 def finite_or_none(value: float | None) -> float | None:
-    """NaN and infinities (an empty class) are stored as null."""
+    """NaN and infinities (an empty class) are stored as null; counts stay ints."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
     return None if value is None or not np.isfinite(value) else float(value)

@@ -6,9 +6,11 @@ the scores themselves are pinned in tests/tasks/test_scores.py."""
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from casflow.flows import steps
+from casflow.storage.results import PER_CLASS_SCHEMA, SUMMARY_SCHEMA
 from casflow.tasks.config import ConfigError, parse_config
 from casflow.tasks.datasets import digits_splits
 from casflow.tasks.results import RunInfo, per_class_rows, summary_row
@@ -72,9 +74,16 @@ def test_scores_reach_the_result_rows(scored):
                             sample_scores=scores["copier"])
     row = summary_row(run, outcome, None)
     assert row["scores_classifier_fingerprint"] == done["real"].classifiers[0].fingerprint
+    # the digits' sets are below the subsets' cap: every sample and every eval image, and the sizes say so
+    assert (row["scores_n_samples"], row["scores_n_real"]) == (1438, 359)
+    assert sum(scores["copier"].per_class["scores_n_samples"]) == 1438 and sum(scores["copier"].per_class["scores_n_real"]) == 359
+    table = pa.Table.from_pylist([row], schema=SUMMARY_SCHEMA)
+    assert table.column("scores_n_samples").to_pylist() == [1438]
     assert row["memorized_fraction"] == scores["copier"].overall["memorized_fraction"] and row["gan_test_top1"] > 0.9
     rows = per_class_rows(run, outcome)
     assert [r["memorized_fraction"] for r in rows] == scores["copier"].per_class["memorized_fraction"]
+    assert pa.Table.from_pylist(rows, schema=PER_CLASS_SCHEMA).column("scores_n_real").to_pylist() == \
+        scores["copier"].per_class["scores_n_real"]
     bare = summary_row(run, steps.outcome(config.models[0], done["copier"], None),
                        None)
     assert "gan_test_top1" not in bare  # written as null

@@ -1,6 +1,9 @@
 """Feature-space scores, each pinned against a direct computation (loops over
-scipy's cdist, scipy.linalg.sqrtm) on small seeded features, plus known answers
-and the memorisation rule on the embedded digits."""
+scipy's cdist, scipy.linalg.sqrtm) on small seeded features and against the
+authors' references (the `prdc` package for precision/recall/density/coverage,
+pytorch-fid's FD formula), plus known answers, the seeded subsets, and the
+memorisation rule on the embedded digits. Distances are float32 tiles
+(tasks/scores.py): distances match float64 to 1e-5 relative."""
 
 import functools
 
@@ -81,11 +84,11 @@ def test_frechet_distance_known_answer_for_diagonal_gaussians():
 @pytest.mark.parametrize("k", [1, 3, 5])
 def test_kth_neighbour_and_nearest_match_cdist(k):
     points, queries = features(0, 40), features(1, 25)
-    np.testing.assert_allclose(scores.kth_neighbour_distances(points, k), direct_kth_neighbour(points, k), rtol=1e-10)
+    np.testing.assert_allclose(scores.kth_neighbour_distances(points, k), direct_kth_neighbour(points, k), rtol=1e-5)
     distances, nearest = scores.nearest_neighbours(queries, points)
     d = cdist(queries, points)
     np.testing.assert_array_equal(nearest, d.argmin(1))
-    np.testing.assert_allclose(distances, d.min(1), rtol=1e-10)
+    np.testing.assert_allclose(distances, d.min(1), rtol=1e-5)
 
 
 @pytest.mark.parametrize("seed, k", [(0, 3), (1, 3), (2, 1), (3, 5)])
@@ -111,7 +114,7 @@ def test_near_copies_match_brute_force():
     threshold = np.quantile(d_train.min(1), 0.05)
     d = cdist(samples, train)
     result = scores.near_copies(train, samples, quantile=0.05)
-    assert result.threshold == pytest.approx(threshold, rel=1e-12)
+    assert result.threshold == pytest.approx(threshold, rel=1e-5) and result.threshold_points == 60
     np.testing.assert_array_equal(result.flags, d.min(1) < threshold)
     np.testing.assert_array_equal(result.nearest, d.argmin(1))
     assert result.flags[:10].all() and result.fraction == pytest.approx(result.flags.mean())
@@ -136,14 +139,33 @@ def test_disjoint_sets_score_zero():
 
 def test_blocks_do_not_change_the_numbers():
     real, fake = features(0, 70), features(1, 50, shift=0.4)
-    one_row = 1  # block_elements below one row's length: a block of one row at a time
-    blocked = np.concatenate([block for _, block in scores.distance_blocks(fake, real, block_elements=one_row)])
-    (_, whole), = scores.distance_blocks(fake, real, block_elements=10**9)
-    np.testing.assert_allclose(blocked, whole, rtol=1e-12)
+    one = 30  # tiles of 30 distances (6 query rows x 5 references): far below the sets' sizes
     radii = scores.kth_neighbour_distances(real, 3)
-    np.testing.assert_allclose(scores.kth_neighbour_distances(real, 3, block_elements=one_row), radii, rtol=1e-12)
-    np.testing.assert_array_equal(scores.balls_containing(fake, real, radii, block_elements=one_row),
-                                  scores.balls_containing(fake, real, radii))
+    np.testing.assert_allclose(scores.kth_neighbour_distances(real, 3, block_elements=one), radii, rtol=1e-5)
+    np.testing.assert_allclose(scores.kth_neighbour_distances(real, 3, block_elements=300), radii, rtol=1e-5)
+    np.testing.assert_array_equal(scores.balls_containing(fake, real, radii * 1.0001, block_elements=one),
+                                  scores.balls_containing(fake, real, radii * 1.0001))
+    for block in (2, 17, 10**9):  # 2: one query row against one or two references at a time
+        distances, nearest = scores.nearest_neighbours(fake, real, block_elements=block)
+        np.testing.assert_array_equal(nearest, cdist(fake, real).argmin(1))
+        result = scores.near_copies(real, fake, quantile=0.2, block_elements=block)
+        np.testing.assert_array_equal(result.nearest, nearest)
+    assert scores.precision_recall(real, fake) == scores.precision_recall(real, fake)  # the same inputs, the same numbers
+
+
+def test_uint8_pixels_are_searched_without_a_float_copy_and_match_floats():
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, size=(80, 3 * 8 * 8), dtype=np.uint8)
+    samples = np.concatenate([train[:5], rng.integers(0, 256, size=(20, 192), dtype=np.uint8)])
+    as_uint8, as_float = scores.near_copies(train, samples), scores.near_copies(train.astype(np.float64), samples.astype(np.float64))
+    np.testing.assert_array_equal(as_uint8.nearest, as_float.nearest)
+    np.testing.assert_allclose(as_uint8.distances, cdist(samples.astype(float), train.astype(float)).min(1), rtol=1e-5, atol=1e-2)
+    assert as_uint8.flags[:5].all() and not as_uint8.flags[5:].any()
+
+
+def test_too_few_points_for_k_5_still_give_precision_and_recall():
+    out = scores.feature_scores(features(0, 5), features(1, 5))
+    assert out["precision"] is not None and out["recall"] is not None and out["density"] is None and out["coverage"] is None
 
 
 def test_too_few_points_and_bad_shapes_are_errors():
@@ -224,3 +246,106 @@ def test_near_copies_in_classifier_features(digits_sets):
     assert fraction["noisy-copies"] >= 0.8
     assert fraction["gaussian-pca32"] <= 0.02
     assert fraction["eval"] <= 0.03
+
+
+# ---------------------------------------------------------------- the authors' references as oracles
+
+@pytest.mark.parametrize("seed, n_real, n_fake, d, shift", [(0, 300, 250, 64, 0.3), (1, 500, 500, 16, 0.0), (2, 200, 400, 64, 1.0)])
+def test_precision_recall_density_coverage_match_the_prdc_package(seed, n_real, n_fake, d, shift):
+    prdc = pytest.importorskip("prdc")  # Naeem et al.'s own code (test extra)
+    real, fake = features(seed, n_real, d), features(seed + 50, n_fake, d, shift=shift) * 1.1
+    for k in (scores.PRECISION_RECALL_K, scores.DENSITY_COVERAGE_K):
+        reference = prdc.compute_prdc(real_features=real, fake_features=fake, nearest_k=k)
+        pr, dc = scores.precision_recall(real, fake, k=k), scores.density_coverage(real, fake, k=k)
+        # prdc's balls are open (<), ours closed (<=): equal without ties; float32 may move a point within
+        # 1e-5 of a ball's edge, which these seeded sets do not have
+        assert (pr.precision, pr.recall, dc.density, dc.coverage) == pytest.approx(
+            (reference["precision"], reference["recall"], reference["density"], reference["coverage"]), abs=1e-12)
+    together = scores.manifold_scores(real, fake)  # the one-pass version feature_scores uses, k = 3 and 5
+    assert together == (scores.precision_recall(real, fake), scores.density_coverage(real, fake))
+    for block in (50, 10**9):
+        assert scores.manifold_scores(real, fake, block_elements=block) == together
+
+
+def pytorch_fid_frechet(a, b):
+    """pytorch-fid's calculate_frechet_distance (src/pytorch_fid/fid_score.py, v0.3.0), verbatim in substance:
+    scipy sqrtm of the covariance product, an eps offset when it is singular, imaginary parts below 1e-3 dropped."""
+    mu1, mu2, sigma1, sigma2 = a.mean(0), b.mean(0), np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    diff = mu1 - mu2
+    covmean = scipy.linalg.sqrtm(sigma1.dot(sigma2))
+    if not np.isfinite(covmean).all():
+        offset = np.eye(sigma1.shape[0]) * 1e-6
+        covmean = scipy.linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        assert np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3)
+        covmean = covmean.real
+    return diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean)
+
+
+@pytest.mark.filterwarnings("ignore:The `disp` argument is deprecated:DeprecationWarning")  # inside pytorch-fid
+@pytest.mark.parametrize("seed, d", [(0, 16), (1, 64)])
+def test_frechet_distance_matches_pytorch_fid(seed, d):
+    a = features(seed, 2000, d) @ np.random.default_rng(seed).normal(size=(d, d)) / np.sqrt(d)
+    b = features(seed + 1, 1500, d, shift=0.2) * np.linspace(0.5, 1.5, d)
+    assert scores.frechet_distance(a, b) == pytest.approx(pytorch_fid_frechet(a, b), rel=1e-6)
+    try:  # the package itself, where it is installed (it downloads nothing until Inception weights are asked for)
+        from pytorch_fid.fid_score import calculate_frechet_distance
+    except ImportError:
+        return
+    reference = calculate_frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    assert scores.frechet_distance(a, b) == pytest.approx(reference, rel=1e-6)
+
+
+# ---------------------------------------------------------------- seeded subsets
+
+def test_subsets_are_seeded_sorted_and_bind_only_above_the_limit():
+    np.testing.assert_array_equal(scores.subset(50, 100, 0, "x"), np.arange(50))
+    picked = scores.subset(1000, 100, 0, "x")
+    assert len(picked) == 100 == len(set(picked)) and np.all(np.diff(picked) > 0) and picked.max() < 1000
+    np.testing.assert_array_equal(picked, scores.subset(1000, 100, 0, "x"))
+    assert not np.array_equal(picked, scores.subset(1000, 100, 0, "y"))
+    labels = np.repeat(np.arange(3), [10, 300, 40])
+    sets = scores.set_subsets(labels, 3, "samples", limit=50)
+    assert [len(rows) for rows in sets.per_class] == [10, 50, 40] and len(sets.overall) == 50
+    assert all(np.all(labels[rows] == c) for c, rows in enumerate(sets.per_class))
+
+
+def test_set_scores_use_the_documented_subsets_and_record_their_sizes():
+    real, fake = features(0, 400, 8), features(1, 600, 8, shift=0.3)
+    real_labels, fake_labels = np.arange(400) % 4, np.arange(600) % 4
+    overall, per_class = scores.set_scores(real, real_labels, fake, fake_labels, 4, limit=120)
+    r, f = scores.set_subsets(real_labels, 4, "real", limit=120), scores.set_subsets(fake_labels, 4, "samples", limit=120)
+    assert overall == scores.feature_scores(real[r.overall], fake[f.overall]) | {"scores_n_real": 120, "scores_n_samples": 120}
+    assert per_class["scores_n_real"] == [100] * 4 and per_class["scores_n_samples"] == [120] * 4
+    assert per_class["fd"][2] == scores.feature_scores(real[r.per_class[2]], fake[f.per_class[2]])["fd"]
+    # below the limit nothing is dropped: the numbers are those of the whole sets
+    whole, _ = scores.set_scores(real, real_labels, fake, fake_labels, 4, limit=10_000)
+    assert whole == scores.feature_scores(real, fake) | {"scores_n_real": 400, "scores_n_samples": 600}
+
+
+def test_the_near_copy_threshold_from_a_subset_of_train_images_is_their_leave_one_out_quantile():
+    train, samples = features(0, 300), features(1, 50)
+    result = scores.near_copies(train, samples, quantile=0.1, threshold_points=100)
+    queries = scores.subset(300, 100, scores.SUBSET_SEED, "near-copy threshold")
+    d = cdist(train[queries], train)
+    d[np.arange(100), queries] = np.inf
+    assert result.threshold_points == 100 and result.threshold == pytest.approx(np.quantile(d.min(1), 0.1), rel=1e-5)
+    np.testing.assert_array_equal(result.nearest, cdist(samples, train).argmin(1))  # every sample, the whole train split
+
+
+# ---------------------------------------------------------------- on a GPU (skipped without CUDA)
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_scores_on_cuda_match_the_cpu():
+    real, fake = features(0, 3000, 64), features(1, 2500, 64, shift=0.2)
+    labels_real, labels_fake = np.arange(3000) % 10, np.arange(2500) % 10
+    on_cpu = scores.set_scores(real, labels_real, fake, labels_fake, 10, limit=2000)
+    on_gpu = scores.set_scores(real, labels_real, fake, labels_fake, 10, limit=2000, device="cuda")
+    for name, value in on_cpu[0].items():
+        assert on_gpu[0][name] == pytest.approx(value, abs=2e-3), name
+    pixels = np.random.default_rng(0).integers(0, 256, size=(4000, 3072), dtype=np.uint8)
+    samples = np.concatenate([pixels[:100], np.random.default_rng(1).integers(0, 256, size=(900, 3072), dtype=np.uint8)])
+    cpu, gpu = scores.near_copies(pixels, samples), scores.near_copies(pixels, samples, device="cuda")
+    np.testing.assert_array_equal(cpu.nearest, gpu.nearest)
+    np.testing.assert_allclose(cpu.distances, gpu.distances, rtol=1e-4, atol=1e-2)
