@@ -1,7 +1,7 @@
 """The `cas` command.
 
   cas demo [--store URL]                    five generators on the embedded digits
-  cas run CONFIG [--store URL] [--fail-on-regression]
+  cas run CONFIG [--store URL] [--fail-on-regression [--allow-unknown]]
                                             evaluate the models of a config
   cas results [--config CONFIG | --store URL] [--run ID] [--per-class] [--model NAME] [--list]
   cas compare [RUN_A] [RUN_B] [--model NAME] [--per-class] [--fail-on-regression]
@@ -14,7 +14,9 @@ are still written), results could not be read, or `verify` found problems
 (left after --fix); 2 for a bad
 config or command line, unknown run ids, or runs that cannot be compared;
 3 with --fail-on-regression when a model got significantly worse (overall or
-in a class), and nothing failed.
+in a class), and nothing failed; 4 with --fail-on-regression when a model
+could not be compared with its previous run (verdict unknown), no model got
+worse and nothing failed, unless --allow-unknown.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def show_results(store, run_id: str | None, per_class: bool, model: str | None) 
 
 
 def run(config_path: str, store_url: str | None, fail_on_regression: bool = False, model_deployment: str | None = None,
-        temporary_server: bool = False) -> int:
+        temporary_server: bool = False, allow_unknown: bool = False) -> int:
     """Evaluate a config's models in a Prefect flow, on a running Prefect server or a temporary one (`flows.server`).
 
     SIGTERM and SIGINT (Ctrl-C) end the run within seconds (`_stop`): the flow runs in a thread of its own
@@ -123,7 +125,8 @@ def run(config_path: str, store_url: str | None, fail_on_regression: bool = Fals
                       "set PREFECT_API_URL, and no temporary server (README: Many machines)", file=sys.stderr)
                 return 2
             try:
-                return _evaluate(live, config, config_path, store_url, fail_on_regression, model_deployment, temporary_server)
+                return _evaluate(live, config, config_path, store_url, fail_on_regression, model_deployment, temporary_server,
+                                 allow_unknown)
             except (ServerProblem, StoreUnreachable) as exc:
                 print(f"cas: {exc}", file=sys.stderr)
                 return 1
@@ -147,7 +150,7 @@ class _Live:
 
 
 def _evaluate(live: _Live, config, config_path: str, store_url: str | None, fail_on_regression: bool,
-              model_deployment: str | None, temporary_server: bool) -> int:
+              model_deployment: str | None, temporary_server: bool, allow_unknown: bool = False) -> int:
     from casflow.flows import steps
     from casflow.flows.server import RunServer
 
@@ -189,6 +192,10 @@ def _evaluate(live: _Live, config, config_path: str, store_url: str | None, fail
     if fail_on_regression and report["regressions"]:
         print(f"cas: significantly worse: {', '.join(report['regressions'])}", file=sys.stderr)
         return 3
+    if fail_on_regression and report.get("unknown") and not allow_unknown:  # fail closed: unjudged is not passed
+        print(f"cas: not judged (verdict unknown, the reason above): {', '.join(report['unknown'])}; "
+              "--allow-unknown passes them", file=sys.stderr)
+        return 4
     return 0
 
 
@@ -429,7 +436,10 @@ def main(argv: list[str] | None = None) -> int:
     run_cmd.add_argument("config")
     run_cmd.add_argument("--store", help="override store.url")
     run_cmd.add_argument("--fail-on-regression", action="store_true",
-                         help="exit 3 when a model got significantly worse than its previous run")
+                         help="exit 3 when a model got significantly worse than its previous run, 4 when a model "
+                              "could not be compared with it (verdict unknown)")
+    run_cmd.add_argument("--allow-unknown", action="store_true",
+                         help="with --fail-on-regression: pass models whose comparison could not be made")
     for command in (demo, run_cmd):
         command.add_argument("--temporary-server", action="store_true",
                              help="run on a temporary Prefect server of its own, even when one is running or configured "
@@ -468,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return _end(run(DEMO_CONFIG, args.store, temporary_server=args.temporary_server), argv)
     if args.command == "run":
-        return _end(run(args.config, args.store, args.fail_on_regression, args.model_deployment, args.temporary_server), argv)
+        return _end(run(args.config, args.store, args.fail_on_regression, args.model_deployment, args.temporary_server,
+                        args.allow_unknown), argv)
     from casflow.storage.results import ResultsError
     from casflow.storage.store import IntegrityError
 
