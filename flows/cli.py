@@ -2,7 +2,7 @@
 exit status.
 
   cas demo [--store URL]                    five generators on the embedded digits
-  cas run CONFIG [--store URL] [--fail-on-regression]
+  cas run CONFIG [--store URL] [--fail-on-regression [--allow-unknown]]
                                             evaluate the models of a config
   cas results [--config CONFIG | --store URL] [--run ID] [--per-class] [--model NAME] [--list]
   cas compare [RUN_A] [RUN_B] [--model NAME] [--per-class] [--fail-on-regression]
@@ -15,7 +15,10 @@ are still written), results could not be read, a store did not answer or
 refused, or `verify` found problems (left after --fix); 2 for a bad config or
 command line, unknown run ids, runs that cannot be compared, or a store path
 that holds no store (`verify`); 3 with --fail-on-regression when a model got
-significantly worse (overall or in a class), and nothing failed; 130 and 143
+significantly worse (overall or in a class), and nothing failed; 4 with
+--fail-on-regression when a model could not be compared with its previous run
+(verdict unknown), no model got worse and nothing failed, unless
+--allow-unknown; 130 and 143
 when Ctrl-C or SIGTERM stopped it; 141 when its output's reader went away
 (`cas results | head -1`). An error of the input, the store or the server is
 one line (`cas: ...`), not a traceback: each error class carries its status
@@ -33,7 +36,7 @@ from typing import Any
 
 from casflow.flows import lifecycle
 from casflow.flows.terminal import problem, say, table
-from casflow.tasks.exits import FAILED, REGRESSED, USAGE, CasError
+from casflow.tasks.exits import FAILED, REGRESSED, UNJUDGED, USAGE, CasError
 
 # Before Prefect is imported: show casflow's own progress lines in Prefect's
 # logs, and keep Prefect from phoning home (it fails noisily offline).
@@ -110,7 +113,8 @@ def demo_command(args: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    return run(args.config, args.store, args.fail_on_regression, args.model_deployment, args.temporary_server)
+    return run(args.config, args.store, args.fail_on_regression, args.model_deployment, args.temporary_server,
+               args.allow_unknown)
 
 
 def plan_command(args: argparse.Namespace) -> int:
@@ -120,7 +124,7 @@ def plan_command(args: argparse.Namespace) -> int:
 
 
 def run(config_path: str, store_url: str | None, fail_on_regression: bool = False, model_deployment: str | None = None,
-        temporary_server: bool = False) -> int:
+        temporary_server: bool = False, allow_unknown: bool = False) -> int:
     """Evaluate a config's models in a Prefect flow, on a running Prefect server or a temporary one (`flows.server`).
 
     SIGTERM and SIGINT (Ctrl-C) end the run within seconds (`lifecycle.stop`): the flow runs in a thread of
@@ -141,7 +145,8 @@ def run(config_path: str, store_url: str | None, fail_on_regression: bool = Fals
                 line = plan.pre_run_line(config_path, store_url)  # what the night will cost, before it starts
                 if line:
                     say(line)
-                return _evaluate(live, config, config_path, store_url, fail_on_regression, model_deployment, temporary_server)
+                return _evaluate(live, config, config_path, store_url, fail_on_regression, model_deployment, temporary_server,
+                                allow_unknown)
             finally:
                 if not isinstance(sys.exc_info()[1], lifecycle.Stopped):  # `stop` still has to tell the server
                     live.close()
@@ -150,7 +155,7 @@ def run(config_path: str, store_url: str | None, fail_on_regression: bool = Fals
 
 
 def _evaluate(live: lifecycle.Live, config, config_path: str, store_url: str | None, fail_on_regression: bool,
-              model_deployment: str | None, temporary_server: bool) -> int:
+              model_deployment: str | None, temporary_server: bool, allow_unknown: bool = False) -> int:
     from casflow.flows import steps
     from casflow.flows.server import RunServer
 
@@ -193,6 +198,10 @@ def _evaluate(live: lifecycle.Live, config, config_path: str, store_url: str | N
     if fail_on_regression and report["regressions"]:
         problem(f"significantly worse: {', '.join(report['regressions'])}")
         return REGRESSED
+    if fail_on_regression and report.get("unknown") and not allow_unknown:  # fail closed: unjudged is not passed
+        problem(f"not judged (verdict unknown, the reason above): {', '.join(report['unknown'])}; "
+                "--allow-unknown passes them")
+        return UNJUDGED
     return 0
 
 
@@ -366,7 +375,10 @@ def parser() -> argparse.ArgumentParser:
     run_cmd.add_argument("config")
     run_cmd.add_argument("--store", help="override store.url")
     run_cmd.add_argument("--fail-on-regression", action="store_true",
-                         help="exit 3 when a model got significantly worse than its previous run")
+                         help="exit 3 when a model got significantly worse than its previous run, 4 when a model "
+                              "could not be compared with it (verdict unknown)")
+    run_cmd.add_argument("--allow-unknown", action="store_true",
+                         help="with --fail-on-regression: pass models whose comparison could not be made")
     for command in (demo, run_cmd):
         command.add_argument("--temporary-server", action="store_true",
                              help="run on a temporary Prefect server of its own, even when one is running or configured "

@@ -40,7 +40,7 @@ from casflow.storage.store import is_transient
 from casflow.tasks import devices
 from casflow.tasks.config import Config, without_credentials
 from casflow.tasks.errors import InputError
-from casflow.tasks.results import RunInfo, regressions
+from casflow.tasks.results import RunInfo, regressions, unknowns
 
 # casflow's loggers reach Prefect's handlers through PREFECT_LOGGING_EXTRA_LOGGERS=casflow
 # (set by the `cas` command and in prefect.yaml); their level is ours to set.
@@ -211,7 +211,8 @@ def cas_evaluation(config_path: str = DEMO_CONFIG, store_url: str | None = None,
               "changes": record.changes_uri, "report": report_uri,
               "models": {o.model: ("ok" if o.ok else o.error) for o in outcomes},
               "regressions": [f"{r['model']}" + ("" if r["class_index"] is None else f" class {r['class_name']}")
-                              for r in regressions(record.changes)]}
+                              for r in regressions(record.changes)],
+              "unknown": [r["model"] for r in unknowns(record.changes)]}
     failed = [o for o in outcomes if not o.ok]
     if failed:
         return Failed(message=f"{len(failed)} of {len(outcomes)} models failed: "

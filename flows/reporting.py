@@ -44,7 +44,7 @@ def build_report(store: Store, run_id: str) -> str:
     real = load_shard_set(store, store.location("real", summary[0]["dataset_fingerprint"], "train")) if summary else None
     return report.render(report.ReportData(
         run_id=run_id, store_url=store.url, class_names=class_names, summary=summary, per_class=per_class,
-        changes=changes, history=results.read_all(store, "summary").to_pylist(), confusion=confusion, samples=samples,
+        changes=changes, history=results.read_readable(store, "summary")[0].to_pylist(), confusion=confusion, samples=samples,
         real_samples=grid(store, real, len(class_names)) if real else None, generated=datetime.now(timezone.utc)))
 
 

@@ -41,14 +41,14 @@ from casflow.flows.shard_data import MixedSamples, StoredSamples, decoded_set, l
 from casflow.storage import artifacts, results, verify
 from casflow.storage.shards import ShardSet, load_shard_set, sample_key, write_shard_set
 from casflow.storage.sources import Files, FileTooLarge, NotRegularFile, read_local_file
-from casflow.storage.store import Store, s3_options, store_url_problem
+from casflow.storage.store import IntegrityError, Store, s3_options, store_url_problem
 from casflow.tasks import compare, datasets, devices, generators, scores
 from casflow.tasks.classifiers import data_path
 from casflow.tasks.config import MAX_CONFIG_BYTES, Config, ConfigError, ModelConfig, StoreConfig, parse_config
 from casflow.tasks.errors import InputError
 from casflow.tasks.fingerprint import fingerprint
 from casflow.tasks.metrics import ClassCounts, count_correct, top_predictions
-from casflow.tasks.results import ModelOutcome, RunInfo, change_rows, per_class_rows, summary_row
+from casflow.tasks.results import UNKNOWN, ModelOutcome, RunInfo, change_rows, not_compared_row, per_class_rows, summary_row
 
 Record = SamplesRecord | ClassifierRecord | EvaluationRecord
 
@@ -350,29 +350,52 @@ def write_results(store: Store, run: RunInfo, outcomes: list[ModelOutcome], base
     """Append this run's per-class, changes and summary tables (one Parquet file each).
 
     Each model is compared with its previous run (`compare.previous_run`): the changes
-    table gets the overall change and one per class, the summary row the verdict."""
+    table gets the overall change and one per class, the summary row the verdict. A
+    comparison that cannot be made is the verdict `unknown` with its reason (`judge`);
+    tonight's results are written for every model all the same."""
     base = next((o for o in outcomes if o.model == baseline), None)
     per_class = list(itertools.chain.from_iterable(per_class_rows(run, o) for o in outcomes))
     summary = [summary_row(run, o, base) for o in outcomes]
-    history = results.read_all(store, "summary").to_pylist()
-    changes = []
-    for row in summary:
-        previous = compare.previous_run(history, row) if row["status"] == "ok" else None
-        if previous is None:
-            continue
-        try:
-            model_changes = compare_runs(store, previous, row, run.class_names)
-        except compare.ComparisonError as exc:  # its predictions were deleted, say: report, do not fail the run
-            log.warning("model %s: not compared with run %s: %s", row["model"], previous["run_id"], exc)
-            continue
-        changes += change_rows(run.class_names, previous, row, model_changes)
-        overall = model_changes[0]
-        row |= {"previous_run_id": previous["run_id"], "change": overall.direction, "delta_top1": overall.delta,
-                "change_p_value": overall.p_value}
+    history, unreadable = results.read_readable(store, "summary")
+    changes = list(itertools.chain.from_iterable(judge(store, history.to_pylist(), unreadable, row, run.class_names)
+                                                 for row in summary if row["status"] == "ok"))
     per_class_uri = results.write_table(store, "per_class", per_class, run.run_id, run.run_time)
     changes_uri = results.write_table(store, "changes", changes, run.run_id, run.run_time)
     summary_uri = results.write_table(store, "summary", summary, run.run_id, run.run_time)  # last: a run with a summary is whole
     return ResultsRecord(run.run_id, per_class_uri, changes_uri, summary_uri, summary, changes)
+
+
+def judge(store: Store, history: list[dict], unreadable: dict[str, str], row: dict,
+          class_names: tuple[str, ...]) -> list[dict]:
+    """One model's changes rows against its previous run, and its verdict set on its summary `row`.
+
+    A comparison that cannot be made is `unknown`, never skipped: a gate that saw nothing would pass a
+    model nobody judged. That is so when the previous run's predictions are gone or damaged, and when a
+    summary file that may hold the previous run (any unreadable one newer than the latest readable
+    previous run) cannot be read. No previous run at all is no verdict (null)."""
+    previous = compare.previous_run(history, row)
+    hidden = sorted(run_id for run_id in unreadable
+                    if run_id < row["run_id"] and (previous is None or run_id > previous["run_id"]))
+    if hidden:
+        reason = (f"its previous run may be run {hidden[-1]}, whose summary cannot be read: {unreadable[hidden[-1]]}"
+                  + (f" (and {len(hidden) - 1} more such runs)" if len(hidden) > 1 else ""))
+        return _not_compared(None, row, reason)
+    if previous is None:
+        return []
+    try:
+        model_changes = compare_runs(store, previous, row, class_names)
+    except (compare.ComparisonError, IntegrityError) as exc:  # predictions deleted or damaged: no verdict, and why
+        return _not_compared(previous, row, f"not compared with run {previous['run_id']}: {exc}")
+    overall = model_changes[0]
+    row |= {"previous_run_id": previous["run_id"], "change": overall.direction, "delta_top1": overall.delta,
+            "change_p_value": overall.p_value}
+    return change_rows(class_names, previous, row, model_changes)
+
+
+def _not_compared(previous: dict | None, row: dict, reason: str) -> list[dict]:
+    log.warning("model %s: verdict %s: %s", row["model"], UNKNOWN, reason)
+    row |= {"previous_run_id": previous["run_id"] if previous else None, "change": UNKNOWN}
+    return [not_compared_row(previous, row, reason)]
 
 
 def compare_runs(store: Store, before: dict, after: dict, class_names: tuple[str, ...]) -> list[compare.Change]:

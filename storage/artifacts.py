@@ -89,7 +89,10 @@ def read_predictions(store: Store, fingerprint: str) -> pa.Table | None:
         return None
     marker = read_evaluation(store, fingerprint) or {}
     data = _read_checked(store, location, marker.get("predictions_sha256"))
-    return pq.read_table(io.BytesIO(data), schema=PREDICTIONS_SCHEMA).sort_by("key")
+    try:  # a marker without a digest (written before digests were kept) lets damage reach the Parquet reader
+        return pq.read_table(io.BytesIO(data), schema=PREDICTIONS_SCHEMA).sort_by("key")
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise IntegrityError(f"{store.uri(location)}: unreadable predictions ({type(exc).__name__}: {exc}); {REBUILD}") from None
 
 
 def write_scores(store: Store, fingerprint: str, scores: dict[str, Any]) -> None:

@@ -3,10 +3,13 @@
   results/changes/date=YYYY-MM-DD/run=<run_id>/part-0.parquet
   results/summary/date=YYYY-MM-DD/run=<run_id>/part-0.parquet   (written last: a run with a summary is whole)
 Long form: one row per (run, model, class), per (run, model, class or overall)
-change since the model's previous run, and per (run, model). Accuracies are
-fractions in [0, 1]; durations are seconds. Run ids start with the UTC time
-to the second; runs are ordered by `run_time` (`run_ids`). Columns are only ever added: read the tables with
-DuckDB's `union_by_name=true` so that older runs' files line up.
+change since the model's previous run, and per (run, model). A comparison
+that could not be made (the previous run's predictions or summary gone or
+unreadable) is one overall changes row, direction `unknown`, with its
+`reason` and null numbers. Accuracies are fractions in [0, 1]; durations are
+seconds. Run ids start with the UTC time to the second; runs are ordered by
+`run_time` (`run_ids`). Columns are only ever added (or made nullable): read
+the tables with DuckDB's `union_by_name=true` so that older runs' files line up.
 """
 
 from __future__ import annotations
@@ -89,7 +92,9 @@ SUMMARY_SCHEMA = pa.schema(_RUN_KEYS + [
     pa.field("evaluation_fingerprints", pa.list_(pa.string())),
     pa.field("cas_top1_seed_std", pa.float64()),  # spread of cas_top1 across seeds; null with one seed
     pa.field("previous_run_id", pa.string()),  # the run this model was compared with (results/changes)
-    pa.field("change", pa.string()),  # better | worse | same; null without a comparable previous run
+    # better | worse | same | unknown (a previous run that could not be read: results/changes says why);
+    # null without a previous run to compare with
+    pa.field("change", pa.string()),
     pa.field("delta_top1", pa.float64()),  # cas_top1 minus the previous run's, on the same eval images
     pa.field("change_p_value", pa.float64()),  # exact McNemar (sign) test of that change
     # scores beside CAS (config `scores`; tasks/scores.py), in the real baseline's classifier (first seed)
@@ -112,29 +117,32 @@ SUMMARY_SCHEMA = pa.schema(_RUN_KEYS + [
 CHANGES_SCHEMA = pa.schema([
     pa.field("run_id", pa.string(), nullable=False),
     pa.field("run_time", pa.timestamp("us", tz="UTC"), nullable=False),
-    pa.field("previous_run_id", pa.string(), nullable=False),
+    # The run compared with; null only in an `unknown` row whose previous run could not be found (its summary
+    # file unreadable). The numbers below are null in `unknown` rows: the comparison was not made (`reason`).
+    pa.field("previous_run_id", pa.string()),
     pa.field("dataset", pa.string(), nullable=False),
     pa.field("dataset_fingerprint", pa.string(), nullable=False),
     pa.field("recipe", pa.string(), nullable=False),
     pa.field("model", pa.string(), nullable=False),
-    pa.field("samples_fingerprint_before", pa.string(), nullable=False),
+    pa.field("samples_fingerprint_before", pa.string()),
     pa.field("samples_fingerprint_after", pa.string(), nullable=False),
     pa.field("class_index", pa.int32()),  # null: the model overall
     pa.field("class_name", pa.string()),
-    pa.field("n_eval", pa.int64(), nullable=False),
-    pa.field("top1_before", pa.float64()),  # these five are null for a class without eval images
+    pa.field("n_eval", pa.int64()),
+    pa.field("top1_before", pa.float64()),  # these five are null for a class without eval images, and in `unknown` rows
     pa.field("top1_after", pa.float64()),
     pa.field("delta", pa.float64()),  # top1_after - top1_before
     pa.field("delta_ci_low", pa.float64()),  # 95%, paired on the same images
     pa.field("delta_ci_high", pa.float64()),
-    pa.field("n_better", pa.int64(), nullable=False),  # images now scored better (seed-averaged)
-    pa.field("n_worse", pa.int64(), nullable=False),
-    pa.field("p_value", pa.float64(), nullable=False),  # exact McNemar (sign) test
-    pa.field("p_adjusted", pa.float64(), nullable=False),  # Holm across the classes; overall: p_value
+    pa.field("n_better", pa.int64()),  # images now scored better (seed-averaged)
+    pa.field("n_worse", pa.int64()),
+    pa.field("p_value", pa.float64()),  # exact McNemar (sign) test
+    pa.field("p_adjusted", pa.float64()),  # Holm across the classes; overall: p_value
     pa.field("seed_spread", pa.float64()),  # std of top1 across seeds (the larger run's); null with one seed
     pa.field("seed_noise", pa.float64()),  # the change that retraining alone makes likely; null unless both runs have seeds
     pa.field("significant", pa.bool_(), nullable=False),
-    pa.field("direction", pa.string(), nullable=False),  # better | worse | same
+    pa.field("direction", pa.string(), nullable=False),  # better | worse | same | unknown (not compared: `reason`)
+    pa.field("reason", pa.string()),  # why an `unknown` row was not compared (names the unreadable file); else null
 ])
 
 TABLES = {"per_class": PER_CLASS_SCHEMA, "changes": CHANGES_SCHEMA, "summary": SUMMARY_SCHEMA}
@@ -186,6 +194,21 @@ def read_all(store: Store, table: str) -> pa.Table:
     tables = [_read(store, table, location, data) for location, data in zip(locations, store.read_many(locations))]
     order = [("run_time", "ascending"), ("run_id", "ascending")]  # run ids alone order runs only to the second
     return pa.concat_tables(tables).sort_by(order) if tables else TABLES[table].empty_table()
+
+
+def read_readable(store: Store, table: str) -> tuple[pa.Table, dict[str, str]]:
+    """Every run's rows of a table that can be read, oldest run first, and {run id: problem} for each
+    run whose file cannot (a flipped byte, a truncated write): one damaged file of history must not
+    keep a run from writing its own results. The caller decides what the unreadable runs cost it."""
+    locations = [(run_id, location) for run_id, location in _run_files(store, table)]
+    tables, unreadable = [], {}
+    for (run_id, location), data in zip(locations, store.read_many([location for _, location in locations])):
+        try:
+            tables.append(_read(store, table, location, data))
+        except ResultsError as exc:
+            unreadable[run_id] = str(exc)
+    order = [("run_time", "ascending"), ("run_id", "ascending")]
+    return (pa.concat_tables(tables).sort_by(order) if tables else TABLES[table].empty_table()), unreadable
 
 
 class ResultsError(CasError, ValueError):

@@ -7,6 +7,7 @@ Each error class says its exit status; the command prints the message as one lin
 FAILED = 1  # something could not be done: a model failed, a store did not answer, a file could not be read
 USAGE = 2  # the user must change what was asked: a bad config or command line, unknown runs
 REGRESSED = 3  # --fail-on-regression, and a model got significantly worse
+UNJUDGED = 4  # --fail-on-regression, and a model could not be compared with its previous run (verdict unknown)
 
 
 class CasError(Exception):

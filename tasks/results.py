@@ -198,12 +198,34 @@ def change_rows(class_names: tuple[str, ...], previous: dict[str, Any], current:
             "samples_fingerprint_before": previous["samples_fingerprint"],
             "samples_fingerprint_after": current["samples_fingerprint"]}
     return [keys | dataclasses.asdict(change) | {
-        "class_name": None if change.class_index is None else class_names[change.class_index]} for change in changes]
+        "class_name": None if change.class_index is None else class_names[change.class_index], "reason": None}
+        for change in changes]
+
+
+UNKNOWN = "unknown"  # the verdict of a comparison that could not be made: not `same`, which would say it was
+
+
+def not_compared_row(previous: dict[str, Any] | None, current: dict[str, Any], reason: str) -> dict[str, Any]:
+    """The changes row of a model whose comparison could not be made: overall, verdict `unknown`, the
+    reason (naming the file that was missing or unreadable) and no numbers. `previous` is None when the
+    previous run itself could not be found (its summary unreadable)."""
+    return {"run_id": current["run_id"], "run_time": current["run_time"],
+            "previous_run_id": previous["run_id"] if previous else None,
+            "dataset": current["dataset"], "dataset_fingerprint": current["dataset_fingerprint"],
+            "recipe": current["recipe"], "model": current["model"],
+            "samples_fingerprint_before": previous["samples_fingerprint"] if previous else None,
+            "samples_fingerprint_after": current["samples_fingerprint"],
+            "class_index": None, "class_name": None, "significant": False, "direction": UNKNOWN, "reason": reason}
 
 
 def regressions(changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The significant changes for the worse, overall or in a class (Holm-adjusted across classes)."""
     return [row for row in changes if row["direction"] == "worse"]
+
+
+def unknowns(changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The comparisons that could not be made: a gate that passed them would pass an unjudged model."""
+    return [row for row in changes if row["direction"] == UNKNOWN]
 
 
 # ---------------------------------------------------------------- display
@@ -223,7 +245,8 @@ def summary_cells(row: dict[str, Any]) -> dict[str, str]:
         "top-5": _pct(row.get("cas_top5")),
         "CAS/real": "-" if row.get("cas_ratio_top1") is None else f"{row['cas_ratio_top1']:.3f}",
         "worst class": "-" if row.get("worst_class") is None else f"{row['worst_class']} ({_pct(row['worst_class_top1'])})",
-        "vs last": "-" if row.get("change") is None else f"{100 * row['delta_top1']:+.2f} {row['change']}",
+        "vs last": "-" if row.get("change") is None else row["change"] if row.get("delta_top1") is None
+                   else f"{100 * row['delta_top1']:+.2f} {row['change']}",
         "samples": "-" if row.get("n_samples") is None else str(row["n_samples"]),
         "cached": "yes" if row["cached"] else "no",
     }
@@ -254,7 +277,12 @@ def scores_cells(row: dict[str, Any]) -> dict[str, str]:
 
 
 def change_cells(row: dict[str, Any]) -> dict[str, str]:
-    """A row of the changes table as the cells people read (deltas in percentage points)."""
+    """A row of the changes table as the cells people read (deltas in percentage points); a comparison
+    that was not made shows its reason as its verdict."""
+    if row["direction"] == UNKNOWN:
+        return {"model": row["model"], "class": class_label(row["class_index"], row["class_name"])} | dict.fromkeys(
+            ("before", "after", "change", "95% interval", "images +/-", "p", "seed noise"), "-") | {
+            "verdict": f"{UNKNOWN}: {row.get('reason') or 'not compared'}"}
     return {
         "model": row["model"],
         "class": class_label(row["class_index"], row["class_name"]),

@@ -3,7 +3,8 @@ config and the pipeline ask.
 
 Built in (`builtin`): `real` (the train split; the baseline), `real-shuffled`
 (a negative control) and `gaussian` (a class-conditional Gaussian in PCA
-space). Users bring a Python entry point (`python_entry`) or samples already
+space). Users bring a Python entry point (`python_entry`, its checkpoint read by
+`checkpoints`) or samples already
 drawn in one of the common formats (`files`). Each family module lists its
 kinds as `SOURCES`; a new family is one module and one line below.
 """

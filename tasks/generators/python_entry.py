@@ -5,11 +5,11 @@
 
 `checkpoint` is what casflow loaded from the configured file (a state dict,
 say), with `torch.load(weights_only=True)` unless the config allows unsafe
-loading; None when no checkpoint is configured; the local file path when
-`load_checkpoint: false`. `sample(labels, seed)` gets an int64 numpy array
-of labels and an int seed, and returns images for exactly those labels, in
-order: a numpy array or torch tensor, uint8 or float in the declared range,
-NHWC or NCHW as declared. It runs under torch.inference_mode.
+loading (`checkpoints.py`); None when no checkpoint is configured; the local
+file path when `load_checkpoint: false`. `sample(labels, seed)` gets an int64
+numpy array of labels and an int seed, and returns images for exactly those
+labels, in order: a numpy array or torch tensor, uint8 or float in the declared
+range, NHWC or NCHW as declared. It runs under torch.inference_mode.
 
 A text-to-image model says `takes_prompts = True` (an attribute of the
 sampler); casflow then calls `sample(labels, seed, prompts)` with one
@@ -19,19 +19,14 @@ class name ("a photo of a {class_name}" -> "a photo of a cat").
 
 from __future__ import annotations
 
-import _compat_pickle
 import collections
 import hashlib
 import importlib
 import importlib.util
 import inspect
-import io
 import os
-import re
 import string
 import sys
-import zipfile
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
 from typing import Any, ClassVar, Literal
@@ -42,6 +37,7 @@ from pydantic import Field, field_validator
 from casflow.tasks.errors import InputError
 from casflow.tasks.files import SourceFiles
 from casflow.tasks.fingerprint import derive_seed
+from casflow.tasks.generators import checkpoints
 from casflow.tasks.generators.common import DrawRequest, Samples, SampleSource, settings_and_files
 from casflow.tasks.images import Transcode, png_chunk, to_uint8
 from casflow.tasks.parallel import ordered_map
@@ -106,19 +102,9 @@ def draw_python(spec: PythonGenerator, request: DrawRequest) -> Samples:
     factory = load_factory(spec.entry_point, request.model)
     checkpoint = None
     if spec.checkpoint:
-        try:
-            if spec.load_checkpoint:
-                checkpoint = load_checkpoint(request.files.read_bytes(spec.checkpoint), spec.checkpoint,
+        checkpoint = checkpoints.for_factory(request.files, spec.checkpoint, load=spec.load_checkpoint,
                                              allow_unsafe=spec.allow_unsafe_checkpoint, device=request.device,
                                              model=request.model)
-            else:
-                checkpoint = request.files.local_path(spec.checkpoint)
-        except FileNotFoundError:
-            raise InputError(f"checkpoint {spec.checkpoint}: no such file", model=request.model) from None
-        except ValueError as exc:  # not a regular file, or over limits.max_file_bytes: the message names it
-            if isinstance(exc, InputError):
-                raise
-            raise InputError(f"checkpoint {exc}", model=request.model) from None
     sampler = make_sampler(factory, checkpoint, request.device, dict(spec.options), entry_point=spec.entry_point,
                            model=request.model)
     declared = getattr(sampler, "num_classes", None)
@@ -208,120 +194,6 @@ def code_digest(entry_point: str, model: str) -> str:
             return hashlib.sha256(f.read()).hexdigest()
     except (TypeError, OSError):
         return f"module:{module.__name__}:{getattr(module, '__version__', 'unversioned')}"
-
-
-def load_checkpoint(data: bytes, name: str, *, allow_unsafe: bool, device: str, model: str) -> Any:
-    """Deserialise a checkpoint: safetensors, or torch.load with weights_only=True unless allowed.
-
-    A checkpoint that weights_only loading refuses is refused as unsafe, naming the Python globals its
-    pickle would import (found by reading its opcodes, never by running it)."""
-    import torch
-
-    if name.endswith(".safetensors"):
-        try:
-            from safetensors.torch import load
-        except ImportError:
-            raise InputError("reading .safetensors needs the safetensors package", model=model, source=name) from None
-        try:
-            return load(data)
-        except Exception as exc:
-            raise InputError(f"unreadable safetensors checkpoint ({exc})", model=model, source=name) from None
-    try:
-        return torch.load(io.BytesIO(data), map_location=device, weights_only=not allow_unsafe)
-    except Exception as exc:  # an UnpicklingError, or torch's zip reader: "failed finding central directory" and the like
-        failure = exc
-    unsafe = [] if allow_unsafe else unsafe_globals(data)
-    if unsafe:
-        more = f" and {len(unsafe) - 3} more" if len(unsafe) > 3 else ""
-        raise InputError(f"checkpoint refused as unsafe: its pickle would load {', '.join(unsafe[:3])}{more} (a pickle "
-                         "that loads Python objects can run any code; weights_only loading allows only tensors and plain "
-                         "containers). If you trust the file, set allow_unsafe_checkpoint: true", model=model, source=name)
-    reason = re.sub(r"\x1b\[[0-9;]*m", "", str(failure))  # torch colours and appends paragraphs of advice
-    found = re.search(r"(Unsupported operand \d+|[^.\n]*central directory[^.\n]*|invalid load key[^.\n]*)", reason)
-    first = found.group(1) if found else reason.strip().splitlines()[0].split(". ")[0] if reason.strip() else type(failure).__name__
-    raise InputError(f"unreadable checkpoint (not a torch checkpoint, or corrupt: {first[:160]})", model=model,
-                     source=name) from None
-
-
-def unsafe_globals(data: bytes) -> list[str]:
-    """The globals a checkpoint's pickle would import that weights_only loading does not allow, in order."""
-    import torch
-
-    allowed: set[str] = set()
-    try:  # torch's own allowlist, as torch.serialization.get_unsafe_globals_in_checkpoint reads it
-        from torch import _weights_only_unpickler as restricted
-
-        allowed |= set(restricted._get_allowed_globals()) | set(restricted._get_user_allowed_globals())
-    except (ImportError, AttributeError):
-        allowed |= {f"{g.__module__}.{g.__qualname__}" for g in torch.serialization.get_safe_globals() if hasattr(g, "__qualname__")}
-    return [g for g in checkpoint_globals(data) if g not in allowed]
-
-
-def checkpoint_globals(data: bytes) -> list[str]:
-    """Every global (module.name) a torch checkpoint's pickles name: `data.pkl` in a torch.save zip,
-    else the pickles of a legacy file or a plain pickle one after another. Nothing is executed."""
-    pickles = [data]
-    if data[:4] == b"PK\x03\x04":
-        try:
-            with zipfile.ZipFile(io.BytesIO(data)) as archive:
-                pickles = [archive.read(i) for i in archive.infolist() if i.filename.endswith("data.pkl")]
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error):
-            return []
-    found: list[str] = []
-    for blob in pickles:
-        for module, name in pickle_globals(blob):
-            module, name = _compat_pickle.NAME_MAPPING.get((module, name), (_compat_pickle.IMPORT_MAPPING.get(module, module), name))
-            shown = f"{module}.{name}" + (f" (os.{name})" if module in ("posix", "nt") else "")
-            if shown not in found:
-                found.append(shown)
-    return found
-
-
-_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING", "SHORT_BINSTRING"}
-
-
-def pickle_globals(data: bytes) -> list[tuple[str, str]]:
-    """(module, name) of each GLOBAL, INST and STACK_GLOBAL opcode, as the pickle spells them (Python 2
-    names for protocols 0-2), with the stack simulated just enough to know STACK_GLOBAL's module and
-    name (strings pushed, or fetched from the memo). Pickles that follow one another are all read."""
-    import pickletools
-
-    stream, found = io.BytesIO(data), []
-    mark = object()
-    while stream.tell() < len(data):
-        stack: list[Any] = []
-        memo: dict[Any, Any] = {}
-        try:
-            for op, arg, _ in pickletools.genops(stream):
-                if op.name in ("GLOBAL", "INST"):
-                    module, _, name = str(arg).partition(" ")
-                    found.append((module, name))
-                elif op.name == "STACK_GLOBAL":
-                    name, module = (stack.pop() if stack else None), (stack.pop() if stack else None)
-                    known = isinstance(module, str) and isinstance(name, str)
-                    found.append((module, name) if known else ("?", "a global named at load time"))
-                    stack.append(None)
-                    continue
-                if op.name == "MEMOIZE":
-                    memo[len(memo)] = stack[-1] if stack else None
-                elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                    memo[arg] = stack[-1] if stack else None
-                elif op.name in ("GET", "BINGET", "LONG_BINGET"):
-                    stack.append(memo.get(arg))
-                elif op.name == "MARK":
-                    stack.append(mark)
-                else:
-                    before = op.stack_before
-                    if pickletools.markobject in before:  # pops through the mark, then what lies below it
-                        while stack and stack.pop() is not mark:
-                            pass
-                        del stack[len(stack) - before.index(pickletools.markobject):]
-                    elif before:
-                        del stack[len(stack) - len(before):]
-                    stack.extend([arg if op.name in _STRING_OPS else None] * len(op.stack_after))
-        except Exception:  # not a pickle, or a truncated one: report what was found so far
-            break
-    return found
 
 
 def make_sampler(factory: Callable[..., Any], checkpoint: Any, device: str, options: dict[str, Any], *,

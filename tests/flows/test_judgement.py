@@ -233,6 +233,112 @@ def test_an_old_store_keeps_working(two_nights, tmp_path, capsys):
     assert record.changes == [] and {r["status"] for r in record.summary} == {"ok"}
 
 
+# ---------------------------------------------------------------- a damaged or missing past
+
+def night2_again(two_nights, tmp_path: Path, damage) -> tuple[Path, records.ResultsRecord]:
+    """Night 2 once more, on a copy of the store with night 2's results removed and `damage(copy)` done
+    to night 1's files: every step a cache hit, only write_results works."""
+    import shutil
+
+    import yaml
+
+    root, _, second = two_nights
+    copy = tmp_path / "store"
+    shutil.copytree(root / "store", copy)
+    for folder in copy.glob(f"results/*/*/run={second.run_id}"):
+        shutil.rmtree(folder)
+    damage(copy)
+    config = yaml.safe_load((root / "night2.yaml").read_text())
+    config["store"]["url"] = str(copy)
+    (tmp_path / "night2.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return copy, run_night(tmp_path / "night2.yaml", 2)
+
+
+def flip(path: Path, offset: int = 200) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_in_past_predictions_is_unknown_and_tonight_is_written(two_nights, tmp_path, capsys):
+    """Issue 19 item 2: one damaged file of a past run failed write-results, and no model's results were written."""
+    from casflow.flows.cli import render_changes
+    from casflow.storage.store import Store
+
+    _, first, second = two_nights
+    candidate_fps = by_model(first.summary)["candidate"]["evaluation_fingerprints"]
+    copy, record = night2_again(two_nights, tmp_path, lambda s: flip(s / "evaluations" / candidate_fps[1] / "predictions.parquet"))
+    damaged = copy / "evaluations" / candidate_fps[1] / "predictions.parquet"
+    summary = by_model(results.read_run(Store(str(copy)), "summary", second.run_id).to_pylist())
+    assert set(summary) == {"real", "candidate", "redrawn", "steady"} and {r["status"] for r in summary.values()} == {"ok"}
+    assert summary["candidate"]["change"] == "unknown" and summary["candidate"]["previous_run_id"] == first.run_id
+    assert summary["candidate"]["delta_top1"] is None
+    assert summary["redrawn"]["change"] == "same" and summary["steady"]["change"] is None  # the others judged as before
+    changes = results.read_run(Store(str(copy)), "changes", second.run_id).to_pylist()
+    assert [r["model"] for r in changes] == [r["model"] for r in record.changes]
+    assert len(changes) == 1 + 11  # candidate: one unknown row; redrawn: overall + 10 classes
+    (unknown,) = [r for r in changes if r["model"] == "candidate"]
+    assert unknown["direction"] == "unknown" and unknown["class_index"] is None and not unknown["significant"]
+    assert unknown["previous_run_id"] == first.run_id and unknown["delta"] is None and unknown["p_value"] is None
+    assert f"not compared with run {first.run_id}: {damaged}: sha256" in unknown["reason"]
+    assert all(r["reason"] is None for r in changes if r["model"] == "redrawn")
+    printed = render_changes(changes)  # as `cas run` prints it
+    (line,) = [line for line in printed.splitlines() if line.startswith("candidate")]
+    assert f"unknown: not compared with run {first.run_id}: {damaged}" in line
+    assert main(["results", "--store", str(copy)]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("candidate")]
+    assert " unknown " in line
+    assert main(["verify", "--store", str(copy)]) == 1  # and `cas verify` names the file
+    out = capsys.readouterr().out
+    assert f"{damaged}: sha256" in out or (str(damaged) in out and "sha256" in out), out
+
+
+def test_a_truncated_past_summary_is_unknown_for_the_models_it_may_hold(two_nights, tmp_path, capsys):
+    """Issue 19 item 2: a truncated results part of an old run failed write-results for every model."""
+    from casflow.flows import reporting
+    from casflow.storage.store import Store
+
+    _, first, second = two_nights
+
+    def truncate(store: Path) -> None:
+        (part,) = store.glob(f"results/summary/*/run={first.run_id}/part-0.parquet")
+        part.write_bytes(part.read_bytes()[:50])
+
+    copy, record = night2_again(two_nights, tmp_path, truncate)
+    (part,) = copy.glob(f"results/summary/*/run={first.run_id}/part-0.parquet")
+    store = Store(str(copy))
+    summary = by_model(results.read_run(store, "summary", second.run_id).to_pylist())
+    assert {r["status"] for r in summary.values()} == {"ok"} and len(summary) == 4  # real too
+    # night 1 may hold any model's previous run: none is judged, none passes unseen
+    assert {name: r["change"] for name, r in summary.items()} == dict.fromkeys(summary, "unknown")
+    changes = results.read_run(store, "changes", second.run_id).to_pylist()
+    assert sorted(r["model"] for r in changes) == sorted(summary) and {r["direction"] for r in changes} == {"unknown"}
+    assert all(r["previous_run_id"] is None and str(part) in r["reason"] and first.run_id in r["reason"] for r in changes)
+    assert "unknown" in reporting.build_report(store, second.run_id)  # the report reads the history it can
+    assert main(["verify", "--store", str(copy), "--quick"]) == 1
+    assert str(part) in capsys.readouterr().out
+
+
+def test_a_deleted_past_is_unknown_not_skipped(two_nights, tmp_path):
+    """Issue 19 item 3: deleted predictions of the previous run were a log warning and `-`, and the gate passed."""
+    from casflow.tasks.results import summary_cells, unknowns
+
+    _, first, _ = two_nights
+    fingerprints = by_model(first.summary)["candidate"]["evaluation_fingerprints"]
+
+    def delete(store: Path) -> None:
+        for fp in fingerprints:
+            (store / "evaluations" / fp / "predictions.parquet").unlink()
+
+    _, record = night2_again(two_nights, tmp_path, delete)
+    candidate = by_model(record.summary)["candidate"]
+    assert candidate["change"] == "unknown" and summary_cells(candidate)["vs last"] == "unknown"
+    (row,) = unknowns(record.changes)
+    assert row["model"] == "candidate" and row["previous_run_id"] == first.run_id
+    assert f"model 'candidate' in run {first.run_id}: no per-image predictions stored" in row["reason"]
+    assert by_model(record.summary)["redrawn"]["change"] == "same"
+
+
 # ---------------------------------------------------------------- the false-alarm rate, simulated
 
 @pytest.mark.slow

@@ -161,6 +161,27 @@ def test_two_nights_through_the_cas_command(tiny_config, tmp_path, capsys):
     assert main(["run", str(worse)]) == 0  # without the flag a regression is reported, not an error
 
 
+def test_the_gate_fails_closed_when_the_previous_run_cannot_be_read(tiny_config, tmp_path, capsys):
+    """Issue 19 item 3: with the previous run's predictions deleted, a change for the worse went unjudged and
+    `--fail-on-regression` exited 0. Now the verdict is `unknown`, shown, and the gate exits 4 unless allowed."""
+    from casflow.flows.cli import main
+
+    first = tiny_config([{"name": "candidate", "generator": {"kind": "gaussian", "components": 16}}], name="n1.yaml")
+    assert main(["run", str(first)]) == 0
+    for predictions in (tmp_path / "store").glob("evaluations/*/predictions.parquet"):
+        predictions.unlink()  # night 1's: the only evaluations so far
+    worse = tiny_config([{"name": "candidate", "generator": {"kind": "gaussian", "components": 2}}], name="n2.yaml")
+    capsys.readouterr()
+    assert main(["run", str(worse), "--fail-on-regression"]) == 4
+    captured = capsys.readouterr()
+    (line,) = [line for line in captured.out.splitlines() if line.startswith("candidate ") and " ok " in line]
+    assert " unknown " in line  # "vs last" in the summary
+    assert "unknown: not compared with run" in captured.out and "no per-image predictions stored" in captured.out
+    assert "not judged (verdict unknown" in captured.err and "candidate" in captured.err
+    assert main(["run", str(worse), "--fail-on-regression", "--allow-unknown"]) == 0  # the user's choice
+    assert main(["run", str(worse)]) == 0  # without the gate, an unknown verdict is reported, not an error
+
+
 def test_the_nightly_verify_rebuilds_a_corrupt_shard_before_the_evaluation(tiny_config, tmp_path):
     path = tiny_config(MODELS[:1])
     cas_evaluation(str(path))

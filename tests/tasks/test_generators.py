@@ -2,7 +2,6 @@ import textwrap
 
 import numpy as np
 import pytest
-import torch
 
 from casflow.tasks import datasets
 from casflow.tasks.errors import InputError
@@ -84,63 +83,6 @@ def test_python_entry_point_import_errors(user_module, source, entry, words):
     with pytest.raises(InputError) as info:
         python_entry.load_factory(f"{name}:{entry}", "m")
     assert words in str(info.value) and "model 'm'" in str(info.value) and f"{name}:{entry}" in str(info.value)
-
-
-class RunsACommand:
-    """Unpickling this runs a shell command: what a malicious checkpoint does."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        import os
-
-        return (os.system, (f"touch {self.marker}",))
-
-
-def _torch_save(obj, **kwargs) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    torch.save(obj, buffer, **kwargs)
-    return buffer.getvalue()
-
-
-UNSAFE_CHECKPOINTS = {
-    # id: (checkpoint bytes from the marker path, the global the message must name)
-    "class-instance": (lambda m: _torch_save({"w": torch.zeros(2), "args": __import__("argparse").Namespace(lr=0.1)}),
-                       "argparse.Namespace"),
-    "reduce-os-system": (lambda m: _torch_save({"w": torch.zeros(2), "x": RunsACommand(m)}), "posix.system (os.system)"),
-    "reduce-plain-pickle": (lambda m: __import__("pickle").dumps({"x": RunsACommand(m)}), "posix.system (os.system)"),
-    "reduce-protocol-0": (lambda m: __import__("pickle").dumps(RunsACommand(m), protocol=0), "posix.system (os.system)"),
-    "reduce-legacy-format": (lambda m: _torch_save({"x": RunsACommand(m)}, _use_new_zipfile_serialization=False),
-                             "posix.system (os.system)"),
-    "whole-module": (lambda m: _torch_save(torch.nn.Linear(2, 2)), "torch.nn.modules.linear.Linear"),
-}
-
-
-@pytest.mark.parametrize("kind", UNSAFE_CHECKPOINTS)
-def test_unsafe_checkpoint_refused_naming_what_it_loads(kind, tmp_path):
-    build, name = UNSAFE_CHECKPOINTS[kind]
-    marker = tmp_path / "the-pickle-ran"
-    with pytest.raises(InputError) as info:
-        python_entry.load_checkpoint(build(marker), "c.pt", allow_unsafe=False, device="cpu", model="m")
-    message = str(info.value)
-    assert message.startswith("model 'm' c.pt: checkpoint refused as unsafe: its pickle would load "), message
-    assert name in message and "set allow_unsafe_checkpoint: true" in message, message
-    assert not marker.exists()  # nothing of it ran
-
-
-def test_allowed_unsafe_checkpoint_loads_and_unreadable_ones_say_so(tmp_path):
-    import argparse
-
-    loaded = python_entry.load_checkpoint(_torch_save({"args": argparse.Namespace(a=1)}), "c.pt", allow_unsafe=True,
-                                          device="cpu", model="m")
-    assert loaded["args"].a == 1
-    with pytest.raises(InputError, match=r"unreadable checkpoint \(not a torch checkpoint, or corrupt"):
-        python_entry.load_checkpoint(b"not a checkpoint", "c.pt", allow_unsafe=False, device="cpu", model="m")
-    safe = python_entry.load_checkpoint(_torch_save({"w": torch.ones(2)}), "c.pt", allow_unsafe=False, device="cpu", model="m")
-    assert torch.equal(safe["w"], torch.ones(2))
 
 
 def test_example_entry_point_runs():
