@@ -742,7 +742,7 @@ def test_bad_input_fails_alone(bad, template, train, tmp_path):
 
     # the good models finished, from their committed artifacts, and the store is as it was:
     # nothing for the bad model (no folder, no manifest), the rest byte for byte
-    assert {name: [r.cached for r in records] for name, records in run.done.items()} == {"real": [True] * 3, "gauss": [True] * 3}
+    assert {name: [step.cached for step in chain.steps()] for name, chain in run.done.items()} == {"real": [True] * 3, "gauss": [True] * 3}
     assert run.done["gauss"].evaluations[0].counts == template_run.done["gauss"].evaluations[0].counts
     assert snapshot(store) == before
 
@@ -773,7 +773,7 @@ def test_rerun_after_fix_recomputes_that_model_only(tmp_path, train, monkeypatch
     write_npz(path, arr_0=train.images, arr_1=train.labels)  # fixed
     second = run_models(config_path)
     assert not second.errors
-    assert {n: [r.cached for r in records] for n, records in second.done.items()} == {
+    assert {n: [step.cached for step in chain.steps()] for n, chain in second.done.items()} == {
         "real": [True, True, True], "adm": [False, False, False], "gauss": [True, True, True]}
     assert len(trained) == 3  # adm only
     assert second.done["adm"].evaluations[0].counts.top1 > 0.85
