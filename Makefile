@@ -1,5 +1,6 @@
 # make demo   CAS of five generators on the embedded digits data (creates .venv on first use)
-# make test   the linter (ruff), then the whole test suite, S3 and Prefect-server tests included
+# make test   the linter (ruff), then the whole test suite, S3 and Prefect-server tests included (what CI runs)
+# make test-fast   the unit tests of tasks/ and storage/, no servers: the edit loop
 # make s3     a SeaweedFS S3 server on 127.0.0.1 for trying the S3 path by hand
 # make bench  storage throughput benchmark (local folder vs SeaweedFS)
 # make server / make deploy / make worker   the nightly Prefect deployment (README)
@@ -10,7 +11,7 @@ BIN    := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: demo test s3 bench server deploy worker gpu-worker clean
+.PHONY: demo test test-fast s3 bench server deploy worker gpu-worker clean
 
 $(BIN)/cas: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +25,11 @@ demo: $(BIN)/cas
 test: $(BIN)/cas
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# tasks/ and storage/ without the slow, S3, Prefect-server and GPU tests
+test-fast: $(BIN)/cas
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow and not s3 and not deployment and not gpu" tests/tasks tests/storage tests/test_layering.py
 
 s3: $(BIN)/cas
 	$(BIN)/python -m casflow.storage.local_s3

@@ -55,42 +55,42 @@ class Rate:
 
 DIGITS = (8, 8, 1)
 CIFAR = (32, 32, 3)
-CPU_SOURCE = "demo config, 2-core CPU shared at load 12-14, 2026-12-02"
+CPU_SOURCE = "cas demo, median over its steps, 2-core CPU at load 2-7, 2026-12-02"
 # airbench's README (KellerJordan/cifar10-airbench): airbench94 3.83 s for 9.9 epochs of 50,000 images,
 # airbench96 46.3 s, taken here as 40 epochs (`accurate`'s), both on one A100; not measured by this project (no GPU yet).
 AIRBENCH = "airbench README, A100; not measured here"
 
 # (recipe, "cpu" | "gpu") -> images x epochs per second
 TRAIN: dict[tuple[str, str], Default] = {
-    ("fast", "cpu"): Default(250.0, DIGITS, CPU_SOURCE),
-    ("accurate", "cpu"): Default(250.0 / 15, DIGITS, "fast's CPU rate / 15 (airbench96's FLOPs / airbench94's); a guess"),
-    ("paper", "cpu"): Default(250.0 / 30, DIGITS, "fast's CPU rate / 30 (ResNet-18); a guess"),
+    ("fast", "cpu"): Default(16_800.0, DIGITS, CPU_SOURCE),
+    ("accurate", "cpu"): Default(16_800.0 / 15, DIGITS, "fast's CPU rate / 15 (airbench96's FLOPs / airbench94's); a guess"),
+    ("paper", "cpu"): Default(16_800.0 / 30, DIGITS, "fast's CPU rate / 30 (ResNet-18); a guess"),
     ("fast", "gpu"): Default(9.9 * 50_000 / 3.83, CIFAR, AIRBENCH),
     ("accurate", "gpu"): Default(40 * 50_000 / 46.3, CIFAR, AIRBENCH),
     ("paper", "gpu"): Default(9.9 * 50_000 / 3.83 / 20, CIFAR, "fast's GPU rate / 20 (ResNet-18); a guess"),
 }
 # (recipe, "cpu" | "gpu") -> eval images per second, the step's whole time (load weights, decode, predict with TTA)
 EVALUATE: dict[tuple[str, str], Default] = {
-    ("fast", "cpu"): Default(465.0, DIGITS, CPU_SOURCE),
-    ("accurate", "cpu"): Default(465.0 / 15, DIGITS, "fast's CPU rate / 15; a guess"),
-    ("paper", "cpu"): Default(465.0 / 30, DIGITS, "fast's CPU rate / 30; a guess"),
+    ("fast", "cpu"): Default(7_600.0, DIGITS, CPU_SOURCE),
+    ("accurate", "cpu"): Default(7_600.0 / 15, DIGITS, "fast's CPU rate / 15; a guess"),
+    ("paper", "cpu"): Default(7_600.0 / 30, DIGITS, "fast's CPU rate / 30; a guess"),
     ("fast", "gpu"): Default(100_000.0, CIFAR, "a guess: inference at about 20x airbench94's training rate"),
     ("accurate", "gpu"): Default(20_000.0, CIFAR, "a guess"),
     ("paper", "gpu"): Default(10_000.0, CIFAR, "a guess"),
 }
 # (recipe, "cpu" | "gpu") -> samples scored per second (features of samples, eval and train images; nearest neighbours)
 SCORES: dict[tuple[str, str], Default] = {
-    ("fast", "cpu"): Default(224.0, DIGITS, CPU_SOURCE),
-    ("accurate", "cpu"): Default(224.0 / 15, DIGITS, "fast's CPU rate / 15; a guess"),
-    ("paper", "cpu"): Default(224.0 / 30, DIGITS, "fast's CPU rate / 30; a guess"),
+    ("fast", "cpu"): Default(460.0, DIGITS, CPU_SOURCE),
+    ("accurate", "cpu"): Default(460.0 / 15, DIGITS, "fast's CPU rate / 15; a guess"),
+    ("paper", "cpu"): Default(460.0 / 30, DIGITS, "fast's CPU rate / 30; a guess"),
     ("fast", "gpu"): Default(20_000.0, CIFAR, "a guess"),
     ("accurate", "gpu"): Default(5_000.0, CIFAR, "a guess"),
     ("paper", "gpu"): Default(2_500.0, CIFAR, "a guess"),
 }
 # generator kind -> samples per second, any device (most kinds read files: the CPU decodes and encodes PNG)
 SAMPLES: dict[str, Default] = {
-    "gaussian": Default(1880.0, DIGITS, CPU_SOURCE),
-    "real-shuffled": Default(3900.0, DIGITS, CPU_SOURCE),
+    "gaussian": Default(6_700.0, DIGITS, CPU_SOURCE),
+    "real-shuffled": Default(10_000.0, DIGITS, CPU_SOURCE),
     "*": Default(1000.0, (64, 64, 3), "benchmarks/results/scale-2026-11-29.md: file formats drew 650-1,400 images/s"),
 }
 
