@@ -18,7 +18,8 @@ that holds no store (`verify`); 3 with --fail-on-regression when a model got
 significantly worse (overall or in a class), and nothing failed; 4 with
 --fail-on-regression when a model could not be compared with its previous run
 (verdict unknown), no model got worse and nothing failed, unless
---allow-unknown; 130 and 143
+--allow-unknown; 5 when the Prefect server stopped answering after the results
+were committed (the table is printed; lost before that is 1); 130 and 143
 when Ctrl-C or SIGTERM stopped it; 141 when its output's reader went away
 (`cas results | head -1`). An error of the input, the store or the server is
 one line (`cas: ...`), not a traceback: each error class carries its status
@@ -36,7 +37,7 @@ from typing import Any
 
 from casflow.flows import lifecycle
 from casflow.flows.terminal import problem, say, table
-from casflow.tasks.exits import FAILED, REGRESSED, UNJUDGED, USAGE, CasError
+from casflow.tasks.exits import FAILED, REGRESSED, SERVER_LOST, UNJUDGED, USAGE, CasError
 
 # Before Prefect is imported: show casflow's own progress lines in Prefect's
 # logs, and keep Prefect from phoning home (it fails noisily offline).
@@ -154,6 +155,33 @@ def run(config_path: str, store_url: str | None, fail_on_regression: bool = Fals
             lifecycle.stop(stopped.signum, live)
 
 
+def _server_lost(why: str, config, live: lifecycle.Live) -> int:
+    """The run's Prefect server is gone: stop computing and say what the store holds. Results committed
+    (the run's id ends with its flow run's): its table, then one line, SERVER_LOST; else one line,
+    FAILED: what finished is committed and a rerun takes it from the cache. Either way its flow run
+    stays Running on that server (nothing could tell it otherwise)."""
+    import logging
+
+    from casflow.flows import steps
+    from casflow.storage import results
+    from casflow.tasks import stopping
+
+    stopping.stop_all()
+    logging.disable(logging.CRITICAL)  # Prefect's clients, still retrying in their threads, would print tracebacks
+    store = steps.open_store(config.store)
+    flow_run = str(live.flow_run[1]) if live.flow_run else None
+    committed = [r for r in results.run_ids(store) if flow_run and r.endswith(f"-{flow_run[:8]}")]
+    if not committed:
+        problem(f"{why}; the run stopped before its results were committed: what finished is on the store, "
+                "and a rerun takes it from the cache")
+        return FAILED
+    say()
+    show_results(store, committed[-1], per_class=False, model=None)
+    problem(f"{why} after the results were committed: run {committed[-1]} is whole on the store "
+            f"({store.url}); its flow run stays Running on that server")
+    return SERVER_LOST
+
+
 def _evaluate(live: lifecycle.Live, config, config_path: str, store_url: str | None, fail_on_regression: bool,
               model_deployment: str | None, temporary_server: bool, allow_unknown: bool = False) -> int:
     from casflow.flows import steps
@@ -174,7 +202,9 @@ def _evaluate(live: lifecycle.Live, config, config_path: str, store_url: str | N
     with temporary_settings({PREFECT_API_URL: api_url}), _quiet_hook(note_flow_run_id.__name__):
         try:
             state = lifecycle.in_thread(lambda: flow(config_path, store_url, model_deployment=model_deployment,
-                                                     return_state=True), "cas-flow")
+                                                     return_state=True), "cas-flow", watch=lifecycle.ServerWatch(api_url))
+        except lifecycle.WatchFailed as lost:
+            return _server_lost(str(lost), config, live)
         except Exception:
             lifecycle.drain_prefect()
             raise

@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -38,10 +39,16 @@ class DeadlinePassed(RuntimeError):
     """`in_thread`'s call was still running at its deadline; it was abandoned, not stopped."""
 
 
-def in_thread(call: Callable[[], T], name: str, seconds: float | None = None) -> T:
+class WatchFailed(RuntimeError):
+    """`in_thread`'s `watch` said the call's world is gone (its Prefect server); the call was abandoned."""
+
+
+def in_thread(call: Callable[[], T], name: str, seconds: float | None = None,
+              watch: Callable[[], str | None] | None = None, every: float = 2.0) -> T:
     """call() in a daemon thread that sees this thread's context (Prefect's settings and run context: a
     step's logs stay with its task run); its result, or its exception raised here as is. With `seconds`,
-    DeadlinePassed when it has not returned by then.
+    DeadlinePassed when it has not returned by then. With `watch`, called every `every` seconds while the
+    call runs: a message from it abandons the call with WatchFailed(message).
 
     Why a thread: code that may never return (a user's sample(), a read from a store that never answers)
     cannot be interrupted from outside, so it runs where it can be abandoned at the deadline; and the
@@ -60,13 +67,43 @@ def in_thread(call: Callable[[], T], name: str, seconds: float | None = None) ->
 
     thread = threading.Thread(target=target, name=name, daemon=True)
     thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        told_to_stop.set()  # our loops stop at their next block; user code that never checks runs on, abandoned
-        raise DeadlinePassed(f"{name} still running after {seconds:g} s")
+    deadline = None if seconds is None else time.monotonic() + seconds
+    while True:
+        slices = [t for t in (every if watch else None, None if deadline is None else deadline - time.monotonic())
+                  if t is not None]
+        thread.join(max(0.0, min(slices)) if slices else None)
+        if not thread.is_alive():
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            told_to_stop.set()  # our loops stop at their next block; user code that never checks runs on, abandoned
+            raise DeadlinePassed(f"{name} still running after {seconds:g} s")
+        gone = watch() if watch else None
+        if gone:
+            told_to_stop.set()
+            raise WatchFailed(gone)
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+class ServerWatch:
+    """`in_thread`'s watch of a run's Prefect server: a message once it has not answered for LOST_SECONDS.
+    Prefect's client would retry every call for minutes, so the run would hang with its results long
+    committed; the run ends instead, saying what the store holds (`cli._evaluate`)."""
+
+    LOST_SECONDS = 10.0
+
+    def __init__(self, api_url: str):
+        self.api_url, self.last_answer = api_url, time.monotonic()
+
+    def __call__(self) -> str | None:
+        from casflow.flows.server import healthy
+
+        if healthy(self.api_url, timeout=2.0) is not None:
+            self.last_answer = time.monotonic()
+            return None
+        silent = time.monotonic() - self.last_answer
+        return f"the Prefect server at {self.api_url} stopped answering ({silent:.0f} s)" if silent >= self.LOST_SECONDS else None
 
 
 # ---------------------------------------------------------------- stopping a run: SIGTERM, Ctrl-C

@@ -8,6 +8,7 @@ FAILED = 1  # something could not be done: a model failed, a store did not answe
 USAGE = 2  # the user must change what was asked: a bad config or command line, unknown runs
 REGRESSED = 3  # --fail-on-regression, and a model got significantly worse
 UNJUDGED = 4  # --fail-on-regression, and a model could not be compared with its previous run (verdict unknown)
+SERVER_LOST = 5  # the Prefect server stopped answering after the results were committed (they are whole)
 
 
 class CasError(Exception):

@@ -250,3 +250,51 @@ def test_start_up_under_load_the_run_completes_while_two_busy_loops_hold_both_co
     assert TEMPORARY_LINE in done.stderr and (tmp_path / "prefect-home" / "prefect.db").exists()
     assert "Traceback" not in done.stdout + done.stderr, (done.stdout + done.stderr)[-4000:]
     print(f"under load: {seconds:.1f} s")
+
+
+def temporary_server_of(pid: int) -> int:
+    """The PID of cas's temporary Prefect server (`python -m casflow.flows.server`)."""
+    for child in descendants(pid):
+        with contextlib.suppress(OSError):
+            if b"casflow.flows.server" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return child
+    raise AssertionError("no temporary server among cas's children")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("when", ["before-results", "after-results"])
+def test_the_prefect_server_dies_mid_run(tmp_path, when):
+    """Before the results are committed: one line within 30 s, exit 1, and a rerun completes from the cache.
+    After: the table and one line saying the results are on the store, within 30 s, exit 5."""
+    (tmp_path / "slow_gen.py").write_text(textwrap.dedent(SLOW_GENERATOR))
+    slow = {"name": "slow", "generator": {"kind": "python", "entry_point": "slow_gen:make", "batch_size": 100}}
+    models = [slow] if when == "before-results" else [{"name": "gauss", "generator": {"kind": "gaussian", "components": 8}}]
+    config = write_config(tmp_path, models, store={"url": str(tmp_path / "store"), "shard_size": 100})
+    store = Store(str(tmp_path / "store"))
+    env = env_for(tmp_path, SLOW_SECONDS="1.0")
+    process = subprocess.Popen([*CAS, "run", str(config)], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        if when == "before-results":
+            wait_for(lambda: any("shard-000001.tar" in store.listdir(f"samples/{fp}") for fp in store.listdir("samples")),
+                     timeout=240, what="second shard of the slow model")
+        else:
+            wait_for(lambda: store.exists("results/summary") and store.listdir("results/summary"), timeout=240,
+                     what="the run's summary")
+        os.kill(temporary_server_of(process.pid), signal.SIGKILL)
+        lost = time.monotonic()
+        out, _ = process.communicate(timeout=60)
+        assert time.monotonic() - lost < 30, time.monotonic() - lost
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert "Traceback" not in out, out[-3000:]
+    assert "stopped answering" in out, out[-3000:]
+    if when == "before-results":
+        assert process.returncode == 1 and "before its results were committed" in out, out[-3000:]
+        rerun = subprocess.run([*CAS, "run", str(config)], env=dict(env, SLOW_SECONDS="0"), cwd=tmp_path, capture_output=True,
+                               text=True, timeout=600)
+        assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    else:
+        assert process.returncode == 5 and "after the results were committed" in out, out[-3000:]
+        assert "gauss " in out  # the table
