@@ -35,10 +35,10 @@ def write_config(directory: Path, models: list[dict], *, store_url: str | None =
     return path
 
 
-def run_steps(config_path: Path, evaluate: bool = True):
+def run_steps(config_path: Path, evaluate: bool = True, every_classifier: bool = False):
     """Every model of a config through the steps in this process, on the CPU, without Prefect: per model
-    a ModelChain of one seed (its evaluation None unless `evaluate`). Returns (config, store, dataset,
-    that dict)."""
+    a ModelChain of one seed (its evaluation None unless `evaluate`), or with `every_classifier` of every
+    classifier seed and NAS ratio, as the flow orders them. Returns (config, store, dataset, that dict)."""
     from casflow.flows import steps
     from casflow.flows.records import ModelChain
 
@@ -48,9 +48,17 @@ def run_steps(config_path: Path, evaluate: bool = True):
     done = {}
     for model in config.all_models:
         samples = steps.draw_samples(config, store, model, dataset, "cpu")
-        classifier = steps.train_classifier(config, store, samples, dataset, "cpu", config.seed)
-        evaluation = steps.evaluate_classifier(config, store, classifier, dataset, "cpu") if evaluate else None
-        done[model.name] = ModelChain(samples, ((classifier, evaluation),))
+
+        def pair(seed, ratio=None, samples=samples):
+            classifier = steps.train_classifier(config, store, samples, dataset, "cpu", seed, ratio)
+            return classifier, steps.evaluate_classifier(config, store, classifier, dataset, "cpu") if evaluate else None
+
+        if not every_classifier:
+            done[model.name] = ModelChain(samples, (pair(config.seed),))
+            continue
+        ratios = config.scores.augmentation if model.generator.kind != "real" else ()
+        done[model.name] = ModelChain(samples, tuple(pair(s) for s in config.classifier_seeds),
+                                      tuple(pair(config.classifier_seeds[0], r) for r in ratios))
     return config, store, dataset, done
 
 

@@ -11,11 +11,10 @@ import pytest
 
 from casflow.flows import plan as planning
 from casflow.flows import steps
-from casflow.flows.records import ModelChain
 from casflow.storage import artifacts
 from casflow.tasks import throughput
 from casflow.tasks.results import RunInfo
-from helpers import TINY_CLASSIFIER, write_config
+from helpers import TINY_CLASSIFIER, run_steps, write_config
 
 MODELS = [
     {"name": "real", "generator": {"kind": "real"}},
@@ -30,20 +29,7 @@ SECTIONS = {"scores": {"augmentation": [0.5]},  # one NAS classifier for gauss, 
 def run_chains(config_path, run_id="run-1"):
     """Every step a run calls, in this process on the CPU, as the flow orders them (samples; a classifier
     and an evaluation per seed and per NAS ratio; scores), then the results: the history a plan reads."""
-    config = steps.read_config(str(config_path))
-    store = steps.open_store(config.store)
-    dataset = steps.prepare_dataset(config, store)
-    chains = {}
-    for model in config.all_models:
-        samples = steps.draw_samples(config, store, model, dataset, "cpu")
-
-        def pair(seed, ratio=None, samples=samples):
-            classifier = steps.train_classifier(config, store, samples, dataset, "cpu", seed, ratio)
-            return classifier, steps.evaluate_classifier(config, store, classifier, dataset, "cpu")
-
-        ratios = config.scores.augmentation if model.generator.kind != "real" else ()
-        chains[model.name] = ModelChain(samples, tuple(pair(s) for s in config.classifier_seeds),
-                                        tuple(pair(config.classifier_seeds[0], r) for r in ratios))
+    config, store, dataset, chains = run_steps(config_path, every_classifier=True)
     real = chains[config.baseline.name].classifiers[0]
     scored = {name: steps.score_samples(config, store, chain.samples, real, dataset, "cpu") for name, chain in chains.items()}
     outcomes = [steps.outcome(m, chains[m.name], None, scored[m.name]) for m in config.all_models]

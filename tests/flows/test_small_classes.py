@@ -23,7 +23,7 @@ from casflow.storage import results
 from casflow.tasks.datasets import digits_splits
 from casflow.tasks.images import encode_png
 from casflow.tasks.results import RunInfo
-from helpers import write_config
+from helpers import run_steps, write_config
 
 START = datetime(2026, 12, 1, 2, 0, tzinfo=timezone.utc)
 EMPTY, TINY = 9, 1  # no eval images; two train images and one eval image
@@ -42,15 +42,7 @@ def _hf_parquet(path: Path, images: np.ndarray, labels: np.ndarray) -> str:
 
 def _night(config_path: Path, night: int) -> records.ResultsRecord:
     """Every model through the steps, with the scores beside CAS, results written as the flow writes them."""
-    config = steps.read_config(str(config_path))
-    store = steps.open_store(config.store)
-    dataset = steps.prepare_dataset(config, store)
-    chains = {}
-    for model in config.all_models:
-        samples = steps.draw_samples(config, store, model, dataset, "cpu")
-        classifier = steps.train_classifier(config, store, samples, dataset, "cpu", config.seed)
-        chains[model.name] = records.ModelChain(samples, ((classifier, steps.evaluate_classifier(config, store, classifier,
-                                                                                                  dataset, "cpu")),))
+    config, store, dataset, chains = run_steps(config_path)
     real = chains[config.baseline.name].classifiers[0]
     outcomes = [steps.outcome(model, chains[model.name], None,
                               steps.score_samples(config, store, chains[model.name].samples, real, dataset, "cpu"))
