@@ -141,11 +141,6 @@ def run(config_path: str, store_url: str | None, fail_on_regression: bool = Fals
                                          or os.environ.get("CASFLOW_PREFECT_SERVER") == "temporary"):
                     raise CommandError("--model-deployment needs the Prefect server where that deployment and its workers "
                                        "are: set PREFECT_API_URL, and no temporary server (README: Many machines)")
-                from casflow.flows import plan
-
-                line = plan.pre_run_line(config_path, store_url)  # what the night will cost, before it starts
-                if line:
-                    say(line)
                 return _evaluate(live, config, config_path, store_url, fail_on_regression, model_deployment, temporary_server,
                                 allow_unknown)
             finally:
@@ -189,6 +184,11 @@ def _evaluate(live: lifecycle.Live, config, config_path: str, store_url: str | N
 
     live.server = RunServer(temporary_server)  # a temporary server starts now and comes up beside what follows
     steps.open_store(config.store).probe()  # a store that never answers fails here, before Prefect's flow
+    from casflow.flows import plan
+
+    line = plan.pre_run_line(config_path, store_url)  # what the night will cost, before it starts
+    if line:
+        say(line)
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from casflow.flows.pipeline import cas_evaluation
