@@ -256,8 +256,8 @@ def _submit_chain(config: Config, store: Any, model: Any, dataset: Any, device: 
         return classifier, last
 
     seeds = tuple(train_and_evaluate(seed) for seed in config.classifier_seeds)
-    ratios = config.scores.augmentation if model.generator.kind != "real" else ()
-    return ModelChain(samples, seeds, tuple(train_and_evaluate(config.classifier_seeds[0], ratio) for ratio in ratios))
+    return ModelChain(samples, seeds, tuple(train_and_evaluate(config.classifier_seeds[0], ratio)
+                                            for ratio in config.augmentation_ratios(model)))
 
 
 def _fan_out(deployment: str, config_text: str, source: str, store_url: str | None,

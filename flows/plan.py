@@ -204,7 +204,7 @@ def _model_steps(config: Config, store: Store, files: Any, model: ModelConfig, d
         return classifier_fp
 
     first = [train_and_evaluate(seed, None) for seed in config.classifier_seeds][0]
-    for ratio in config.scores.augmentation if kind != "real" else ():
+    for ratio in config.augmentation_ratios(model):
         train_and_evaluate(config.classifier_seeds[0], ratio)
     return {"steps": out, "first_classifier": first}
 

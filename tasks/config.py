@@ -134,6 +134,11 @@ class Config(Frozen):
         """The seeds each model's classifiers train with: `classifier.seeds`, else the run's seed."""
         return tuple(self.classifier.seeds or [self.seed])
 
+    def augmentation_ratios(self, model: ModelConfig) -> tuple[float, ...]:
+        """The Naive Augmentation Score ratios a model's NAS classifiers train at; none for the real baseline
+        (its samples are the real train split)."""
+        return tuple(self.scores.augmentation) if model.generator.kind != "real" else ()
+
     def samples_seed(self, model: ModelConfig) -> int:
         return self.seed if model.seed is None else model.seed
 

@@ -56,9 +56,8 @@ def run_steps(config_path: Path, evaluate: bool = True, every_classifier: bool =
         if not every_classifier:
             done[model.name] = ModelChain(samples, (pair(config.seed),))
             continue
-        ratios = config.scores.augmentation if model.generator.kind != "real" else ()
         done[model.name] = ModelChain(samples, tuple(pair(s) for s in config.classifier_seeds),
-                                      tuple(pair(config.classifier_seeds[0], r) for r in ratios))
+                                      tuple(pair(config.classifier_seeds[0], r) for r in config.augmentation_ratios(model)))
     return config, store, dataset, done
 
 
