@@ -121,7 +121,7 @@ def run_command(args: argparse.Namespace) -> int:
 def plan_command(args: argparse.Namespace) -> int:
     from casflow.flows import plan
 
-    return plan.plan_command(args.config, args.store, args.json)
+    return plan.plan_command(args.config, args.store, args.json, args.assume_dataset, args.gpus)
 
 
 def run(config_path: str, store_url: str | None, fail_on_regression: bool = False, model_deployment: str | None = None,
@@ -421,6 +421,11 @@ def parser() -> argparse.ArgumentParser:
     plan_cmd.add_argument("config")
     plan_cmd.add_argument("--store", help="override store.url")
     plan_cmd.add_argument("--json", action="store_true", help="print the plan as JSON (README: cas plan)")
+    plan_cmd.add_argument("--assume-dataset", metavar="SIZES",
+                          help="plan a dataset not sharded yet (its files need not be here) with these sizes: "
+                               "train=N,eval=N,classes=N,size=HxWxC")
+    plan_cmd.add_argument("--gpus", type=int, metavar="N",
+                          help="plan lanes of N GPUs at the default GPU rates instead of this machine's devices")
 
     def reading(name: str, func, help: str) -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help)

@@ -12,6 +12,10 @@ this store measured (their commit markers; sampling from the results' summary ro
 Bytes: the samples' shards (bytes per sample of the real train split's shards), the weights and the
 predictions (as earlier ones of the same recipe, else estimated).
 
+Planning ahead (a dataset not sharded yet, perhaps not on this machine; GPUs this machine lacks):
+`DatasetAssumption` (`--assume-dataset train=N,eval=N,classes=N,size=HxWxC`) stands in for the real
+splits' sizes, and `gpus` (`--gpus N`) for the lanes; the plan lists what it assumed.
+
 For the CLI: `plan_command` (`cas plan CONFIG [--json]`) and `one_line_total` (the line `cas run`
 prints before it starts); for the flow: `compare_with_plan` (a line per step, estimated against measured).
 """
@@ -34,6 +38,7 @@ from casflow.storage.store import Store, StoreUnreachable
 from casflow.tasks import devices, generators, throughput
 from casflow.tasks.config import Config, ConfigError, ModelConfig
 from casflow.tasks.errors import InputError
+from casflow.tasks.exits import USAGE, CasError
 from casflow.tasks.fingerprint import fingerprint
 
 log = logging.getLogger("casflow.plan")
@@ -55,6 +60,7 @@ class PlannedStep:
     seconds: float | None  # estimated; 0 for a cached step
     rate_source: str | None  # "history (n)" or "default (...)"
     bytes: int | None  # estimated bytes it writes; 0 for a cached step
+    assumed: bool = False  # its units, rate or bytes rest on an assumption (`Plan.assumptions`)
 
     @property
     def label(self) -> str:
@@ -69,11 +75,28 @@ class Plan:
     config: str
     store: str
     dataset: str
-    dataset_fingerprint: str
+    dataset_fingerprint: str | None  # None: the dataset's files are not readable here (planned with assumed sizes)
     dataset_cached: bool
     recipe: str
     lanes: dict[str, str]  # model -> lane device ("cpu", "cuda:0")
     steps: tuple[PlannedStep, ...]
+    dataset_assumed: DatasetAssumption | None = None  # the sizes planned with, when the dataset is not sharded
+    gpus_assumed: int | None = None  # lanes of this many GPUs instead of this machine's devices
+    sample_bytes_assumed: int | None = None  # bytes per sample in a shard, estimated (no shards to measure)
+
+    def assumptions(self) -> list[str]:
+        """What the plan assumed, one line each (none: every figure is from the store or a default rate)."""
+        lines = []
+        if self.dataset_assumed is not None:
+            a = self.dataset_assumed
+            lines.append(f"dataset sizes (--assume-dataset): train {a.train:,}, eval {a.eval:,}, {a.classes:,} classes, "
+                         f"{a.size_text} images")
+        if self.sample_bytes_assumed is not None:
+            lines.append(f"{self.sample_bytes_assumed:,} bytes per sample in a shard: {throughput.SHARD_BYTES_SOURCE}")
+        if self.gpus_assumed is not None:
+            lines.append(f"{self.gpus_assumed} GPU lane(s) (--gpus), not this machine's devices: rates are the GPU "
+                         f"defaults of tasks/throughput.py")
+        return lines
 
     @property
     def models(self) -> list[str]:
@@ -113,12 +136,17 @@ class Plan:
                            "steps": [{"step": s.step, "seed": s.seed, "ratio": s.ratio, "status": s.status,
                                       "fingerprint": s.fingerprint, "after": s.after, "device": s.device,
                                       "units": s.units, "seconds": _round(s.seconds), "rate_source": s.rate_source,
-                                      "bytes": s.bytes} for s in mine]})
+                                      "bytes": s.bytes, "assumed": s.assumed} for s in mine]})
+        assumed = self.dataset_assumed
         return {
             "version": JSON_SHAPE, "config": self.config, "store": self.store,
             "dataset": {"name": self.dataset, "fingerprint": self.dataset_fingerprint,
                         "status": "cached" if self.dataset_cached else "compute"},
             "recipe": self.recipe, "models": models,
+            "assumed": {"dataset": None if assumed is None else {"train": assumed.train, "eval": assumed.eval,
+                                                                  "classes": assumed.classes, "size": list(assumed.size)},
+                        "sample_bytes": self.sample_bytes_assumed, "gpus": self.gpus_assumed,
+                        "notes": self.assumptions()},
             "total": {"models": len(self.models), "models_computing": len(self.models_computing()),
                       "steps": len(self.steps), "steps_computing": len(self.computing()),
                       "seconds": _round(total), "device_hours": None if total is None else round(total / 3600, 4),
@@ -131,42 +159,148 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
+# ---------------------------------------------------------------- planning ahead
+
+class AssumptionError(CasError, ValueError):
+    """A `--assume-dataset` or `--gpus` value that cannot be planned with."""
+
+    exit_code = USAGE
+
+
+ASSUME_FORM = "train=N,eval=N,classes=N,size=HxWxC (e.g. train=1281167,eval=50000,classes=1000,size=64x64x3)"
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetAssumption:
+    """The real splits' sizes to plan with while they are not sharded on the store."""
+
+    train: int
+    eval: int
+    classes: int
+    size: tuple[int, int, int]  # height, width, channels
+
+    @property
+    def size_text(self) -> str:
+        return "x".join(str(n) for n in self.size)
+
+    @classmethod
+    def parse(cls, text: str) -> DatasetAssumption:
+        """`train=1281167,eval=50000,classes=1000,size=64x64x3`; AssumptionError naming the bad part."""
+        def bad(problem: str) -> AssumptionError:
+            return AssumptionError(f"--assume-dataset {text!r}: {problem}; expected {ASSUME_FORM}")
+
+        fields: dict[str, str] = {}
+        for part in text.split(","):
+            key, sep, value = part.partition("=")
+            key, value = key.strip(), value.strip()
+            if not sep or key not in ("train", "eval", "classes", "size"):
+                raise bad(f"{part.strip()!r} is not one of train=, eval=, classes=, size=")
+            if key in fields:
+                raise bad(f"{key} given twice")
+            fields[key] = value
+        missing = [k for k in ("train", "eval", "classes", "size") if k not in fields]
+        if missing:
+            raise bad(f"missing {', '.join(missing)}")
+        counts = {}
+        for key in ("train", "eval", "classes"):
+            if not fields[key].isdigit() or int(fields[key]) == 0:
+                raise bad(f"{key} must be a positive whole number, got {fields[key]!r}")
+            counts[key] = int(fields[key])
+        size = fields["size"].lower().split("x")
+        if len(size) != 3 or not all(n.isdigit() and int(n) > 0 for n in size):
+            raise bad(f"size must be height x width x channels, got {fields['size']!r}")
+        if int(size[2]) not in (1, 3):
+            raise bad(f"size's channels must be 1 or 3, got {size[2]}")
+        if counts["classes"] > min(counts["train"], counts["eval"]):
+            raise bad(f"{counts['classes']} classes need at least as many train and eval images")
+        return cls(counts["train"], counts["eval"], counts["classes"], (int(size[0]), int(size[1]), int(size[2])))
+
+
+ASSUMED_GPU = "gpu (assumed)"  # the device name of --gpus lanes: no measured GPU matches it, so GPU defaults apply
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sizes:
+    """What the estimates need of the real splits: from their shards on the store, else assumed."""
+
+    train: int
+    eval: int
+    classes: int
+    shape: tuple[int, int, int]
+    bytes_per_sample: float  # in a samples shard
+    assumed: bool
+
+
 # ---------------------------------------------------------------- making a plan
 
-def make_plan(config: Config, store: Store, config_path: str = "config", device_names: Mapping[str, str] | None = None) -> Plan:
+def make_plan(config: Config, store: Store, config_path: str = "config", device_names: Mapping[str, str] | None = None,
+              assume_dataset: DatasetAssumption | None = None, gpus: int | None = None) -> Plan:
     """The plan of a run of `config` on `store`: fingerprints and store lookups only.
 
     `device_names` maps a lane ("cpu", "cuda:0") to the name throughput is matched on ("cpu", the GPU's
-    name); by default it is asked of torch, which is imported only where a GPU may be visible."""
+    name); by default it is asked of torch, which is imported only where a GPU may be visible.
+    `assume_dataset` gives the real splits' sizes while they are not sharded on the store (their files need
+    not be on this machine); the store's shards win when they are there. `gpus` plans lanes cuda:0..N-1
+    at the GPU default rates instead of this machine's devices."""
     files = steps.open_files(config)
-    dataset_fp = fingerprint("dataset", steps.dataset_inputs(config, files))
-    train, eval_ = (load_shard_set(store, store.location("real", dataset_fp, split)) for split in ("train", "eval"))
-    dataset = DatasetRecord(config.dataset.name, dataset_fp, train, eval_, cached=True) if train and eval_ else None
+    try:
+        dataset_fp = fingerprint("dataset", steps.dataset_inputs(config, files))
+    except (InputError, OSError, ValueError) as exc:  # its files are not here: only assumed sizes can plan it
+        if assume_dataset is None:
+            raise InputError(f"{_problem(exc)}; to plan without its files, give its sizes with --assume-dataset "
+                             f"{ASSUME_FORM}", source=f"dataset {config.dataset.name}") from None
+        log.info("dataset %s unreadable here (%s): planned with assumed sizes", config.dataset.name, exc)
+        dataset_fp = None
+    dataset = None
+    if dataset_fp is not None:
+        train, eval_ = (load_shard_set(store, store.location("real", dataset_fp, split)) for split in ("train", "eval"))
+        dataset = DatasetRecord(config.dataset.name, dataset_fp, train, eval_, cached=True) if train and eval_ else None
+    if dataset is not None:
+        sizes = _Sizes(dataset.train.num_samples, dataset.eval.num_samples, len(dataset.class_names),
+                       tuple(dataset.train.image_shape),
+                       sum(s.size for s in dataset.train.shards) / max(dataset.train.num_samples, 1), assumed=False)
+        assume_dataset = None  # measured beats assumed
+    elif assume_dataset is not None:
+        a = assume_dataset
+        sizes = _Sizes(a.train, a.eval, a.classes, a.size, throughput.shard_bytes_per_sample(a.size), assumed=True)
+    else:
+        sizes = None
 
-    spec = config.classifier.device
-    lane_devices = devices.visible_devices(spec, _cuda_count(spec))
+    if gpus is not None:
+        if gpus < 1:
+            raise AssumptionError(f"--gpus {gpus}: plan at least one GPU")
+        lane_devices = [f"cuda:{i}" for i in range(gpus)]
+        names = {d: ASSUMED_GPU for d in lane_devices}
+    else:
+        spec = config.classifier.device
+        lane_devices = devices.visible_devices(spec, _cuda_count(spec))
+        names = dict(device_names) if device_names is not None else {d: _device_name(d) for d in lane_devices}
     lanes = placement.assign_lanes([m.name for m in config.all_models], lane_devices)
-    names = dict(device_names) if device_names is not None else {d: _device_name(d) for d in lane_devices}
-    estimator = _Estimator(config, store, dataset)
+    estimator = _Estimator(config, store, dataset, sizes, assumed=assume_dataset is not None or gpus is not None)
     planned: list[PlannedStep] = []
     real_classifier = None
     for model in config.all_models:
-        chain = _model_steps(config, store, files, model, dataset, names[lanes[model.name]], estimator)
+        chain = _model_steps(config, store, files, model, dataset, sizes, names[lanes[model.name]], estimator)
         if model.name == config.baseline.name:
             real_classifier = chain["first_classifier"]
         planned += chain["steps"]
     if config.scores.gan_test or config.scores.features or config.scores.memorization:
         for model in config.all_models:
-            planned.append(_scores_step(config, store, model, dataset, names[lanes[model.name]], estimator,
+            planned.append(_scores_step(config, store, model, dataset, sizes, names[lanes[model.name]], estimator,
                                         _samples_of(planned, model.name), real_classifier))
     order = {name: i for i, name in enumerate(lanes)}
     planned.sort(key=lambda s: order[s.model])  # stable: each model's steps together, in the order a run calls them
     return Plan(config_path, store.url, config.dataset.name, dataset_fp, dataset is not None, config.classifier.resolved.name,
-                lanes, tuple(planned))
+                lanes, tuple(planned), assume_dataset, gpus,
+                round(sizes.bytes_per_sample) if sizes is not None and sizes.assumed else None)
+
+
+def _problem(exc: BaseException) -> str:
+    return exc.problem if isinstance(exc, InputError) else str(exc)
 
 
 def _model_steps(config: Config, store: Store, files: Any, model: ModelConfig, dataset: DatasetRecord | None,
-                 device: str, estimator: _Estimator) -> dict[str, Any]:
+                 sizes: _Sizes | None, device: str, estimator: _Estimator) -> dict[str, Any]:
     """A model's samples, then a classifier and an evaluation per seed and per NAS ratio."""
     kind = model.generator.kind
     shard_set, samples_status, samples_fp = None, "compute", None
@@ -181,7 +315,7 @@ def _model_steps(config: Config, store: Store, files: Any, model: ModelConfig, d
             if samples_fp is not None:
                 shard_set = load_shard_set(store, store.location("samples", samples_fp))
                 samples_status = "cached" if shard_set is not None else "compute"
-    num = dataset.train.num_samples if dataset is not None else None
+    num = sizes.train if sizes is not None else None
     out = [estimator.step(model.name, "samples", None, None, samples_status, samples_fp,
                           None if dataset is not None else "dataset", device, kind, num)]
 
@@ -198,7 +332,7 @@ def _model_steps(config: Config, store: Store, files: Any, model: ModelConfig, d
         evaluation_fp = None if classifier_fp is None else fingerprint(
             "evaluation", steps.evaluation_inputs(classifier_fp, dataset.eval))
         evaluation_cached = evaluation_fp is not None and artifacts.read_evaluation(store, evaluation_fp) is not None
-        eval_images = dataset.eval.num_samples if dataset is not None else None
+        eval_images = sizes.eval if sizes is not None else None
         out.append(estimator.step(model.name, "evaluate", seed, ratio, "cached" if evaluation_cached else "compute",
                                   evaluation_fp, after or (None if classifier_fp else "train"), device, None, eval_images))
         return classifier_fp
@@ -213,8 +347,8 @@ def _samples_of(planned: list[PlannedStep], model: str) -> PlannedStep:
     return next(s for s in planned if s.model == model and s.step == "samples")
 
 
-def _scores_step(config: Config, store: Store, model: ModelConfig, dataset: DatasetRecord | None, device: str,
-                 estimator: _Estimator, samples: PlannedStep, real_classifier: str | None) -> PlannedStep:
+def _scores_step(config: Config, store: Store, model: ModelConfig, dataset: DatasetRecord | None, sizes: _Sizes | None,
+                 device: str, estimator: _Estimator, samples: PlannedStep, real_classifier: str | None) -> PlannedStep:
     fp = None
     if dataset is not None and samples.status == "cached" and real_classifier is not None:
         shard_set = dataset.train if samples.fingerprint == dataset.train.fingerprint else \
@@ -223,18 +357,20 @@ def _scores_step(config: Config, store: Store, model: ModelConfig, dataset: Data
     cached = fp is not None and artifacts.read_scores(store, fp) is not None
     after = "dataset" if dataset is None else "samples" if samples.status != "cached" else None if fp else "train"
     return estimator.step(model.name, "scores", None, None, "cached" if cached else "compute", fp, after, device, None,
-                          None if dataset is None else dataset.train.num_samples)
+                          None if sizes is None else sizes.train)
 
 
 class _Estimator:
     """Seconds and bytes of a step from the store's history, read once per plan."""
 
-    def __init__(self, config: Config, store: Store, dataset: DatasetRecord | None):
+    def __init__(self, config: Config, store: Store, dataset: DatasetRecord | None, sizes: _Sizes | None, assumed: bool):
         self.recipe = config.classifier.resolved
         self.dataset = dataset
+        self.sizes = sizes
+        self.assumed = assumed  # every computing step's figures rest on --assume-dataset or --gpus
         self.epochs = float(self.recipe.hp.epochs)
-        self.shape = tuple(dataset.train.image_shape) if dataset is not None else None
-        self.num_classes = len(dataset.class_names) if dataset is not None else None
+        self.shape = sizes.shape if sizes is not None else None
+        self.num_classes = sizes.classes if sizes is not None else None
         self.history, self.weights, self.predictions = read_history(store)
         self._weights_estimate: int | None = None
 
@@ -242,8 +378,8 @@ class _Estimator:
              after: str | None, device: str, kind: str | None, count: int | None) -> PlannedStep:
         if status == "cached":
             return PlannedStep(model, step, seed, ratio, status, fp, None, device, None, 0.0, None, 0)
-        if step == "samples" and generators.SOURCES[kind].draw is None:  # real, not yet sharded: the dataset step's
-            return PlannedStep(model, step, seed, ratio, status, fp, after, device, 0, 0.0, None, 0)
+        if step == "samples" and generators.SOURCES[kind].draw is None:  # real, not yet sharded: the dataset step,
+            count = None if self.sizes is None else self.sizes.train + self.sizes.eval  # both splits to shards
         units = None if count is None else count * self.epochs if step == "train" else count
         if step == "samples":
             rate = throughput.rate(self.history, "samples", kind, self.dataset.fingerprint if self.dataset else None,
@@ -252,14 +388,13 @@ class _Estimator:
             rate = throughput.rate(self.history, step, self.recipe.name, self.recipe.fingerprint, device, self.shape)
         seconds = None if units is None else throughput.seconds(units, rate)
         return PlannedStep(model, step, seed, ratio, status, fp, after, device, units, seconds, rate.source,
-                           self._bytes(step, count))
+                           self._bytes(step, count), self.assumed)
 
     def _bytes(self, step: str, count: int | None) -> int | None:
-        if count is None or self.dataset is None:
+        if count is None or self.sizes is None:
             return None
         if step == "samples":
-            per_sample = sum(s.size for s in self.dataset.train.shards) / max(self.dataset.train.num_samples, 1)
-            return round(count * per_sample + 1000)  # and the manifest
+            return round(count * self.sizes.bytes_per_sample + 1000)  # and the manifest
         if step == "train":
             return self._weights() + 2000  # and train_log.json
         if step == "evaluate":
@@ -366,6 +501,7 @@ def render(plan: Plan) -> str:
     """The table `cas plan` prints."""
     lines = [f"plan  config {plan.config}  store {plan.store}  dataset {plan.dataset} "
              f"({'cached' if plan.dataset_cached else 'compute'})  recipe {plan.recipe}"]
+    lines += [f"assumed: {line}" for line in plan.assumptions()]
     header = ("model", "step", "status", "estimate", "writes", "device", "rate from")
     rows = []
     for s in plan.steps:
@@ -398,21 +534,26 @@ def pre_run_line(config_path: str, store_url: str | None = None) -> str | None:
         return None
 
 
-def plan_command(config_path: str, store_url: str | None, as_json: bool) -> int:
-    """`cas plan CONFIG [--store URL] [--json]`: prints the plan (JSON with `as_json`); 0 when planned,
-    2 for a bad config, 1 when the store does not answer."""
+def plan_command(config_path: str, store_url: str | None, as_json: bool, assume_dataset: str | None = None,
+                 gpus: int | None = None) -> int:
+    """`cas plan CONFIG [--store URL] [--json] [--assume-dataset SIZES] [--gpus N]`: prints the plan (JSON
+    with `as_json`); 0 when planned, 2 for a bad config, dataset or assumption, 1 when the store does not answer."""
     try:
         config = steps.read_config(config_path, store_url)
-    except ConfigError as exc:
+        assumption = None if assume_dataset is None else DatasetAssumption.parse(assume_dataset)
+    except (ConfigError, AssumptionError) as exc:
         print(exc, file=sys.stderr)
         return 2
     store = steps.open_store(config.store)
     try:
         store.probe()
-        plan = make_plan(config, store, config_path)
+        plan = make_plan(config, store, config_path, assume_dataset=assumption, gpus=gpus)
     except StoreUnreachable as exc:
         print(exc, file=sys.stderr)
         return 1
+    except CasError as exc:  # the dataset's files unreadable without --assume-dataset; a bad --gpus
+        print(exc, file=sys.stderr)
+        return exc.exit_code
     except ValueError as exc:  # classifier.device names more GPUs than are visible
         print(f"{config_path}: {exc}", file=sys.stderr)
         return 2

@@ -174,7 +174,8 @@ def test_json_shape(warm, capsys):
     path = write_config(directory, CHANGED, name="changed-json.yaml", **SECTIONS)
     assert planning.plan_command(str(path), None, as_json=True) == 0
     shape = json.loads(capsys.readouterr().out)
-    assert set(shape) == {"version", "config", "store", "dataset", "recipe", "models", "total"}
+    assert set(shape) == {"version", "config", "store", "dataset", "recipe", "models", "total", "assumed"}
+    assert shape["assumed"] == {"dataset": None, "sample_bytes": None, "gpus": None, "notes": []}  # all from the store
     assert shape["version"] == 1 and shape["dataset"]["status"] == "cached"
     assert set(shape["total"]) == {"models", "models_computing", "steps", "steps_computing", "seconds", "device_hours",
                                    "wall_seconds", "bytes", "devices"}
@@ -182,7 +183,7 @@ def test_json_shape(warm, capsys):
     gauss = next(m for m in shape["models"] if m["name"] == "gauss")
     assert set(gauss) == {"name", "lane", "computes", "steps"} and gauss["computes"]
     assert set(gauss["steps"][0]) == {"step", "seed", "ratio", "status", "fingerprint", "after", "device", "units",
-                                      "seconds", "rate_source", "bytes"}
+                                      "seconds", "rate_source", "bytes", "assumed"}
     assert [s["step"] for s in gauss["steps"]] == ["samples", "train", "evaluate", "train", "evaluate", "scores"]
     assert planning.plan_command(str(path), None, as_json=False) == 0
     text = capsys.readouterr().out
@@ -194,3 +195,110 @@ def test_bad_config_exits_2(tmp_path, capsys):
     path.write_text("models: [}")
     assert planning.plan_command(str(path), None, as_json=False) == 2
     assert "bad.yaml" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- planning ahead: assumed sizes, assumed GPUs
+
+AHEAD_MODELS = [MODELS[0]] + [{"name": f"ckpt-{i}", "generator": {"kind": "npz", "path": f"absent/ckpt-{i}.npz"}}
+                              for i in range(3)]
+ABSENT_DATASET = {"kind": "imagefolder", "name": "imagenet-like", "train": "absent/train", "eval": "absent/val"}
+ASSUMED = "train=1000,eval=200,classes=10,size=32x32x3"
+
+
+def plan_ahead(tmp_path, assume=ASSUMED, gpus=1):
+    path = write_config(tmp_path, AHEAD_MODELS, dataset=ABSENT_DATASET, **SECTIONS)
+    config = steps.read_config(str(path))
+    assumption = None if assume is None else planning.DatasetAssumption.parse(assume)
+    return planning.make_plan(config, steps.open_store(config.store), str(path), assume_dataset=assumption, gpus=gpus)
+
+
+def test_assumed_sizes_give_estimates_from_the_documented_rates(tmp_path):
+    plan = plan_ahead(tmp_path)  # neither the dataset's files nor its shards exist
+    assert not plan.dataset_cached and plan.dataset_fingerprint is None
+    ckpt = by_label(plan, "ckpt-0")
+    assert all(s.status == "compute" and s.after == "dataset" and s.assumed for s in ckpt.values())
+    gpu_rate = lambda table: table[("fast", "gpu")].rate  # noqa: E731 - measured at 32x32, the assumed size
+    assert ckpt["train seed 0"].units == 1000 * EPOCHS
+    assert ckpt["train seed 0"].seconds == pytest.approx(1000 * EPOCHS / gpu_rate(throughput.TRAIN))
+    assert ckpt["train NAS 0.5"].seconds == pytest.approx(1.5 * 1000 * EPOCHS / gpu_rate(throughput.TRAIN))
+    assert ckpt["evaluate seed 0"].seconds == pytest.approx(200 / gpu_rate(throughput.EVALUATE))
+    assert ckpt["scores"].seconds == pytest.approx(1000 / gpu_rate(throughput.SCORES))
+    assert ckpt["samples"].seconds == pytest.approx(1000 / throughput.SAMPLES["*"].rate)
+    assert ckpt["samples"].bytes == 1000 * throughput.shard_bytes_per_sample((32, 32, 3)) + 1000
+    assert throughput.shard_bytes_per_sample((64, 64, 3)) == 10_516  # docs/imagenet.md: 8,700 PNG + 1.8 kB of tar
+    dataset_step = by_label(plan, "real")["samples"]  # the real baseline's samples: both splits sharded
+    assert dataset_step.units == 1200 and dataset_step.seconds == pytest.approx(1200 / throughput.SAMPLES["*"].rate)
+    assert ckpt["train seed 0"].device == planning.ASSUMED_GPU and ckpt["train seed 0"].rate_source.startswith("default")
+
+    doubled = by_label(plan_ahead(tmp_path, "train=2000,eval=400,classes=10,size=32x32x3"), "ckpt-0")
+    larger = by_label(plan_ahead(tmp_path, "train=1000,eval=200,classes=10,size=64x64x3"), "ckpt-0")
+    for label in ("train seed 0", "train NAS 0.5", "evaluate seed 0", "scores"):
+        assert doubled[label].seconds == pytest.approx(2 * ckpt[label].seconds)
+        assert larger[label].seconds == pytest.approx(4 * ckpt[label].seconds)  # default rates scale by pixels
+    assert doubled["samples"].bytes - 1000 == 2 * (ckpt["samples"].bytes - 1000)
+
+
+def test_lanes_scale_with_gpus(tmp_path):
+    one, two, four = (plan_ahead(tmp_path, gpus=n) for n in (1, 2, 4))
+    assert set(one.lanes.values()) == {"cuda:0"} and one.wall_seconds() == pytest.approx(one.total_seconds())
+    assert sorted(set(four.lanes.values())) == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    assert one.total_seconds() == pytest.approx(two.total_seconds()) == pytest.approx(four.total_seconds())
+    per_model = {m: sum(s.seconds for s in four.steps if s.model == m) for m in four.models}
+    assert four.wall_seconds() == pytest.approx(max(per_model.values()))  # one model per GPU
+    assert two.wall_seconds() == pytest.approx(max(per_model["real"] + per_model["ckpt-1"],
+                                                   per_model["ckpt-0"] + per_model["ckpt-2"]))  # round-robin
+    assert four.wall_seconds() < two.wall_seconds() < one.wall_seconds()
+
+
+def test_json_marks_assumptions(tmp_path, capsys):
+    path = write_config(tmp_path, AHEAD_MODELS, dataset=ABSENT_DATASET, **SECTIONS)
+    assert planning.plan_command(str(path), None, as_json=True, assume_dataset=ASSUMED, gpus=2) == 0
+    shape = json.loads(capsys.readouterr().out)
+    assert shape["version"] == 1 and shape["dataset"]["fingerprint"] is None
+    assert shape["assumed"]["dataset"] == {"train": 1000, "eval": 200, "classes": 10, "size": [32, 32, 3]}
+    assert shape["assumed"]["gpus"] == 2 and shape["assumed"]["sample_bytes"] == throughput.shard_bytes_per_sample((32, 32, 3))
+    assert len(shape["assumed"]["notes"]) == 3 and shape["total"]["devices"] == ["cuda:0", "cuda:1"]
+    computing = [s for m in shape["models"] for s in m["steps"] if s["status"] == "compute"]
+    assert computing and all(s["assumed"] and s["seconds"] is not None and s["bytes"] is not None for s in computing)
+    assert shape["total"]["seconds"] > 0 and shape["total"]["bytes"] > 0
+    assert planning.plan_command(str(path), None, as_json=False, assume_dataset=ASSUMED, gpus=2) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert text[1].startswith("assumed: dataset sizes (--assume-dataset): train 1,000, eval 200, 10 classes, 32x32x3")
+    assert "time unknown" not in text[-1] and " on cuda:0, cuda:1, " in text[-1]
+
+
+def test_a_sharded_dataset_beats_the_assumption(warm):
+    _, path, _ = warm
+    config = steps.read_config(str(path))
+    plan = planning.make_plan(config, steps.open_store(config.store), str(path),
+                              assume_dataset=planning.DatasetAssumption.parse(ASSUMED))
+    assert plan.dataset_cached and plan.dataset_assumed is None and plan.assumptions() == []
+    assert all(s.status == "cached" and not s.assumed for s in plan.steps)
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("train=1000,eval=200,classes=10", "missing size"),
+    ("train=1k,eval=200,classes=10,size=32x32x3", "train must be a positive whole number, got '1k'"),
+    ("train=1000,eval=200,classes=10,size=32x32", "size must be height x width x channels, got '32x32'"),
+    ("train=1000,eval=200,classes=10,size=32x32x4", "size's channels must be 1 or 3, got 4"),
+    ("train=1000,eval=5,classes=10,size=32x32x3", "10 classes need at least as many"),
+    ("train=1000,test=200,classes=10,size=32x32x3", "'test=200' is not one of"),
+])
+def test_a_bad_assumption_exits_2_naming_it(tmp_path, capsys, value, problem):
+    from casflow.flows import cli
+
+    path = write_config(tmp_path, AHEAD_MODELS, dataset=ABSENT_DATASET, **SECTIONS)
+    assert cli.main(["plan", str(path), "--assume-dataset", value]) == 2
+    err = capsys.readouterr().err
+    assert f"--assume-dataset '{value}': {problem}" in err and "expected train=N,eval=N,classes=N,size=HxWxC" in err
+
+
+def test_an_absent_dataset_without_assumption_exits_2_naming_it(tmp_path, capsys):
+    from casflow.flows import cli
+
+    path = write_config(tmp_path, AHEAD_MODELS, dataset=ABSENT_DATASET, **SECTIONS)
+    assert cli.main(["plan", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "dataset imagenet-like" in err and "absent/train" in err and "--assume-dataset" in err
+    assert cli.main(["plan", str(path), "--assume-dataset", ASSUMED, "--gpus", "0"]) == 2
+    assert "--gpus 0" in capsys.readouterr().err
