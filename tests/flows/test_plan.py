@@ -1,5 +1,6 @@
 """`cas plan`: cached against computing steps on a warm store, estimates from the store's history (within 2x
-of what the steps then measure), defaults without history, the JSON shape, the comparison after a run."""
+of what the steps then measure), defaults without history, the JSON shape, the comparison after a run; planning
+ahead with assumed dataset sizes and GPUs (--assume-dataset, --gpus), configs/imagenet64.yaml among them."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from casflow.flows import steps
 from casflow.storage import artifacts
 from casflow.tasks import throughput
 from casflow.tasks.results import RunInfo
-from helpers import TINY_CLASSIFIER, run_steps, write_config
+from helpers import REPO, TINY_CLASSIFIER, run_steps, write_config
 
 MODELS = [
     {"name": "real", "generator": {"kind": "real"}},
@@ -302,3 +303,18 @@ def test_an_absent_dataset_without_assumption_exits_2_naming_it(tmp_path, capsys
     assert "dataset imagenet-like" in err and "absent/train" in err and "--assume-dataset" in err
     assert cli.main(["plan", str(path), "--assume-dataset", ASSUMED, "--gpus", "0"]) == 2
     assert "--gpus 0" in capsys.readouterr().err
+
+
+def test_the_imagenet_config_plans_a_night_without_imagenet(tmp_path, capsys):
+    """configs/imagenet64.yaml, as docs/imagenet.md plans it: ten models and the baseline, scores, NAS and
+    seeds at their defaults, on eight assumed GPUs."""
+    config = REPO / "configs" / "imagenet64.yaml"
+    assume = "train=1281167,eval=50000,classes=1000,size=64x64x3"
+    assert planning.plan_command(str(config), str(tmp_path / "store"), True, assume, gpus=8) == 0
+    shape = json.loads(capsys.readouterr().out)
+    assert [m["name"] for m in shape["models"]][:2] == ["real", "adm64-0050k"] and len(shape["models"]) == 11
+    assert [(s["step"], s["seed"], s["ratio"]) for s in shape["models"][1]["steps"]] == [
+        ("samples", None, None), ("train", 0, None), ("evaluate", 0, None), ("train", 0, 0.5), ("evaluate", 0, 0.5),
+        ("scores", None, None)]
+    assert shape["total"]["devices"] == [f"cuda:{i}" for i in range(8)]
+    assert shape["total"]["wall_seconds"] < shape["total"]["seconds"] / 4  # 11 models over 8 lanes
