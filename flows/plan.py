@@ -203,11 +203,11 @@ class DatasetAssumption:
             raise bad(f"missing {', '.join(missing)}")
         counts = {}
         for key in ("train", "eval", "classes"):
-            if not fields[key].isdigit() or int(fields[key]) == 0:
+            if not fields[key].isdecimal() or int(fields[key]) == 0:
                 raise bad(f"{key} must be a positive whole number, got {fields[key]!r}")
             counts[key] = int(fields[key])
         size = fields["size"].lower().split("x")
-        if len(size) != 3 or not all(n.isdigit() and int(n) > 0 for n in size):
+        if len(size) != 3 or not all(n.isdecimal() and int(n) > 0 for n in size):
             raise bad(f"size must be height x width x channels, got {fields['size']!r}")
         if int(size[2]) not in (1, 3):
             raise bad(f"size's channels must be 1 or 3, got {size[2]}")
@@ -245,6 +245,8 @@ def make_plan(config: Config, store: Store, config_path: str = "config", device_
     files = steps.open_files(config)
     try:
         dataset_fp = fingerprint("dataset", steps.dataset_inputs(config, files))
+    except ConnectionError:  # a store or endpoint that does not answer is not a missing dataset
+        raise
     except (InputError, OSError, ValueError) as exc:  # its files are not here: only assumed sizes can plan it
         if assume_dataset is None:
             raise InputError(f"{_problem(exc)}; to plan without its files, give its sizes with --assume-dataset "
