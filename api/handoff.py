@@ -37,12 +37,15 @@ def submit_checkpoint(checkpoint: str | os.PathLike, model: str, *, config: str 
     from prefect.exceptions import ObjectNotFound
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from casflow.flows import server
+    from casflow.flows import server, steps
+    from casflow.tasks.config import with_checkpoints
 
     server.prefect_environment()
     parameters = {"checkpoints": {model: _location(checkpoint, f"model '{model}' checkpoint")}}
     if config is not None:
         parameters["config_path"] = _location(config, "config")
+        # a model the config lacks, or one that takes no checkpoint: said now, not in the worker
+        with_checkpoints(steps.read_config_text(parameters["config_path"]), parameters["checkpoints"], os.fspath(config))
     api_url = server.configured_api_url() or server.local_api_url()
     if not server.healthy(api_url, timeout=10):
         raise HandOffError(f"no Prefect server answers at {api_url}: the deployment {deployment} and its workers are on "
