@@ -56,6 +56,10 @@ class Results:
     best: pd.DataFrame
     report: str | None
 
+    def __repr__(self) -> str:  # the tables are the attributes to look at; a repr of all four would fill a notebook
+        return (f"Results(run_id={self.run_id!r}, store={self.store!r}, models={list(self.summary['model'])}, "
+                f"report={self.report!r})")
+
 
 def evaluate(config: str | os.PathLike | dict | Config, *, store: str | None = None, temporary_server: bool = False) -> Results:
     """Evaluate every model of a config by CAS, as `cas run` does: the same flow, the same store, the same

@@ -51,6 +51,7 @@ def test_evaluate_twice_the_second_all_cache_hits_with_equal_tables(evaluations)
     assert list(second.changes.columns)[:3] == ["run_id", "run_time", "previous_run_id"]
     assert second.report.endswith(f"reports/{second.run_id}/index.html") and os.path.exists(second.report)
     assert second.best.empty and {"run_id", "model"} <= set(second.best.columns)
+    assert repr(second) == f"Results(run_id={second.run_id!r}, store={str(store)!r}, models=['real', 'gauss'], report={second.report!r})"
 
 
 @pytest.mark.slow
