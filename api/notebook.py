@@ -7,10 +7,12 @@ imports this package first.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,7 +77,7 @@ def evaluate(config: str | os.PathLike | dict | Config, *, store: str | None = N
     server.prefect_environment()
     with _config_file(config) as config_path:
         parsed = steps.read_config(config_path, store)  # a bad config fails here, before Prefect starts
-        report = _run_flow(config_path, store)
+        report = _run_flow(config_path, store, temporary_server)
     failed = {model: status for model, status in report["models"].items() if status != "ok"}
     if failed:
         warnings.warn(f"{len(failed)} of {len(report['models'])} models failed: " + "; ".join(failed.values()), stacklevel=2)
@@ -93,30 +95,22 @@ def results(store: str | os.PathLike, run: str | None = None) -> Results:
 
 # ---------------------------------------------------------------- helpers
 
-class _config_file:
+@contextlib.contextmanager
+def _config_file(config: Any) -> Iterator[str]:
     """The path of a config file: the path given, or a dict or Config written to a temporary YAML file
     for the flow (which reads a config from a file, as a deployment does), removed afterwards. A dict
     that is no valid config fails here, its errors naming `evaluate(config)`."""
+    from casflow.tasks.config import parse_config
 
-    def __init__(self, config: Any):
-        self.config = config
-        self.folder: tempfile.TemporaryDirectory | None = None
-
-    def __enter__(self) -> str:
-        from casflow.tasks.config import parse_config
-
-        if isinstance(self.config, (str, os.PathLike)):
-            return os.fspath(self.config)
-        text = _yaml(self.config)
-        parse_config(text, source="evaluate(config)")
-        self.folder = tempfile.TemporaryDirectory(prefix="casflow-evaluate-")
-        path = Path(self.folder.name) / "config.yaml"
+    if isinstance(config, (str, os.PathLike)):
+        yield os.fspath(config)
+        return
+    text = _yaml(config)
+    parse_config(text, source="evaluate(config)")
+    with tempfile.TemporaryDirectory(prefix="casflow-evaluate-") as folder:
+        path = Path(folder) / "config.yaml"
         path.write_text(text, encoding="utf-8")
-        return str(path)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.folder is not None:
-            self.folder.cleanup()
+        yield str(path)
 
 
 def _yaml(config: dict | Config) -> str:
@@ -138,7 +132,7 @@ def _yaml(config: dict | Config) -> str:
     return yaml.safe_dump(config, sort_keys=False)
 
 
-def _run_flow(config_path: str, store_url: str | None) -> dict:
+def _run_flow(config_path: str, store_url: str | None, temporary_server: bool) -> dict:
     """The `cas-evaluation` flow on a Prefect server (`flows.server.RunServer`); its report."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -146,7 +140,7 @@ def _run_flow(config_path: str, store_url: str | None) -> dict:
     from casflow.flows.pipeline import cas_evaluation
     from casflow.flows.server import RunServer
 
-    run_server = RunServer()
+    run_server = RunServer(temporary_server)
     try:
         with temporary_settings({PREFECT_API_URL: run_server.api_url()}):
             state = cas_evaluation(config_path, store_url, return_state=True)
@@ -169,7 +163,8 @@ def _read_run(store: Store, run_id: str | None, report: str | None = None) -> Re
         nearest = difflib.get_close_matches(run_id, runs, n=3, cutoff=0) or runs[-3:]
         raise UnknownRun(f"no run {run_id} in {store.url}; nearest: {', '.join(nearest) or 'none (no runs)'}")
     if not runs:
-        raise NoResults(f"no results in {store.url}" + (f" ({store.not_a_store()})" if store.not_a_store() else ""))
+        why = store.not_a_store()
+        raise NoResults(f"no results in {store.url}" + (f" ({why})" if why else ""))
     run_id = run_id or runs[-1]
     if report is None and store.exists(store.report_location(run_id)):
         report = store.uri(store.report_location(run_id))

@@ -24,14 +24,17 @@ PER_RUN = ["run_id", "run_time", "flow_run_id", "cached", "samples_cached", "cla
 @pytest.fixture(scope="module")
 def evaluations(tmp_path_factory):
     """A tiny config evaluated as a notebook would: from its file, then the same config as a dict, then
-    with the Gaussian redrawn (each call on a temporary Prefect server of its own)."""
+    with the Gaussian redrawn and a model whose file is missing (each call on a temporary Prefect server
+    of its own)."""
     folder = tmp_path_factory.mktemp("notebook")
     path = write_config(folder, MODELS, scores=NO_SCORES)
     first = casflow.evaluate(path)
     config = yaml.safe_load(path.read_text())
     second = casflow.evaluate(config)
     config["models"][0]["seed"] = 1
-    redrawn = casflow.evaluate(config)
+    config["models"].append({"name": "broken", "generator": {"kind": "npz", "path": str(folder / "absent.npz")}})
+    with pytest.warns(UserWarning, match="1 of 3 models failed: model 'broken'.*absent.npz"):
+        redrawn = casflow.evaluate(config)
     return folder / "store", first, second, redrawn
 
 
@@ -55,9 +58,11 @@ def test_evaluate_twice_the_second_all_cache_hits_with_equal_tables(evaluations)
 
 
 @pytest.mark.slow
-def test_a_redrawn_model_is_compared_with_its_previous_run(evaluations):
+def test_a_redrawn_model_is_compared_with_its_previous_run_and_a_failed_one_is_a_row(evaluations):
     _, _, second, redrawn = evaluations
-    assert list(redrawn.summary["cached"]) == [True, False]
+    assert list(redrawn.summary["cached"]) == [True, False, False]
+    broken = redrawn.summary.set_index("model").loc["broken"]  # a failed model is a row, not an exception
+    assert broken["status"] == "failed" and "absent.npz" in broken["error"]
     overall = redrawn.changes[redrawn.changes["class_index"].isna()]
     assert list(overall["model"]) == ["gauss"] and list(overall["previous_run_id"]) == [second.run_id]
     assert overall["direction"].iloc[0] in ("better", "worse", "same") and len(redrawn.changes) == 1 + 10
