@@ -35,17 +35,11 @@ import os
 import sys
 from typing import Any
 
-from casflow.flows import lifecycle
+from casflow.flows import lifecycle, server
 from casflow.flows.terminal import problem, say, table
 from casflow.tasks.exits import FAILED, REGRESSED, SERVER_LOST, UNJUDGED, USAGE, CasError
 
-# Before Prefect is imported: show casflow's own progress lines in Prefect's
-# logs, and keep Prefect from phoning home (it fails noisily offline).
-_extra = os.environ.get("PREFECT_LOGGING_EXTRA_LOGGERS", "")
-if "casflow" not in _extra.split(","):
-    os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] = ",".join(filter(None, [_extra, "casflow"]))
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
+server.prefect_environment()  # before Prefect is imported
 
 STORE_CHECK_SECONDS = 25.0  # a reading command's first contact with its store, imports and all within 30 s
 

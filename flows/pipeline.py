@@ -38,7 +38,7 @@ from casflow.flows import artifacts, lifecycle, placement, plan, reporting, step
 from casflow.flows.records import ModelChain
 from casflow.storage.store import is_transient
 from casflow.tasks import devices
-from casflow.tasks.config import Config, without_credentials
+from casflow.tasks.config import Config, with_checkpoints, without_credentials
 from casflow.tasks.errors import InputError
 from casflow.tasks.results import RunInfo, regressions, unknowns
 
@@ -150,7 +150,8 @@ def _score(config: Config, store: Any, dataset: Any, lanes: dict[str, str], sett
 
 @flow(name="cas-evaluation", task_runner=ThreadPoolTaskRunner(max_workers=8))
 def cas_evaluation(config_path: str = DEMO_CONFIG, store_url: str | None = None,
-                   verify: Literal["off", "quick", "full"] = "off", model_deployment: str | None = None) -> Any:
+                   verify: Literal["off", "quick", "full"] = "off", model_deployment: str | None = None,
+                   checkpoints: dict[str, str] | None = None) -> Any:
     """Evaluate every model of a config by CAS and append the results to the store.
 
     `verify` quick or full first checks every committed object on the store (`cas verify`) and
@@ -160,8 +161,12 @@ def cas_evaluation(config_path: str = DEMO_CONFIG, store_url: str | None = None,
     flow run of that deployment, picked up by the workers of its work pool (one per GPU machine, or
     one per GPU), all side by side. What they compute is committed on the shared store; this flow then
     reads it from there (every step a cache hit), scores the models and writes the results. Without it
-    every model runs in this process, one lane per visible GPU."""
-    config_text = steps.read_config_text(config_path)
+    every model runs in this process, one lane per visible GPU.
+
+    `checkpoints` (model name -> checkpoint path or store URL) evaluates those `python` models of the
+    config with these checkpoints instead of their configured ones, under the same names, so each is
+    judged against its previous run (`casflow.submit_checkpoint` sends it from a training script)."""
+    config_text = with_checkpoints(steps.read_config_text(config_path), checkpoints or {}, config_path)
     config = steps.config_from_text(config_text, config_path, store_url)
     store = steps.open_store(config.store)
     store.probe()  # a store that never answers fails here, in about 30 s, naming its endpoint

@@ -58,6 +58,16 @@ class ServerDidNotStart(ServerProblem):
     pass
 
 
+def prefect_environment() -> None:
+    """Before Prefect is imported: show casflow's own progress lines in Prefect's logs, and keep Prefect
+    from phoning home (it fails noisily offline)."""
+    extra = os.environ.get("PREFECT_LOGGING_EXTRA_LOGGERS", "")
+    if "casflow" not in extra.split(","):
+        os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] = ",".join(filter(None, [extra, "casflow"]))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
 def healthy(api_url: str, timeout: float) -> bool | None:
     """True when a Prefect API answers `GET /health` with `true`; False when something else answers; None when
     nothing answers within `timeout` (refused, timed out)."""

@@ -213,6 +213,32 @@ def without_credentials(text: str, source: str = "config") -> str:
     return yaml.safe_dump(raw, sort_keys=False)
 
 
+def with_checkpoints(text: str, checkpoints: dict[str, str], source: str = "config") -> str:
+    """The config text with each named model's `generator.checkpoint` replaced (model name -> path or
+    store URL): how a training script has the nightly deployment evaluate a new checkpoint of a model the
+    config already holds, under that model's name. Unchanged, byte for byte, when `checkpoints` is empty;
+    otherwise the parsed document dumped again (comments and anchors dropped). ConfigError names the
+    model when it is not in the config or its generator takes no checkpoint (only `python` ones do)."""
+    if not checkpoints:
+        return text
+    config = parse_config(text, source)
+    kinds = {m.name: m.generator.kind for m in config.models}
+    for name, checkpoint in checkpoints.items():
+        if name not in kinds:
+            raise ConfigError(f"{source}: checkpoint for model '{name}': no such model (the config has "
+                              f"{', '.join(kinds)})")
+        if kinds[name] != "python":
+            raise ConfigError(f"{source}: checkpoint for model '{name}': its generator is {kinds[name]}; "
+                              "only python generators take a checkpoint")
+        if not isinstance(checkpoint, str) or not checkpoint:
+            raise ConfigError(f"{source}: checkpoint for model '{name}': expected a path or URL, got {checkpoint!r}")
+    raw = _load_yaml(text)
+    for model in raw["models"]:
+        if model["name"] in checkpoints:
+            model["generator"]["checkpoint"] = checkpoints[model["name"]]
+    return yaml.safe_dump(raw, sort_keys=False)
+
+
 def _key_path(loc: tuple[Any, ...]) -> str:
     """`models.1.generator.temperature`: the union tag pydantic inserts is dropped."""
     tags = {"generator": generators.SOURCES, "dataset": datasets.SOURCES}

@@ -1,5 +1,6 @@
 """Imports point one way: flows -> tasks, storage. tasks/ and storage/ never
-import flows/ or Prefect, and tasks/ never reaches into storage/. Everything
+import flows/ or Prefect, and tasks/ never reaches into storage/; none of them
+imports the Python API (api/, the package `casflow` itself). Everything
 lives in the casflow namespace, so a user's own `tasks` or `flows` never
 collides with ours."""
 
@@ -47,6 +48,20 @@ def test_imports_point_one_way_and_stay_in_the_namespace(package):
                and m not in ALLOWED.get(package, ())}
         if bad:
             offenders[str(path.relative_to(REPO))] = sorted(bad)
+    assert offenders == {}
+
+
+def test_nothing_below_the_python_api_imports_it():
+    """api/ is the package `casflow` itself (evaluate, results, submit_checkpoint): it wires flows/ and storage/
+    for Python callers, and none of them imports it back."""
+    api = tuple(f"casflow.{path.stem}" for path in (REPO / "api").glob("*.py") if path.stem != "__init__")
+    assert api  # the checker sees the API's modules
+    offenders = {}
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            bad = {m for m in imported_modules(path) if m == "casflow" or _under(m, api)}
+            if bad:
+                offenders[str(path.relative_to(REPO))] = sorted(bad)
     assert offenders == {}
 
 

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from casflow.tasks.config import ConfigError, parse_config, without_credentials
+from casflow.tasks.config import ConfigError, parse_config, with_checkpoints, without_credentials
 
 GOOD = """
 models:
@@ -140,3 +140,16 @@ def test_without_credentials_leaves_the_rest_of_the_config():
     assert without_credentials(GOOD) == GOOD  # nothing to leave out: the same bytes
     with pytest.raises(ConfigError, match="night.yaml"):
         without_credentials("models: 3\n", "night.yaml")
+
+
+def test_with_checkpoints_replaces_a_python_models_checkpoint_and_nothing_else():
+    text = GOOD + "  - name: mine  # the trained model\n    generator: {kind: python, entry_point: 'm:f', checkpoint: old.pt}\n"
+    assert with_checkpoints(text, {}) == text  # nothing to replace: the same bytes
+    config, replaced = parse_config(text), parse_config(with_checkpoints(text, {"mine": "s3://b/ckpt/step-900.pt"}))
+    assert replaced.models[1].generator.checkpoint == "s3://b/ckpt/step-900.pt"
+    assert replaced.models[1].generator.model_dump(exclude={"checkpoint"}) == config.models[1].generator.model_dump(exclude={"checkpoint"})
+    assert replaced.model_dump(exclude={"models"}) == config.model_dump(exclude={"models"}) and replaced.models[0] == config.models[0]
+    with pytest.raises(ConfigError, match=r"night.yaml: checkpoint for model 'other': no such model \(the config has g, mine\)"):
+        with_checkpoints(text, {"other": "a.pt"}, "night.yaml")
+    with pytest.raises(ConfigError, match="checkpoint for model 'g': its generator is gaussian; only python generators"):
+        with_checkpoints(text, {"g": "a.pt"})
