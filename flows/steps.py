@@ -44,7 +44,17 @@ from casflow.storage.sources import Files, FileTooLarge, NotRegularFile, read_lo
 from casflow.storage.store import IntegrityError, Store, s3_options, store_url_problem
 from casflow.tasks import compare, datasets, devices, generators, scores
 from casflow.tasks.classifiers import data_path
-from casflow.tasks.config import MAX_CONFIG_BYTES, Config, ConfigError, ModelConfig, StoreConfig, parse_config
+from casflow.tasks.config import (
+    MAX_CONFIG_BYTES,
+    CheckpointConfig,
+    Config,
+    ConfigError,
+    ModelConfig,
+    StoreConfig,
+    expand_series,
+    parse_config,
+    series_glob,
+)
 from casflow.tasks.errors import InputError
 from casflow.tasks.fingerprint import fingerprint
 from casflow.tasks.metrics import ClassCounts, count_correct, top_predictions
@@ -82,7 +92,23 @@ def config_from_text(text: str, source: str, store_url: str | None = None) -> Co
     problem = store_url_problem(config.store.url)
     if problem:
         raise ConfigError(f"{source}: store.url {config.store.url}: {problem}")
-    return config
+    return with_checkpoints(config, source)
+
+
+def with_checkpoints(config: Config, source: str) -> Config:
+    """Each series model as one model per checkpoint, its pattern listed on the file system or store."""
+    files, listed = open_files(config), {}
+    for model in config.models:
+        pattern = series_glob(model)
+        if pattern is not None:
+            try:
+                listed[model.name] = files.matching(pattern)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"{source}: model '{model.name}': series: {exc}") from None
+    try:
+        return expand_series(config, listed)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def open_store(config: StoreConfig) -> Store:
@@ -454,6 +480,8 @@ def outcome(model: ModelConfig, chain: ModelChain[Record | None] | None, error: 
         scores=None if sample_scores is None else {"classifier": sample_scores.classifier, "overall": sample_scores.overall,
                                                    "per_class": sample_scores.per_class},
         augmented=tuple((e.classifier.augment, e.counts) for e in augmented) if complete else (),
+        series=model.series_name if isinstance(model, CheckpointConfig) else None,
+        step=model.step if isinstance(model, CheckpointConfig) else None,
     )
 
 

@@ -54,6 +54,8 @@ class ModelOutcome:
     evaluation_cached: bool | None = None
     scores: dict[str, Any] | None = None  # {"classifier": fp, "overall": {...}, "per_class": {...}} (steps.score_samples)
     augmented: tuple[tuple[float, ClassCounts], ...] = ()  # (ratio, counts) of each Naive Augmentation Score classifier
+    series: str | None = None  # a checkpoint of a series: the series' name and its step
+    step: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -127,6 +129,7 @@ def _keys(run: RunInfo, outcome: ModelOutcome) -> dict[str, Any]:
         "model": outcome.model, "generator_kind": outcome.generator_kind, "recipe": run.recipe, "seed": run.seed,
         "samples_fingerprint": outcome.samples_fingerprint,
         "classifier_fingerprint": outcome.classifier_fingerprints[0] if outcome.classifier_fingerprints else None,
+        "series": outcome.series, "step": outcome.step,
     }
 
 
