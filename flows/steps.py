@@ -58,7 +58,16 @@ from casflow.tasks.config import (
 from casflow.tasks.errors import InputError
 from casflow.tasks.fingerprint import fingerprint
 from casflow.tasks.metrics import ClassCounts, count_correct, top_predictions
-from casflow.tasks.results import UNKNOWN, ModelOutcome, RunInfo, change_rows, not_compared_row, per_class_rows, summary_row
+from casflow.tasks.results import (
+    UNKNOWN,
+    ModelOutcome,
+    RunInfo,
+    best_rows,
+    change_rows,
+    not_compared_row,
+    per_class_rows,
+    summary_row,
+)
 
 Record = SamplesRecord | ClassifierRecord | EvaluationRecord
 
@@ -385,10 +394,28 @@ def write_results(store: Store, run: RunInfo, outcomes: list[ModelOutcome], base
     history, unreadable = results.read_readable(store, "summary")
     changes = list(itertools.chain.from_iterable(judge(store, history.to_pylist(), unreadable, row, run.class_names)
                                                  for row in summary if row["status"] == "ok"))
+    best = list(itertools.chain.from_iterable(judge_series(store, rows) for rows in series_of(summary).values()))
     per_class_uri = results.write_table(store, "per_class", per_class, run.run_id, run.run_time)
     changes_uri = results.write_table(store, "changes", changes, run.run_id, run.run_time)
+    if best:
+        results.write_table(store, "best", best, run.run_id, run.run_time)
     summary_uri = results.write_table(store, "summary", summary, run.run_id, run.run_time)  # last: a run with a summary is whole
-    return ResultsRecord(run.run_id, per_class_uri, changes_uri, summary_uri, summary, changes)
+    return ResultsRecord(run.run_id, per_class_uri, changes_uri, summary_uri, summary, changes, tuple(best))
+
+
+def series_of(summary: list[dict]) -> dict[str, list[dict]]:
+    """The summary rows of each series' checkpoints that were evaluated, in step order."""
+    found: dict[str, list[dict]] = {}
+    for row in sorted(summary, key=lambda r: r["step"] if r["step"] is not None else -1):
+        if row["series"] is not None and row["status"] == "ok":
+            found.setdefault(row["series"], []).append(row)
+    return found
+
+
+def judge_series(store: Store, checkpoints: list[dict]) -> list[dict]:
+    """A series' best set (the `best` table's rows), from its checkpoints' stored per-image predictions (one
+    run's checkpoints were all scored on its eval split, in key order)."""
+    return best_rows(checkpoints, {row["step"]: correctness(store, row)[0] for row in checkpoints})
 
 
 def judge(store: Store, history: list[dict], unreadable: dict[str, str], row: dict,

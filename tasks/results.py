@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from casflow.tasks.compare import Change
+from casflow.tasks.compare import Change, best_set, newest_against_best
 from casflow.tasks.metrics import ClassCounts, wilson_interval
 
 
@@ -205,6 +205,28 @@ def change_rows(class_names: tuple[str, ...], previous: dict[str, Any], current:
         for change in changes]
 
 
+def best_rows(checkpoints: list[dict[str, Any]], correct: dict[int, np.ndarray]) -> list[dict[str, Any]]:
+    """The `best` table's rows of one series: its checkpoints' summary rows (status ok) and, per step, their
+    seeds x images top-1 correctness on the same eval images (`compare.best_set`, `newest_against_best`)."""
+    by_step = {row["step"]: row for row in checkpoints}
+    newest = newest_against_best(correct)
+    rows = []
+    for standing in best_set(correct):
+        row = by_step[standing.step]
+        rows.append({
+            "run_id": row["run_id"], "run_time": row["run_time"], "dataset": row["dataset"],
+            "dataset_fingerprint": row["dataset_fingerprint"], "recipe": row["recipe"], "series": row["series"],
+            "step": standing.step, "model": row["model"], "samples_fingerprint": row["samples_fingerprint"],
+            "n_eval": row["n_eval"], "cas_top1": standing.top1, "cas_top1_ci_low": row["cas_top1_ci_low"],
+            "cas_top1_ci_high": row["cas_top1_ci_high"], "is_leader": standing.is_leader, "delta": standing.delta,
+            "n_better": standing.n_better, "n_worse": standing.n_worse, "p_value": standing.p_value,
+            "p_adjusted": standing.p_adjusted, "seed_noise": standing.seed_noise, "in_best_set": standing.in_best_set,
+            "vs_best_so_far": newest[1] if newest and standing.step == max(correct) else None,
+            "best_so_far_model": by_step[newest[0]]["model"] if newest and standing.step == max(correct) else None,
+        })
+    return rows
+
+
 UNKNOWN = "unknown"  # the verdict of a comparison that could not be made: not `same`, which would say it was
 
 
@@ -296,6 +318,23 @@ def change_cells(row: dict[str, Any]) -> dict[str, str]:
         "p": f"{row['p_adjusted']:.2g}",
         "seed noise": "-" if row.get("seed_noise") is None else f"{100 * row['seed_noise']:.2f}",
         "verdict": row["direction"],
+    }
+
+
+def best_cells(row: dict[str, Any]) -> dict[str, str]:
+    """A row of the best table: one checkpoint's CAS with its interval, against its series' leader."""
+    interval = "-" if row["cas_top1_ci_low"] is None else \
+        f"{100 * row['cas_top1_ci_low']:.2f} .. {100 * row['cas_top1_ci_high']:.2f}"
+    return {
+        "step": str(row["step"]),
+        "top-1": _pct(row["cas_top1"]),
+        "95% interval": interval,
+        "vs leader": "leader" if row["is_leader"] else f"{100 * row['delta']:+.2f}",
+        "images +/-": "-" if row["is_leader"] else f"+{row['n_better']}/-{row['n_worse']}",
+        "p (Holm)": "-" if row["p_adjusted"] is None else f"{row['p_adjusted']:.2g}",
+        "best set": "yes" if row["in_best_set"] else "no",
+        "newest vs best so far": "-" if row["vs_best_so_far"] is None else
+        f"{row['vs_best_so_far']} (vs step {row['best_so_far_model'].rsplit('@', 1)[1]})",
     }
 
 
