@@ -3,7 +3,10 @@ the series and step columns, the best table in Parquet (read by DuckDB) and `cas
 
 from __future__ import annotations
 
+import base64
 import json
+import re
+import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -11,8 +14,9 @@ import duckdb
 import numpy as np
 import pytest
 
-from casflow.flows import records, steps
+from casflow.flows import records, reporting, steps
 from casflow.flows.cli import main
+from casflow.storage.store import Store
 from casflow.tasks.classifiers import training
 from casflow.tasks.datasets import digits_splits
 from casflow.tasks.results import RunInfo
@@ -110,6 +114,12 @@ def test_a_series_is_evaluated_per_checkpoint_cached_by_content_and_judged(tmp_p
     assert "series ddpm: best set steps 200" in out and "leader" in out and "worse (vs step 200)" in out
     assert main(["best", "--store", str(store), "--series", "nope"]) == 1
     assert "no series 'nope'" in capsys.readouterr().err
+
+    page = reporting.build_report(Store(str(store)), first.run_id)
+    assert "Series: CAS against step and the best set" in page and "worse (vs step 200)" in page
+    chart = re.search(r"<img alt='ddpm: CAS top-1 per step' src='data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)'>", page)
+    svg = ET.fromstring(base64.b64decode(chart.group(1)))
+    assert len(list(svg.iter("{http://www.w3.org/2000/svg}circle"))) == 3  # one point per step
 
 
 def test_a_series_pattern_that_matches_nothing_is_an_error_naming_the_model(tmp_path):
