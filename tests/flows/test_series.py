@@ -126,3 +126,15 @@ def test_a_series_pattern_that_matches_nothing_is_an_error_naming_the_model(tmp_
     series = {"name": "ddpm", "generator": {"kind": "npz", "path": f"{tmp_path}/none-{{step}}.npz"}, "series": {}}
     with pytest.raises(steps.ConfigError, match=r"model 'ddpm': series: no checkpoint matches .*none-\{step\}\.npz"):
         steps.read_config(str(write_config(tmp_path, [series])))
+
+
+def test_the_example_writes_a_series_and_its_next_checkpoint(tmp_path, monkeypatch):
+    from examples import checkpoint_series
+
+    monkeypatch.setattr("sys.argv", ["checkpoint_series", "--out", str(tmp_path)])
+    checkpoint_series.main()
+    config = steps.read_config(str(tmp_path / "series.yaml"))
+    assert [m.name for m in config.all_models] == ["real", "ddpm@1000", "ddpm@2000", "ddpm@3000", "ddpm@4000"]
+    monkeypatch.setattr("sys.argv", ["checkpoint_series", "--out", str(tmp_path), "--next"])
+    checkpoint_series.main()
+    assert steps.read_config(str(tmp_path / "series.yaml")).models[-1].name == "ddpm@5000"
