@@ -60,11 +60,13 @@ class CommandError(CasError):
 
 # ---------------------------------------------------------------- rendering
 
-def render_summary(rows: list[dict[str, Any]]) -> str:
-    from casflow.tasks.results import summary_cells
+def render_summary(rows: list[dict[str, Any]], best: list[dict[str, Any]] = ()) -> str:
+    """The summary table; with a run's best rows, each series' newest-vs-best verdict beside `vs last`."""
+    from casflow.tasks.results import best_so_far_verdicts, summary_cells
 
     errors = [f"  {r['model']}: {r['error']}" for r in rows if r["status"] != "ok"]
-    return table([summary_cells(r) for r in rows]) + ("\n\nfailed:\n" + "\n".join(errors) if errors else "")
+    verdicts = best_so_far_verdicts(list(best))
+    return table([summary_cells(r, verdicts) for r in rows]) + ("\n\nfailed:\n" + "\n".join(errors) if errors else "")
 
 
 def render_per_class(rows: list[dict[str, Any]]) -> str:
@@ -95,7 +97,7 @@ def show_results(store, run_id: str | None, per_class: bool, model: str | None) 
         summary = [r for r in summary if r["model"] == model]
     say(f"run {run_id}  dataset {summary[0]['dataset'] if summary else '?'}  recipe {summary[0]['recipe'] if summary else '?'}"
         f"  store {store.url}")
-    say(render_summary(summary))
+    say(render_summary(summary, _read_best(store, run_id)))
     scored = [r for r in summary if has_scores(r)]
     if scored:
         say("\nscores beside CAS (in the real baseline's classifier; NAS: points of top-1 against real alone):")

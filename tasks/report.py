@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from casflow.tasks.compare import run_order
-from casflow.tasks.results import best_cells, change_cells, has_scores, scores_cells, summary_cells
+from casflow.tasks.results import best_cells, best_so_far_verdicts, change_cells, has_scores, scores_cells, summary_cells
 
 GRID_CLASSES = 10  # classes shown in sample grids and per-class bars (the first ones; all of them below this)
 GRID_PER_CLASS = 8  # samples per class in a grid
@@ -64,7 +64,7 @@ def render(data: ReportData) -> str:
         f"<p class=meta>dataset <b>{_e(first.get('dataset', '?'))}</b> &middot; recipe <b>{_e(first.get('recipe', '?'))}</b>"
         f" &middot; classifier seeds {_e(first.get('classifier_seeds') or [first.get('seed')])}"
         f" &middot; store <code>{_e(data.store_url)}</code> &middot; written {data.generated:%Y-%m-%d %H:%M} UTC</p>",
-        "<h2>Summary</h2>", _summary_table(data.summary),
+        "<h2>Summary</h2>", _summary_table(data.summary, data.best),
         "<h2>Changes since each model's previous run</h2>", _changes_section(data.changes),
         *(["<h2>Series: CAS against step and the best set</h2>", _series_section(data.best)] if data.best else []),
         "<h2>Scores beside CAS</h2>", _scores_section(data.summary),
@@ -102,10 +102,10 @@ def _table(rows: Sequence[dict[str, str]], row_class: Sequence[str] | None = Non
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _summary_table(summary: list[dict[str, Any]]) -> str:
-    rows = []
+def _summary_table(summary: list[dict[str, Any]], best: list[dict[str, Any]]) -> str:
+    rows, verdicts = [], best_so_far_verdicts(best)
     for row in summary:
-        cells = summary_cells(row)
+        cells = summary_cells(row, verdicts)
         low, high = row.get("cas_top1_ci_low"), row.get("cas_top1_ci_high")
         cells["top-1 95% interval"] = "-" if low is None else f"{100 * low:.2f} - {100 * high:.2f}%"
         cells["error"] = row.get("error") or ""

@@ -259,10 +259,11 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
-def summary_cells(row: dict[str, Any]) -> dict[str, str]:
-    """A summary row as the cells people read, column name -> text."""
+def summary_cells(row: dict[str, Any], best_so_far: dict[str, str] | None = None) -> dict[str, str]:
+    """A summary row as the cells people read, column name -> text; with `best_so_far` (a run with a series,
+    `best_so_far_verdicts`), the newest checkpoints' verdict against the best earlier step beside `vs last`."""
     spread = row.get("cas_top1_seed_std")
-    return {
+    cells = {
         "model": row["model"],
         "status": row["status"],
         # with several classifier seeds: the mean, and the spread across seeds in points
@@ -275,6 +276,16 @@ def summary_cells(row: dict[str, Any]) -> dict[str, str]:
         "samples": "-" if row.get("n_samples") is None else str(row["n_samples"]),
         "cached": "yes" if row["cached"] else "no",
     }
+    if not best_so_far:
+        return cells
+    at = list(cells).index("vs last") + 1
+    items = list(cells.items())
+    return dict(items[:at] + [("vs best so far", best_so_far.get(row["model"], "-"))] + items[at:])
+
+
+def best_so_far_verdicts(best: list[dict[str, Any]]) -> dict[str, str]:
+    """Model -> its verdict against the best earlier step of its series, for each series' newest checkpoint."""
+    return {r["model"]: f"{r['vs_best_so_far']} (vs {r['best_so_far_model']})" for r in best if r["vs_best_so_far"]}
 
 
 SCORE_COLUMNS = ("gan_test_top1", "fd", "precision", "recall", "density", "coverage", "memorized_fraction",

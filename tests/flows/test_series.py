@@ -112,11 +112,15 @@ def test_a_series_is_evaluated_per_checkpoint_cached_by_content_and_judged(tmp_p
     assert main(["best", "--store", str(store), "--run", first.run_id]) == 0
     out = capsys.readouterr().out
     assert "series ddpm: best set steps 200" in out and "leader" in out and "worse (vs step 200)" in out
+    assert main(["results", "--store", str(store), "--run", first.run_id]) == 0
+    summary = capsys.readouterr().out
+    assert "vs last  vs best so far" in summary and "worse (vs ddpm@200)" in summary  # the verdicts side by side
     assert main(["best", "--store", str(store), "--series", "nope"]) == 1
     assert "no series 'nope'" in capsys.readouterr().err
 
     page = reporting.build_report(Store(str(store)), first.run_id)
     assert "Series: CAS against step and the best set" in page and "worse (vs step 200)" in page
+    assert "<th>vs best so far</th>" in page
     chart = re.search(r"<img alt='ddpm: CAS top-1 per step' src='data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)'>", page)
     svg = ET.fromstring(base64.b64decode(chart.group(1)))
     assert len(list(svg.iter("{http://www.w3.org/2000/svg}circle"))) == 3  # one point per step
