@@ -27,6 +27,10 @@ Numerical choices, each named here and used below:
   for how large that noise is on the demo data).
 - verdict: `better` or `worse` when the adjusted p-value is below ALPHA and
   the change exceeds the seed noise; else `same`.
+
+The same test judges the checkpoints of a series within one run (`best_set`):
+each against the leader, Holm-adjusted across the series, and the newest
+against the best earlier step (`newest_against_best`).
 """
 
 from __future__ import annotations
