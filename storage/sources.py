@@ -183,8 +183,8 @@ class Files:
         return [f"{base}/{rel}" for rel in self._files_below(fs, path, name) if rel.endswith(".tar")]
 
     def matching(self, pattern: str) -> list[str]:
-        """Files a glob (`*`, `?`, `[...]`) with brace alternatives ({a,b}, {1..3}) names, sorted: a local path as
-        written (relative stays relative; file:// dropped), a URL with its scheme; at most max_files of them."""
+        """Files a glob (`*`, `?`, `[...]`) with brace alternatives ({a,b}, {1..3}) names, sorted, in the
+        pattern's form (a relative path stays relative, a URL keeps its scheme); at most max_files of them."""
         try:
             count = brace_count(pattern)
         except braceexpand.UnbalancedBracesError as exc:
@@ -195,7 +195,8 @@ class Files:
         for alternative in braceexpand.braceexpand(pattern):
             fs, path = self._fs(alternative)
             if isinstance(fs, LocalFileSystem):
-                names.update(name for name in glob.glob(alternative.removeprefix("file://")) if os.path.isfile(name))
+                scheme = "file://" if alternative.startswith("file://") else ""
+                names.update(scheme + name for name in glob.glob(alternative.removeprefix("file://")) if os.path.isfile(name))
             else:
                 scheme = alternative.split("://", 1)[0]
                 names.update(f"{scheme}://{found}" for found, info in fs.glob(path, detail=True).items()

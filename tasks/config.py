@@ -237,7 +237,7 @@ def _files_by_step(model: str, pattern: str, names: list[str]) -> dict[int, str]
                 for a in alternatives]
     files: dict[int, str] = {}
     for name in names:
-        found = next((m.fullmatch(name) for m in matchers if m.fullmatch(name)), None)
+        found = next(filter(None, (m.fullmatch(name) for m in matchers)), None)
         if found is None:
             continue
         step = int(found.group(1))

@@ -142,3 +142,14 @@ def test_the_example_writes_a_series_and_its_next_checkpoint(tmp_path, monkeypat
     monkeypatch.setattr("sys.argv", ["checkpoint_series", "--out", str(tmp_path), "--next"])
     checkpoint_series.main()
     assert steps.read_config(str(tmp_path / "series.yaml")).models[-1].name == "ddpm@5000"
+
+
+@pytest.mark.parametrize("scheme", ["", "file://"])
+def test_a_series_is_listed_from_disk_in_the_patterns_form(tmp_path, scheme):
+    for name in ("a/ckpt-10.npz", "b/ckpt-2.npz", "a/ckpt-last.npz"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"not read while listing")
+    series = {"name": "m", "generator": {"kind": "npz", "path": f"{scheme}{tmp_path}/{{a,b}}/ckpt-{{step}}.npz"}, "series": {}}
+    config = steps.read_config(str(write_config(tmp_path, [series])))
+    assert [(m.name, m.generator.path) for m in config.models] == [
+        ("m@2", f"{scheme}{tmp_path}/b/ckpt-2.npz"), ("m@10", f"{scheme}{tmp_path}/a/ckpt-10.npz")]

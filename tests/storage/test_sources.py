@@ -16,7 +16,7 @@ def test_matching_lists_files_in_the_patterns_own_form(tmp_path, monkeypatch):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "runs/a/ckpt-dir.pt").mkdir()  # a folder is no checkpoint file
     assert _files().matching("runs/{a,b}/ckpt-*.pt") == ["runs/a/ckpt-1.pt", "runs/a/ckpt-20.pt", "runs/b/ckpt-3.pt"]
-    assert _files().matching(f"file://{tmp_path}/runs/c/ckpt-?.pt") == [f"{tmp_path}/runs/c/ckpt-4.pt"]
+    assert _files().matching(f"file://{tmp_path}/runs/c/ckpt-?.pt") == [f"file://{tmp_path}/runs/c/ckpt-4.pt"]
     assert _files().matching("runs/x/*.pt") == []
 
 
