@@ -7,6 +7,7 @@ exit status.
   cas results [--config CONFIG | --store URL] [--run ID] [--per-class] [--model NAME] [--list]
   cas compare [RUN_A] [RUN_B] [--model NAME] [--per-class] [--fail-on-regression]
                                             paired comparison of two runs (default: the latest two)
+  cas best [--run ID] [--series S] [--json] each series' best checkpoints (default: the latest run with one)
   cas report [--run ID] [--out FILE]        the run's HTML report (default: the latest run)
   cas verify [--quick] [--fix]              every committed object against its commit marker
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 from typing import Any
@@ -52,11 +54,13 @@ class CommandError(CasError):
 
 # ---------------------------------------------------------------- rendering
 
-def render_summary(rows: list[dict[str, Any]]) -> str:
-    from casflow.tasks.results import summary_cells
+def render_summary(rows: list[dict[str, Any]], best: list[dict[str, Any]] = ()) -> str:
+    """The summary table; with a run's best rows, each series' newest-vs-best verdict beside `vs last`."""
+    from casflow.tasks.results import best_so_far_verdicts, summary_cells
 
     errors = [f"  {r['model']}: {r['error']}" for r in rows if r["status"] != "ok"]
-    return table([summary_cells(r) for r in rows]) + ("\n\nfailed:\n" + "\n".join(errors) if errors else "")
+    verdicts = best_so_far_verdicts(list(best))
+    return table([summary_cells(r, verdicts) for r in rows]) + ("\n\nfailed:\n" + "\n".join(errors) if errors else "")
 
 
 def render_per_class(rows: list[dict[str, Any]]) -> str:
@@ -87,7 +91,7 @@ def show_results(store, run_id: str | None, per_class: bool, model: str | None) 
         summary = [r for r in summary if r["model"] == model]
     say(f"run {run_id}  dataset {summary[0]['dataset'] if summary else '?'}  recipe {summary[0]['recipe'] if summary else '?'}"
         f"  store {store.url}")
-    say(render_summary(summary))
+    say(render_summary(summary, _read_best(store, run_id)))
     scored = [r for r in summary if has_scores(r)]
     if scored:
         say("\nscores beside CAS (in the real baseline's classifier; NAS: points of top-1 against real alone):")
@@ -97,6 +101,28 @@ def show_results(store, run_id: str | None, per_class: bool, model: str | None) 
         say()
         say(render_per_class([r for r in rows if model is None or r["model"] == model]))
     return 0
+
+
+def render_series(rows: list[dict[str, Any]]) -> str:
+    """CAS against step for each series, its leader and best set marked (rows of the best table)."""
+    from casflow.tasks.results import best_cells
+
+    blocks = []
+    for series in dict.fromkeys(r["series"] for r in rows):
+        checkpoints = sorted((r for r in rows if r["series"] == series), key=lambda r: r["step"])
+        best = ", ".join(str(r["step"]) for r in checkpoints if r["in_best_set"])
+        blocks.append(f"series {series}: best set steps {best}\n" + table([best_cells(r) for r in checkpoints]))
+    return "\n\n".join(blocks)
+
+
+def _read_best(store, run_id: str) -> list[dict[str, Any]]:
+    """A run's best table rows; none for a run without a series."""
+    from casflow.storage import results
+
+    try:
+        return results.read_run(store, "best", run_id).to_pylist()
+    except FileNotFoundError:
+        return []
 
 
 # ---------------------------------------------------------------- cas demo, cas run
@@ -214,6 +240,11 @@ def _evaluate(live: lifecycle.Live, config, config_path: str, store_url: str | N
     if changes:
         say("\nchanges since each model's previous run (paired on the same eval images; points):")
         say(render_changes(changes))
+    best = _read_best(store, report["run_id"])
+    if best:
+        say("\nCAS against step per series (vs leader: points, paired on the same eval images; best set: not "
+            "significantly worse than the leader):")
+        say(render_series(best))
     say(f"\nresults: {report['summary']}\n         {report['per_class']}\n         {report['changes']}")
     if report.get("report"):
         say(f"report:  {report['report']}")
@@ -337,6 +368,29 @@ def compare_command(args: argparse.Namespace) -> int:
     return REGRESSED if args.fail_on_regression and regressions(rows) else 0
 
 
+def best_command(args: argparse.Namespace) -> int:
+    from casflow.storage import results
+
+    store = _store(args)
+    runs = results.run_ids(store)
+    if args.run and args.run not in runs:
+        raise CommandError(f"no run {args.run} in {store.url} (`cas results --list` lists them)")
+    run_id = args.run or next((r for r in reversed(runs) if _read_best(store, r)), None)
+    rows = _read_best(store, run_id) if run_id else []
+    if args.series:
+        rows = [r for r in rows if r["series"] == args.series]
+    if not rows:
+        series = f"series '{args.series}'" if args.series else "series"
+        problem(f"no {series} in {'run ' + run_id if run_id else 'any run'} of {store.url}")
+        return FAILED
+    if args.json:
+        say(json.dumps([r | {"run_time": r["run_time"].isoformat()} for r in rows], indent=1))
+        return 0
+    say(f"run {run_id}  store {store.url}")
+    say(render_series(rows))
+    return 0
+
+
 def report_command(args: argparse.Namespace) -> int:
     from casflow.flows import reporting
     from casflow.storage import results
@@ -442,6 +496,10 @@ def parser() -> argparse.ArgumentParser:
     ver = reading("verify", verify_command, "check every committed object on the store against its commit marker")
     ver.add_argument("--quick", action="store_true", help="sizes and markers only, no sha256 of shards")
     ver.add_argument("--fix", action="store_true", help="remove what the next run can rebuild")
+    best = reading("best", best_command, "each series' best checkpoints (default: the latest run with a series)")
+    best.add_argument("--run", help="run id (default: the latest run with a series)")
+    best.add_argument("--series", help="only this series")
+    best.add_argument("--json", action="store_true", help="print the best table's rows as JSON")
     rep = reading("report", report_command, "write a run's HTML report to the store (and to --out)")
     rep.add_argument("--run", help="run id (default: the latest)")
     rep.add_argument("--out", help="also write the page to this file")

@@ -70,6 +70,7 @@ class ResultsRecord:
     summary_uri: str
     summary: list[dict]
     changes: list[dict]
+    best: tuple[dict, ...] = ()  # the best table's rows: the run's series of checkpoints
 
 
 @dataclasses.dataclass(frozen=True)

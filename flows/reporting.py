@@ -30,6 +30,10 @@ def build_report(store: Store, run_id: str) -> str:
         changes = results.read_run(store, "changes", run_id).to_pylist()
     except FileNotFoundError:  # a run from before changes were kept
         changes = []
+    try:
+        best = results.read_run(store, "best", run_id).to_pylist()
+    except FileNotFoundError:  # a run without a series of checkpoints
+        best = []
     class_names = tuple(name for _, name in sorted({(r["class_index"], r["class_name"]) for r in per_class}))
     confusion, samples = {}, {}
     for row in (r for r in summary if r["status"] == "ok"):
@@ -45,7 +49,7 @@ def build_report(store: Store, run_id: str) -> str:
     return report.render(report.ReportData(
         run_id=run_id, store_url=store.url, class_names=class_names, summary=summary, per_class=per_class,
         changes=changes, history=results.read_readable(store, "summary")[0].to_pylist(), confusion=confusion, samples=samples,
-        real_samples=grid(store, real, len(class_names)) if real else None, generated=datetime.now(timezone.utc)))
+        real_samples=grid(store, real, len(class_names)) if real else None, generated=datetime.now(timezone.utc), best=best))
 
 
 def grid(store: Store, shard_set: ShardSet, num_classes: int) -> report.SampleGrid:

@@ -44,11 +44,30 @@ from casflow.storage.sources import Files, FileTooLarge, NotRegularFile, read_lo
 from casflow.storage.store import IntegrityError, Store, s3_options, store_url_problem
 from casflow.tasks import compare, datasets, devices, generators, scores
 from casflow.tasks.classifiers import data_path
-from casflow.tasks.config import MAX_CONFIG_BYTES, Config, ConfigError, ModelConfig, StoreConfig, parse_config
+from casflow.tasks.config import (
+    MAX_CONFIG_BYTES,
+    CheckpointConfig,
+    Config,
+    ConfigError,
+    ModelConfig,
+    StoreConfig,
+    expand_series,
+    parse_config,
+    series_glob,
+)
 from casflow.tasks.errors import InputError
 from casflow.tasks.fingerprint import fingerprint
 from casflow.tasks.metrics import ClassCounts, count_correct, top_predictions
-from casflow.tasks.results import UNKNOWN, ModelOutcome, RunInfo, change_rows, not_compared_row, per_class_rows, summary_row
+from casflow.tasks.results import (
+    UNKNOWN,
+    ModelOutcome,
+    RunInfo,
+    best_rows,
+    change_rows,
+    not_compared_row,
+    per_class_rows,
+    summary_row,
+)
 
 Record = SamplesRecord | ClassifierRecord | EvaluationRecord
 
@@ -82,7 +101,23 @@ def config_from_text(text: str, source: str, store_url: str | None = None) -> Co
     problem = store_url_problem(config.store.url)
     if problem:
         raise ConfigError(f"{source}: store.url {config.store.url}: {problem}")
-    return config
+    return with_checkpoints(config, source)
+
+
+def with_checkpoints(config: Config, source: str) -> Config:
+    """Each series model as one model per checkpoint, its pattern listed on the file system or store."""
+    files, listed = open_files(config), {}
+    for model in config.models:
+        pattern = series_glob(model)
+        if pattern is not None:
+            try:
+                listed[model.name] = files.matching(pattern)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"{source}: model '{model.name}': series: {exc}") from None
+    try:
+        return expand_series(config, listed)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def open_store(config: StoreConfig) -> Store:
@@ -359,10 +394,28 @@ def write_results(store: Store, run: RunInfo, outcomes: list[ModelOutcome], base
     history, unreadable = results.read_readable(store, "summary")
     changes = list(itertools.chain.from_iterable(judge(store, history.to_pylist(), unreadable, row, run.class_names)
                                                  for row in summary if row["status"] == "ok"))
+    best = list(itertools.chain.from_iterable(judge_series(store, rows) for rows in series_of(summary).values()))
     per_class_uri = results.write_table(store, "per_class", per_class, run.run_id, run.run_time)
     changes_uri = results.write_table(store, "changes", changes, run.run_id, run.run_time)
+    if best:
+        results.write_table(store, "best", best, run.run_id, run.run_time)
     summary_uri = results.write_table(store, "summary", summary, run.run_id, run.run_time)  # last: a run with a summary is whole
-    return ResultsRecord(run.run_id, per_class_uri, changes_uri, summary_uri, summary, changes)
+    return ResultsRecord(run.run_id, per_class_uri, changes_uri, summary_uri, summary, changes, tuple(best))
+
+
+def series_of(summary: list[dict]) -> dict[str, list[dict]]:
+    """The summary rows of each series' checkpoints that were evaluated, in step order."""
+    found: dict[str, list[dict]] = {}
+    for row in sorted(summary, key=lambda r: r["step"] if r["step"] is not None else -1):
+        if row["series"] is not None and row["status"] == "ok":
+            found.setdefault(row["series"], []).append(row)
+    return found
+
+
+def judge_series(store: Store, checkpoints: list[dict]) -> list[dict]:
+    """A series' best set (the `best` table's rows), from its checkpoints' stored per-image predictions (one
+    run's checkpoints were all scored on its eval split, in key order)."""
+    return best_rows(checkpoints, {row["step"]: correctness(store, row)[0] for row in checkpoints})
 
 
 def judge(store: Store, history: list[dict], unreadable: dict[str, str], row: dict,
@@ -454,6 +507,8 @@ def outcome(model: ModelConfig, chain: ModelChain[Record | None] | None, error: 
         scores=None if sample_scores is None else {"classifier": sample_scores.classifier, "overall": sample_scores.overall,
                                                    "per_class": sample_scores.per_class},
         augmented=tuple((e.classifier.augment, e.counts) for e in augmented) if complete else (),
+        series=model.series_name if isinstance(model, CheckpointConfig) else None,
+        step=model.step if isinstance(model, CheckpointConfig) else None,
     )
 
 

@@ -1,6 +1,7 @@
 """Results as Parquet, appended per run and partitioned hive-style:
   results/per_class/date=YYYY-MM-DD/run=<run_id>/part-0.parquet
   results/changes/date=YYYY-MM-DD/run=<run_id>/part-0.parquet
+  results/best/date=YYYY-MM-DD/run=<run_id>/part-0.parquet      (runs with a series of checkpoints)
   results/summary/date=YYYY-MM-DD/run=<run_id>/part-0.parquet   (written last: a run with a summary is whole)
 Long form: one row per (run, model, class), per (run, model, class or overall)
 change since the model's previous run, and per (run, model). A comparison
@@ -60,6 +61,9 @@ PER_CLASS_SCHEMA = pa.schema(_RUN_KEYS + [
     pa.field("memorized_fraction", pa.float64()),  # share of this class's samples that are near copies of train images
     pa.field("scores_n_samples", pa.int64()),  # this class's samples GAN-test and the feature scores used (a seeded subset)
     pa.field("scores_n_real", pa.int64()),  # this class's real eval images the feature scores used
+    # a checkpoint of a series (config `series`): the series' name and the checkpoint's step; null for a plain model
+    pa.field("series", pa.string()),
+    pa.field("step", pa.int64()),
 ])
 
 SUMMARY_SCHEMA = pa.schema(_RUN_KEYS + [
@@ -112,6 +116,9 @@ SUMMARY_SCHEMA = pa.schema(_RUN_KEYS + [
     pa.field("nas_ratios", pa.list_(pa.float64())),  # Naive Augmentation Score: synthetic share of the real train count
     pa.field("nas_top1", pa.list_(pa.float64())),  # top-1 of the classifier trained on real + that share of samples
     pa.field("nas_delta_top1", pa.list_(pa.float64())),  # nas_top1 minus real_top1 of the same classifier seed
+    # a checkpoint of a series (config `series`): the series' name and the checkpoint's step; null for a plain model
+    pa.field("series", pa.string()),
+    pa.field("step", pa.int64()),
 ])
 
 CHANGES_SCHEMA = pa.schema([
@@ -145,7 +152,34 @@ CHANGES_SCHEMA = pa.schema([
     pa.field("reason", pa.string()),  # why an `unknown` row was not compared (names the unreadable file); else null
 ])
 
-TABLES = {"per_class": PER_CLASS_SCHEMA, "changes": CHANGES_SCHEMA, "summary": SUMMARY_SCHEMA}
+BEST_SCHEMA = pa.schema([  # one row per checkpoint of each series in the run (tasks/compare.best_set)
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("run_time", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("dataset", pa.string(), nullable=False),
+    pa.field("dataset_fingerprint", pa.string(), nullable=False),
+    pa.field("recipe", pa.string(), nullable=False),
+    pa.field("series", pa.string(), nullable=False),
+    pa.field("step", pa.int64(), nullable=False),
+    pa.field("model", pa.string(), nullable=False),  # <series>@<step>
+    pa.field("samples_fingerprint", pa.string(), nullable=False),
+    pa.field("n_eval", pa.int64(), nullable=False),
+    pa.field("cas_top1", pa.float64(), nullable=False),  # mean over classifier seeds
+    pa.field("cas_top1_ci_low", pa.float64()),  # Wilson 95% on the eval images
+    pa.field("cas_top1_ci_high", pa.float64()),
+    pa.field("is_leader", pa.bool_(), nullable=False),  # the highest cas_top1 of the series
+    pa.field("delta", pa.float64()),  # cas_top1 minus the leader's, paired on the same images; null for the leader
+    pa.field("n_better", pa.int64()),  # images this checkpoint scores better than the leader (seed-averaged)
+    pa.field("n_worse", pa.int64()),
+    pa.field("p_value", pa.float64()),  # exact McNemar (sign) test against the leader
+    pa.field("p_adjusted", pa.float64()),  # Holm across the series' checkpoints
+    pa.field("seed_noise", pa.float64()),  # the change retraining alone makes likely; null with one seed
+    pa.field("in_best_set", pa.bool_(), nullable=False),  # the leader, or not significantly worse than it
+    # on the newest checkpoint's row (highest step) only: it against the best of the earlier steps
+    pa.field("vs_best_so_far", pa.string()),  # better | worse | same; null on other rows and in a series of one
+    pa.field("best_so_far_model", pa.string()),
+])
+
+TABLES = {"per_class": PER_CLASS_SCHEMA, "changes": CHANGES_SCHEMA, "summary": SUMMARY_SCHEMA, "best": BEST_SCHEMA}
 _RUN_DIR = re.compile(r"^run=(.+)$")
 PART = "part-0.parquet"
 

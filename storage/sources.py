@@ -12,6 +12,7 @@ config): FileTooLarge, TooManyFiles, NotRegularFile.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import re
@@ -180,6 +181,29 @@ class Files:
             return [name]
         base = name.rstrip("/")
         return [f"{base}/{rel}" for rel in self._files_below(fs, path, name) if rel.endswith(".tar")]
+
+    def matching(self, pattern: str) -> list[str]:
+        """Files a glob (`*`, `?`, `[...]`) with brace alternatives ({a,b}, {1..3}) names, sorted, in the
+        pattern's form (a relative path stays relative, a URL keeps its scheme); at most max_files of them."""
+        try:
+            count = brace_count(pattern)
+        except braceexpand.UnbalancedBracesError as exc:
+            raise ValueError(f"{pattern}: {exc}") from None
+        if count > self.max_files:
+            raise TooManyFiles(f"{pattern}: the pattern names {count} patterns, more than limits.max_files ({self.max_files})")
+        names: set[str] = set()
+        for alternative in braceexpand.braceexpand(pattern):
+            fs, path = self._fs(alternative)
+            if isinstance(fs, LocalFileSystem):
+                scheme = "file://" if alternative.startswith("file://") else ""
+                names.update(scheme + name for name in glob.glob(alternative.removeprefix("file://")) if os.path.isfile(name))
+            else:
+                scheme = alternative.split("://", 1)[0]
+                names.update(f"{scheme}://{found}" for found, info in fs.glob(path, detail=True).items()
+                             if info.get("type", "file") == "file")
+            if len(names) > self.max_files:
+                raise TooManyFiles(f"{pattern}: more than limits.max_files ({self.max_files}) files match")
+        return sorted(names)
 
     def iter_webdataset(self, names: list[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
         """Samples of shards written by any WebDataset writer, streamed; keys must be unique across shards,

@@ -27,6 +27,10 @@ Numerical choices, each named here and used below:
   for how large that noise is on the demo data).
 - verdict: `better` or `worse` when the adjusted p-value is below ALPHA and
   the change exceeds the seed noise; else `same`.
+
+The same test judges the checkpoints of a series within one run (`best_set`):
+each against the leader, Holm-adjusted across the series, and the newest
+against the best earlier step (`newest_against_best`).
 """
 
 from __future__ import annotations
@@ -135,11 +139,70 @@ def compare(before: np.ndarray, after: np.ndarray, labels: np.ndarray, num_class
     class_adjusted = holm([r["p_value"] for r in raw[1:]])
     changes = []
     for c, r, p_adjusted in zip(groups, raw, [raw[0]["p_value"], *class_adjusted]):
-        beyond_noise = r["seed_noise"] is None or abs(r["delta"] or 0.0) > r["seed_noise"]
-        significant = bool(p_adjusted < ALPHA and beyond_noise and r["delta"])
-        direction = ("better" if r["delta"] > 0 else "worse") if significant else "same"
-        changes.append(Change(class_index=c, p_adjusted=p_adjusted, significant=significant, direction=direction, **r))
+        direction = _direction(r, p_adjusted)
+        changes.append(Change(class_index=c, p_adjusted=p_adjusted, significant=direction != "same",
+                              direction=direction, **r))
     return changes
+
+
+def _direction(test: dict[str, Any], p_adjusted: float) -> str:
+    """better | worse when the adjusted p-value is below ALPHA and the change exceeds the seed noise; else same."""
+    beyond_noise = test["seed_noise"] is None or abs(test["delta"] or 0.0) > test["seed_noise"]
+    if not (p_adjusted < ALPHA and beyond_noise and test["delta"]):
+        return "same"
+    return "better" if test["delta"] > 0 else "worse"
+
+
+@dataclasses.dataclass(frozen=True)
+class Standing:
+    """One checkpoint of a series against the series' leader (its highest top-1), on the same eval images."""
+
+    step: int
+    top1: float  # mean over classifier seeds
+    is_leader: bool
+    delta: float | None  # top1 minus the leader's; None for the leader
+    n_better: int | None  # images this checkpoint scores better than the leader (seed-averaged)
+    n_worse: int | None
+    p_value: float | None  # the paired test against the leader, as night to night
+    p_adjusted: float | None  # Holm across the series' other checkpoints
+    seed_noise: float | None
+    in_best_set: bool  # the leader, or not significantly worse than it
+
+
+def best_set(correct: dict[int, np.ndarray]) -> list[Standing]:
+    """Each checkpoint of a series (step -> seeds x images top-1 correctness on the same eval images) against
+    the leader, in step order. The leader has the highest mean top-1 (the earliest step among equals); every
+    other checkpoint is tested against it with the night-to-night test (paired, seed-aware), the p-values
+    Holm-adjusted across the series so that the chance of dropping any checkpoint that is as good as the
+    leader stays at ALPHA. The best set: the leader and every checkpoint not significantly worse."""
+    steps = sorted(correct)
+    top1 = {step: float(correct[step].mean()) for step in steps}
+    leader = max(steps, key=lambda step: (top1[step], -step))
+    others = [step for step in steps if step != leader]
+    tests = {step: _test(correct[leader], correct[step]) for step in others}
+    adjusted = dict(zip(others, holm([tests[step]["p_value"] for step in others])))
+    standings = []
+    for step in steps:
+        if step == leader:
+            standings.append(Standing(step, top1[step], True, None, None, None, None, None, None, True))
+            continue
+        t = tests[step]
+        worse = _direction(t, adjusted[step]) == "worse"
+        standings.append(Standing(step, top1[step], False, t["delta"], t["n_better"], t["n_worse"], t["p_value"],
+                                  adjusted[step], t["seed_noise"], not worse))
+    return standings
+
+
+def newest_against_best(correct: dict[int, np.ndarray]) -> tuple[int, str] | None:
+    """(the best earlier step, the newest checkpoint's verdict against it: better | worse | same), by the
+    night-to-night test and rule (one test, unadjusted); None for a series of one checkpoint."""
+    steps = sorted(correct)
+    if len(steps) < 2:
+        return None
+    newest, earlier = steps[-1], steps[:-1]
+    best = max(earlier, key=lambda step: (float(correct[step].mean()), -step))
+    test = _test(correct[best], correct[newest])
+    return best, _direction(test, test["p_value"])
 
 
 def _test(before: np.ndarray, after: np.ndarray) -> dict[str, Any]:

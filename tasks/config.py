@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import json
+import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Union
 
 import yaml
@@ -21,7 +23,7 @@ from casflow.tasks.exits import USAGE, CasError
 from casflow.tasks.fingerprint import canonical_json
 from casflow.tasks.generators.builtin import RealGenerator
 from casflow.tasks.limits import Limits
-from casflow.tasks.schema import Frozen
+from casflow.tasks.schema import Frozen, location_fields
 
 
 class ConfigError(CasError, ValueError):
@@ -106,10 +108,34 @@ def _resolve(recipe: str, options_json: str) -> classifiers.Recipe:
     return classifiers.resolve(recipe, json.loads(options_json))
 
 
+STEP_FIELD = "{step}"  # where a series' file pattern puts the checkpoint's step
+
+
+class SeriesConfig(Frozen):
+    """Checkpoints of one model: the generator's file field is a pattern with one `{step}` (a run of digits)."""
+
+    steps: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1)  # else every file the pattern matches
+
+
 class ModelConfig(Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     generator: GeneratorConfig
     seed: int | None = Field(None, ge=0, lt=2**32)  # this model's samples only; default: the run's seed
+    series: SeriesConfig | None = None  # one model per checkpoint, named <name>@<step> (expand_series)
+
+    @model_validator(mode="after")
+    def _series_pattern(self) -> ModelConfig:
+        if self.series is not None:
+            series_pattern(self)  # raises naming the model when its generator cannot name a series
+        return self
+
+
+class CheckpointConfig(ModelConfig):
+    """One checkpoint of a series, evaluated like any model: its generator names that checkpoint's file."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}@[0-9]+$")
+    series_name: str
+    step: int
 
 
 class Config(Frozen):
@@ -158,6 +184,98 @@ class Config(Frozen):
         if any(m.name == "real" for m in self.models):
             raise ConfigError("models: the name 'real' is kept for the baseline; add {kind: real} or rename the model")
         return [self.baseline, *self.models]
+
+
+def series_pattern(model: ModelConfig) -> tuple[str, str]:
+    """(the generator's file field, its pattern with one `{step}`) of a series model; ValueError naming the
+    model when the generator reads no file or the pattern lacks `{step}` or repeats it."""
+    fields = location_fields(model.generator)
+    if len(fields) != 1:
+        raise ValueError(f"model '{model.name}': a series needs a generator that reads a file "
+                         f"(kind {model.generator.kind} reads none)")
+    field = fields[0]
+    pattern = getattr(model.generator, field)
+    if pattern is None or pattern.count(STEP_FIELD) != 1:
+        raise ValueError(f"model '{model.name}': series: generator.{field} must contain {STEP_FIELD} once, "
+                         f"where the checkpoint's step goes (got {pattern!r})")
+    return field, pattern
+
+
+def series_glob(model: ModelConfig) -> str | None:
+    """The glob or brace pattern whose matches are a series model's checkpoints (`{step}` as `*`); None
+    when the model is no series or lists its steps."""
+    if model.series is None or model.series.steps is not None:
+        return None
+    return series_pattern(model)[1].replace(STEP_FIELD, "*")
+
+
+def expand_series(config: Config, listed: Mapping[str, list[str]]) -> Config:
+    """The config with each series model replaced by its checkpoints, in step order, as models named
+    `<name>@<step>`. `listed` holds, per series model without `steps`, the file names its `series_glob`
+    matched; names whose `{step}` is not a run of digits (ckpt-last.pt) are not checkpoints of the series.
+    ConfigError naming the model for a series without checkpoints or two files of one step."""
+    models: list[ModelConfig] = []
+    for model in config.models:
+        if model.series is None:
+            models.append(model)
+            continue
+        field, pattern = series_pattern(model)
+        if model.series.steps is not None:
+            files = {step: pattern.replace(STEP_FIELD, str(step)) for step in model.series.steps}
+        else:
+            files = _files_by_step(model.name, pattern, listed.get(model.name, []))
+        for step in sorted(files):
+            models.append(CheckpointConfig(
+                name=f"{model.name}@{step}", generator=model.generator.model_copy(update={field: files[step]}),
+                seed=model.seed, series_name=model.name, step=step))
+    return config.model_copy(update={"models": models})
+
+
+def _files_by_step(model: str, pattern: str, names: list[str]) -> dict[int, str]:
+    alternatives = _brace_alternatives(pattern)
+    matchers = [re.compile(_glob_regex(a.split(STEP_FIELD)[0]) + r"([0-9]+)" + _glob_regex(a.split(STEP_FIELD)[1]))
+                for a in alternatives]
+    files: dict[int, str] = {}
+    for name in names:
+        found = next(filter(None, (m.fullmatch(name) for m in matchers)), None)
+        if found is None:
+            continue
+        step = int(found.group(1))
+        if step in files and files[step] != name:
+            raise ConfigError(f"model '{model}': series: two checkpoints of step {step}: {files[step]} and {name}")
+        files[step] = name
+    if not files:
+        raise ConfigError(f"model '{model}': series: no checkpoint matches {pattern} "
+                          f"({STEP_FIELD} must be a run of digits)")
+    return files
+
+
+def _brace_alternatives(pattern: str) -> list[str]:
+    """A brace pattern's alternatives ({a,b} and nesting; `{step}` kept), as braceexpand expands them."""
+    import braceexpand  # pure string work, the grammar the storage layer expands for listing
+
+    placeholder = "\x00"  # no brace syntax, so braceexpand passes it through
+    return [a.replace(placeholder, STEP_FIELD) for a in braceexpand.braceexpand(pattern.replace(STEP_FIELD, placeholder))]
+
+
+def _glob_regex(glob: str) -> str:
+    """A glob (`*`, `?`, `[...]`) as a regular expression that matches within one path segment."""
+    out, pos = [], 0
+    while pos < len(glob):
+        char = glob[pos]
+        if char == "*":
+            out.append("[^/]*")
+        elif char == "?":
+            out.append("[^/]")
+        elif char == "[" and "]" in glob[pos + 1:]:
+            end = glob.index("]", pos + 1)
+            body = glob[pos + 1:end]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            pos = end
+        else:
+            out.append(re.escape(char))
+        pos += 1
+    return "".join(out)
 
 
 # Bounds on the config file itself (not in `limits:`: a config cannot be trusted to bound its own reading)

@@ -1,5 +1,6 @@
 """One run as a self-contained HTML page: the summary with its intervals and
-the changes since each model's previous run, per-class accuracy beside the
+the changes since each model's previous run, each series' CAS against step
+and best set, per-class accuracy beside the
 real baseline, the trend over nights, each classifier's confusion matrix,
 and a grid of samples per model beside real images of the same classes.
 
@@ -22,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from casflow.tasks.compare import run_order
-from casflow.tasks.results import change_cells, has_scores, scores_cells, summary_cells
+from casflow.tasks.results import best_cells, best_so_far_verdicts, change_cells, has_scores, scores_cells, summary_cells
 
 GRID_CLASSES = 10  # classes shown in sample grids and per-class bars (the first ones; all of them below this)
 GRID_PER_CLASS = 8  # samples per class in a grid
@@ -50,6 +51,7 @@ class ReportData:
     samples: dict[str, SampleGrid]  # model -> its samples (not for the `real` baseline, whose samples are real_samples)
     real_samples: SampleGrid | None  # the real train split, the same classes
     generated: datetime
+    best: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # this run's best table rows (its series)
 
 
 def render(data: ReportData) -> str:
@@ -62,8 +64,9 @@ def render(data: ReportData) -> str:
         f"<p class=meta>dataset <b>{_e(first.get('dataset', '?'))}</b> &middot; recipe <b>{_e(first.get('recipe', '?'))}</b>"
         f" &middot; classifier seeds {_e(first.get('classifier_seeds') or [first.get('seed')])}"
         f" &middot; store <code>{_e(data.store_url)}</code> &middot; written {data.generated:%Y-%m-%d %H:%M} UTC</p>",
-        "<h2>Summary</h2>", _summary_table(data.summary),
+        "<h2>Summary</h2>", _summary_table(data.summary, data.best),
         "<h2>Changes since each model's previous run</h2>", _changes_section(data.changes),
+        *(["<h2>Series: CAS against step and the best set</h2>", _series_section(data.best)] if data.best else []),
         "<h2>Scores beside CAS</h2>", _scores_section(data.summary),
         "<h2>Per-class accuracy beside the real baseline</h2>",
         _per_class_section(data.per_class, models, data.class_names),
@@ -99,10 +102,10 @@ def _table(rows: Sequence[dict[str, str]], row_class: Sequence[str] | None = Non
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _summary_table(summary: list[dict[str, Any]]) -> str:
-    rows = []
+def _summary_table(summary: list[dict[str, Any]], best: list[dict[str, Any]]) -> str:
+    rows, verdicts = [], best_so_far_verdicts(best)
     for row in summary:
-        cells = summary_cells(row)
+        cells = summary_cells(row, verdicts)
         low, high = row.get("cas_top1_ci_low"), row.get("cas_top1_ci_high")
         cells["top-1 95% interval"] = "-" if low is None else f"{100 * low:.2f} - {100 * high:.2f}%"
         cells["error"] = row.get("error") or ""
@@ -118,6 +121,23 @@ def _changes_section(changes: list[dict[str, Any]]) -> str:
     note = ("<p>Paired on the same real eval images: exact McNemar test, Holm-adjusted across classes; "
             "classes are listed when they changed significantly.</p>")
     return note + _table([change_cells(row) for row in shown], [row["direction"] for row in shown])
+
+
+def _series_section(best: list[dict[str, Any]]) -> str:
+    parts = ["<p>Each checkpoint against its series' leader (highest top-1), paired on the same eval images with the "
+             "night-to-night test, Holm-adjusted across the series; the best set is the leader and every checkpoint "
+             "not significantly worse. Newest vs best so far: the highest step against the best earlier one.</p>"]
+    for series in dict.fromkeys(r["series"] for r in best):
+        rows = sorted((r for r in best if r["series"] == series), key=lambda r: r["step"])
+        lows = [r["cas_top1_ci_low"] if r["cas_top1_ci_low"] is not None else r["cas_top1"] for r in rows]
+        highs = [r["cas_top1_ci_high"] if r["cas_top1_ci_high"] is not None else r["cas_top1"] for r in rows]
+        chart = line_chart_svg([str(r["step"]) for r in rows], [r["cas_top1"] for r in rows], lows, highs,
+                               f"{series} ({len(rows)} checkpoints)", "top-1", f"{series}: CAS top-1 per step")
+        parts.append(f"<figure>{chart}<figcaption>{_e(series)}: CAS top-1 per step, band: Wilson 95% interval"
+                     "</figcaption></figure>")
+        parts.append(_table([{"series": series} | best_cells(r) for r in rows],
+                            ["better" if r["in_best_set"] else "" for r in rows]))
+    return "".join(parts)
 
 
 def _scores_section(summary: list[dict[str, Any]]) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from casflow.tasks.compare import Change
+from casflow.tasks.compare import Change, best_set, newest_against_best
 from casflow.tasks.metrics import ClassCounts, wilson_interval
 
 
@@ -54,6 +54,8 @@ class ModelOutcome:
     evaluation_cached: bool | None = None
     scores: dict[str, Any] | None = None  # {"classifier": fp, "overall": {...}, "per_class": {...}} (steps.score_samples)
     augmented: tuple[tuple[float, ClassCounts], ...] = ()  # (ratio, counts) of each Naive Augmentation Score classifier
+    series: str | None = None  # a checkpoint of a series: the series' name and its step
+    step: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -127,6 +129,7 @@ def _keys(run: RunInfo, outcome: ModelOutcome) -> dict[str, Any]:
         "model": outcome.model, "generator_kind": outcome.generator_kind, "recipe": run.recipe, "seed": run.seed,
         "samples_fingerprint": outcome.samples_fingerprint,
         "classifier_fingerprint": outcome.classifier_fingerprints[0] if outcome.classifier_fingerprints else None,
+        "series": outcome.series, "step": outcome.step,
     }
 
 
@@ -202,6 +205,28 @@ def change_rows(class_names: tuple[str, ...], previous: dict[str, Any], current:
         for change in changes]
 
 
+def best_rows(checkpoints: list[dict[str, Any]], correct: dict[int, np.ndarray]) -> list[dict[str, Any]]:
+    """The `best` table's rows of one series: its checkpoints' summary rows (status ok) and, per step, their
+    seeds x images top-1 correctness on the same eval images (`compare.best_set`, `newest_against_best`)."""
+    by_step = {row["step"]: row for row in checkpoints}
+    newest = newest_against_best(correct)
+    rows = []
+    for standing in best_set(correct):
+        row = by_step[standing.step]
+        rows.append({
+            "run_id": row["run_id"], "run_time": row["run_time"], "dataset": row["dataset"],
+            "dataset_fingerprint": row["dataset_fingerprint"], "recipe": row["recipe"], "series": row["series"],
+            "step": standing.step, "model": row["model"], "samples_fingerprint": row["samples_fingerprint"],
+            "n_eval": row["n_eval"], "cas_top1": standing.top1, "cas_top1_ci_low": row["cas_top1_ci_low"],
+            "cas_top1_ci_high": row["cas_top1_ci_high"], "is_leader": standing.is_leader, "delta": standing.delta,
+            "n_better": standing.n_better, "n_worse": standing.n_worse, "p_value": standing.p_value,
+            "p_adjusted": standing.p_adjusted, "seed_noise": standing.seed_noise, "in_best_set": standing.in_best_set,
+            "vs_best_so_far": newest[1] if newest and standing.step == max(correct) else None,
+            "best_so_far_model": by_step[newest[0]]["model"] if newest and standing.step == max(correct) else None,
+        })
+    return rows
+
+
 UNKNOWN = "unknown"  # the verdict of a comparison that could not be made: not `same`, which would say it was
 
 
@@ -234,10 +259,11 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
-def summary_cells(row: dict[str, Any]) -> dict[str, str]:
-    """A summary row as the cells people read, column name -> text."""
+def summary_cells(row: dict[str, Any], best_so_far: dict[str, str] | None = None) -> dict[str, str]:
+    """A summary row as the cells people read, column name -> text; with `best_so_far` (a run with a series,
+    `best_so_far_verdicts`), the newest checkpoints' verdict against the best earlier step beside `vs last`."""
     spread = row.get("cas_top1_seed_std")
-    return {
+    cells = {
         "model": row["model"],
         "status": row["status"],
         # with several classifier seeds: the mean, and the spread across seeds in points
@@ -250,6 +276,16 @@ def summary_cells(row: dict[str, Any]) -> dict[str, str]:
         "samples": "-" if row.get("n_samples") is None else str(row["n_samples"]),
         "cached": "yes" if row["cached"] else "no",
     }
+    if not best_so_far:
+        return cells
+    at = list(cells).index("vs last") + 1
+    items = list(cells.items())
+    return dict(items[:at] + [("vs best so far", best_so_far.get(row["model"], "-"))] + items[at:])
+
+
+def best_so_far_verdicts(best: list[dict[str, Any]]) -> dict[str, str]:
+    """Model -> its verdict against the best earlier step of its series, for each series' newest checkpoint."""
+    return {r["model"]: f"{r['vs_best_so_far']} (vs {r['best_so_far_model']})" for r in best if r["vs_best_so_far"]}
 
 
 SCORE_COLUMNS = ("gan_test_top1", "fd", "precision", "recall", "density", "coverage", "memorized_fraction",
@@ -293,6 +329,23 @@ def change_cells(row: dict[str, Any]) -> dict[str, str]:
         "p": f"{row['p_adjusted']:.2g}",
         "seed noise": "-" if row.get("seed_noise") is None else f"{100 * row['seed_noise']:.2f}",
         "verdict": row["direction"],
+    }
+
+
+def best_cells(row: dict[str, Any]) -> dict[str, str]:
+    """A row of the best table: one checkpoint's CAS with its interval, against its series' leader."""
+    interval = "-" if row["cas_top1_ci_low"] is None else \
+        f"{100 * row['cas_top1_ci_low']:.2f} .. {100 * row['cas_top1_ci_high']:.2f}"
+    return {
+        "step": str(row["step"]),
+        "top-1": _pct(row["cas_top1"]),
+        "95% interval": interval,
+        "vs leader": "leader" if row["is_leader"] else f"{100 * row['delta']:+.2f}",
+        "images +/-": "-" if row["is_leader"] else f"+{row['n_better']}/-{row['n_worse']}",
+        "p (Holm)": "-" if row["p_adjusted"] is None else f"{row['p_adjusted']:.2g}",
+        "best set": "yes" if row["in_best_set"] else "no",
+        "newest vs best so far": "-" if row["vs_best_so_far"] is None else
+        f"{row['vs_best_so_far']} (vs step {row['best_so_far_model'].rsplit('@', 1)[1]})",
     }
 
 

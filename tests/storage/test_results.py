@@ -78,3 +78,22 @@ def test_disk_full_leaves_no_temporary_parquet(small_disk):
         assert info.value.errno == errno.ENOSPC and not is_transient(info.value)
         assert f"results/{table}/date=2026-11-29/run=r/part-0.parquet" in str(info.value)  # names the file
     assert not [p for p in (disk / "store").rglob("*") if p.is_file()]  # no empty temporary Parquet files
+
+
+def test_files_from_before_series_and_step_read_with_them_null(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    store = Store(str(tmp_path))
+    old_when, new_when = (datetime(2026, 11, day, 2, 0, tzinfo=timezone.utc) for day in (22, 23))
+    old_schema = pa.schema([f for f in results.SUMMARY_SCHEMA if f.name not in ("series", "step")])
+    old = tmp_path / store.results_location("summary", "2026-11-22", "20261122T020000Z-aaaa")
+    old.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([_row("summary", run_id="20261122T020000Z-aaaa", run_time=old_when)],
+                                        schema=old_schema), old)
+    results.write_table(store, "summary", [_row("summary", run_id="20261123T020000Z-bbbb", run_time=new_when, model="m@7",
+                                                series="m", step=7)], "20261123T020000Z-bbbb", new_when)
+    assert [(r["series"], r["step"]) for r in results.read_all(store, "summary").to_pylist()] == [(None, None), ("m", 7)]
+    rows = duckdb.sql(f"SELECT model, series, step FROM read_parquet('{tmp_path}/results/summary/**/*.parquet', "
+                      "union_by_name=true) ORDER BY run_time").fetchall()
+    assert rows == [("m", None, None), ("m@7", "m", 7)]

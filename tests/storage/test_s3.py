@@ -72,3 +72,13 @@ def test_probe_passes_on_a_store_that_answers(s3):
     Store("s3://no-such-bucket/x").probe()  # an answer, even an error, is the steps' to report
     Store(s3.store_url, s3=s3_options(s3.endpoint_url, key=s3.access_key, secret="not-the-secret")).probe()
     assert time.monotonic() - started < 5
+
+
+def test_a_series_pattern_is_listed_on_s3(s3):
+    store = Store(s3.store_url)
+    for key in ("runs/a/ckpt-1.pt", "runs/a/ckpt-20.pt", "runs/b/ckpt-3.pt", "runs/c/ckpt-4.pt", "runs/a/notes.txt"):
+        store.write_bytes(key, b"x")
+    files = Files(s3_options(), max_file_bytes=2**20, max_files=100)
+    assert files.matching(f"{s3.store_url}/runs/{{a,b}}/ckpt-*.pt") == [
+        f"{s3.store_url}/runs/a/ckpt-1.pt", f"{s3.store_url}/runs/a/ckpt-20.pt", f"{s3.store_url}/runs/b/ckpt-3.pt"]
+    assert files.matching(f"{s3.store_url}/runs/x/*.pt") == []

@@ -139,3 +139,81 @@ def test_previous_run_is_chosen_by_run_time_not_by_the_random_tail_of_the_id():
     assert previous_run([first, second_run], current)["run_id"] == second_run["run_id"]
     assert previous_run([first], current)["run_id"] == first["run_id"]
     assert previous_run([first, current], second_run)["run_id"] == first["run_id"]  # a later run is never the previous
+
+
+# ---------------------------------------------------------------- the best set of a series of checkpoints
+
+def _right_on(*right: range | list[int], n: int = 100) -> np.ndarray:
+    """seeds x images 0/1 correctness: one row per seed, 1 on the images listed for it."""
+    rows = np.zeros((len(right), n))
+    for row, images in zip(rows, right):
+        row[list(images)] = 1
+    return rows
+
+
+def test_best_set_keeps_the_leader_and_those_not_significantly_worse():
+    from casflow.tasks.compare import best_set
+
+    series = {
+        1000: _right_on(range(60)),  # 30 images the leader gets right and it does not, none the other way
+        2000: _right_on(range(88)),  # 2 worse, 0 better
+        3000: _right_on(range(90)),  # the leader: 90%
+        4000: _right_on([*range(80), *range(90, 95)]),  # 10 worse, 5 better
+    }
+    standings = {s.step: s for s in best_set(series)}
+    assert [s.step for s in best_set(series)] == [1000, 2000, 3000, 4000]
+    assert standings[3000].is_leader and standings[3000].in_best_set and standings[3000].p_value is None
+    assert (standings[1000].n_better, standings[1000].n_worse) == (0, 30)
+    assert standings[1000].delta == pytest.approx(-0.30)
+    # hand-worked: raw p = 2 * 0.5^30, 2 * 0.5^2 = 0.5, 2 * P[Bin(15, 1/2) <= 5] = 2 * 4944 / 32768;
+    # Holm over the three: the smallest times 3, then 0.3018 * 2 = 0.6036, then max(0.6036, 0.5 * 1)
+    assert standings[1000].p_adjusted == pytest.approx(3 * 2 * 0.5**30)
+    assert standings[4000].p_value == pytest.approx(2 * 4944 / 32768)
+    assert standings[4000].p_adjusted == pytest.approx(2 * 2 * 4944 / 32768)
+    assert standings[2000].p_adjusted == pytest.approx(2 * 2 * 4944 / 32768)
+    assert {s.step for s in standings.values() if s.in_best_set} == {2000, 3000, 4000}
+
+
+def test_best_set_controls_the_error_across_the_series():
+    from casflow.tasks.compare import best_set
+
+    series = {
+        1: _right_on(range(90)),  # the leader
+        2: _right_on([*range(78), *range(90, 93)]),  # 12 worse, 3 better: raw p = 2 * 576 / 32768 = 0.035 < ALPHA
+        3: _right_on(range(50)),  # 40 worse: far below
+        4: _right_on(range(89)),  # 1 worse
+    }
+    standings = {s.step: s for s in best_set(series)}
+    assert standings[2].p_value == pytest.approx(2 * 576 / 32768) and standings[2].p_value < ALPHA
+    assert standings[2].p_adjusted == pytest.approx(2 * 2 * 576 / 32768)  # second smallest of three: times 2
+    assert standings[2].in_best_set  # alone it would be dropped; among three tests it is not
+    assert not standings[3].in_best_set and standings[4].in_best_set
+
+
+def test_best_set_is_seed_aware():
+    from casflow.tasks.compare import best_set
+
+    # the leader's seeds disagree a lot (90% and 50%): a 10-point gap is within what retraining moves
+    series = {1: _right_on(range(90), range(50)), 2: _right_on(range(60), range(60))}
+    standings = {s.step: s for s in best_set(series)}
+    assert standings[1].is_leader
+    assert standings[2].p_value < ALPHA  # the sign test alone: 10 images up, 30 down
+    assert standings[2].seed_noise > abs(standings[2].delta)
+    assert standings[2].in_best_set
+
+
+def test_the_leader_among_equals_is_the_earliest_step():
+    from casflow.tasks.compare import best_set
+
+    standings = best_set({5: _right_on(range(70)), 3: _right_on(range(70)), 9: _right_on(range(10))})
+    assert [s.step for s in standings if s.is_leader] == [3]
+    assert [s.in_best_set for s in standings] == [True, True, False]
+
+
+def test_newest_against_best_so_far():
+    from casflow.tasks.compare import newest_against_best
+
+    assert newest_against_best({1: _right_on(range(50))}) is None
+    assert newest_against_best({1: _right_on(range(50)), 2: _right_on(range(90)), 3: _right_on(range(89))}) == (2, "same")
+    assert newest_against_best({1: _right_on(range(50)), 2: _right_on(range(90)), 3: _right_on(range(40))}) == (2, "worse")
+    assert newest_against_best({1: _right_on(range(50)), 2: _right_on(range(60)), 3: _right_on(range(95))}) == (2, "better")

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from pydantic import ValidationError
 
@@ -153,3 +155,72 @@ def test_with_checkpoints_replaces_a_python_models_checkpoint_and_nothing_else()
         with_checkpoints(text, {"other": "a.pt"}, "night.yaml")
     with pytest.raises(ConfigError, match="checkpoint for model 'g': its generator is gaussian; only python generators"):
         with_checkpoints(text, {"g": "a.pt"})
+
+
+# ---------------------------------------------------------------- series of checkpoints
+
+SERIES = """
+models:
+  - name: ddpm
+    generator: {kind: npz, path: "runs/%s"}
+    series: %s
+"""
+
+
+def test_a_listed_series_becomes_one_model_per_checkpoint_in_step_order():
+    from casflow.tasks.config import CheckpointConfig, expand_series, series_glob
+
+    config = parse_config(SERIES % ("{a,b}/ckpt-{step}.npz", "{}"))
+    model = config.models[0]
+    assert series_glob(model) == "runs/{a,b}/ckpt-*.npz"
+    listed = {"ddpm": ["runs/a/ckpt-2000.npz", "runs/b/ckpt-500.npz", "runs/a/ckpt-last.npz", "runs/a/ckpt-10.npz"]}
+    expanded = expand_series(config, listed)
+    checkpoints = [m for m in expanded.models]
+    assert [m.name for m in checkpoints] == ["ddpm@10", "ddpm@500", "ddpm@2000"]  # ckpt-last is no step
+    assert [m.generator.path for m in checkpoints] == ["runs/a/ckpt-10.npz", "runs/b/ckpt-500.npz", "runs/a/ckpt-2000.npz"]
+    assert all(isinstance(m, CheckpointConfig) and m.series_name == "ddpm" for m in checkpoints)
+    assert [m.step for m in checkpoints] == [10, 500, 2000]
+    assert [m.name for m in expanded.all_models] == ["real", "ddpm@10", "ddpm@500", "ddpm@2000"]
+
+
+def test_a_glob_pattern_matches_within_one_folder():
+    from casflow.tasks.config import expand_series
+
+    config = parse_config(SERIES % ("ckpt-*-{step}.npz", "{}"))
+    listed = {"ddpm": ["runs/ckpt-ema-100.npz", "runs/ckpt-ema-x.npz", "runs/ckpt-200.npz"]}
+    assert [m.name for m in expand_series(config, listed).models] == ["ddpm@100"]
+
+
+def test_a_series_with_explicit_steps_needs_no_listing():
+    from casflow.tasks.config import expand_series, series_glob
+
+    config = parse_config(SERIES % ("ckpt-{step}.npz", "{steps: [300, 100]}"))
+    assert series_glob(config.models[0]) is None
+    expanded = expand_series(config, {})
+    assert [(m.name, m.generator.path) for m in expanded.models] == [("ddpm@100", "runs/ckpt-100.npz"),
+                                                                    ("ddpm@300", "runs/ckpt-300.npz")]
+
+
+@pytest.mark.parametrize("path, series, problem", [
+    ("ckpt.npz", "{}", "must contain {step} once"),
+    ("ckpt-{step}-{step}.npz", "{}", "must contain {step} once"),
+])
+def test_a_series_pattern_without_one_step_field_is_an_error_naming_the_model(path, series, problem):
+    with pytest.raises(ConfigError, match=r"models\.0.*model 'ddpm': series: generator\.path " + re.escape(problem)):
+        parse_config(SERIES % (path, series))
+
+
+def test_a_series_of_a_generator_without_files_is_an_error_naming_the_model():
+    text = "models:\n  - {name: g, generator: {kind: gaussian}, series: {}}\n"
+    with pytest.raises(ConfigError, match="model 'g': a series needs a generator that reads a file"):
+        parse_config(text)
+
+
+def test_a_series_without_checkpoints_or_with_two_of_one_step_is_an_error_naming_the_model():
+    from casflow.tasks.config import expand_series
+
+    config = parse_config(SERIES % ("{a,b}/ckpt-{step}.npz", "{}"))
+    with pytest.raises(ConfigError, match=r"model 'ddpm': series: no checkpoint matches runs/\{a,b\}/ckpt-\{step\}\.npz"):
+        expand_series(config, {"ddpm": ["runs/a/ckpt-final.npz"]})
+    with pytest.raises(ConfigError, match="model 'ddpm': series: two checkpoints of step 5: runs/a/ckpt-5.npz and runs/b/ckpt-05.npz"):
+        expand_series(config, {"ddpm": ["runs/a/ckpt-5.npz", "runs/b/ckpt-05.npz"]})

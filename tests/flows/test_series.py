@@ -1,0 +1,155 @@
+"""A series of checkpoints through the steps (no Prefect): expansion from files on disk, caching by content,
+the series and step columns, the best table in Parquet (read by DuckDB) and `cas best`."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import xml.etree.ElementTree as ET
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+
+from casflow.flows import records, reporting, steps
+from casflow.flows.cli import main
+from casflow.storage.store import Store
+from casflow.tasks.classifiers import training
+from casflow.tasks.datasets import digits_splits
+from casflow.tasks.results import RunInfo
+from helpers import write_config
+
+START = datetime(2026, 12, 1, 2, 0, tzinfo=timezone.utc)
+NO_SCORES = {"gan_test": False, "features": False, "memorization": False, "augmentation": []}
+
+
+def run_night(config_path: Path, night: int) -> records.ResultsRecord:
+    """Every model of the config through the steps, results written as the flow writes them."""
+    config = steps.read_config(str(config_path))
+    store = steps.open_store(config.store)
+    dataset = steps.prepare_dataset(config, store)
+    outcomes = []
+    for model in config.all_models:
+        samples = steps.draw_samples(config, store, model, dataset, "cpu")
+        classifier = steps.train_classifier(config, store, samples, dataset, "cpu", config.seed)
+        evaluation = steps.evaluate_classifier(config, store, classifier, dataset, "cpu")
+        outcomes.append(steps.outcome(model, records.ModelChain(samples, ((classifier, evaluation),)), error=None))
+    recipe = config.classifier.resolved
+    when = START + timedelta(days=night)
+    run = RunInfo(f"{when:%Y%m%dT%H%M%SZ}-night{night}", when, None, dataset.name, dataset.fingerprint, dataset.class_names,
+                  recipe.name, recipe.fingerprint, config.seed, config.classifier_seeds)
+    return steps.write_results(store, run, outcomes, config.baseline.name)
+
+
+def checkpoint(folder: Path, step: int, broken_classes: int, touched: int = 0) -> None:
+    """Samples of a checkpoint: the real train images, the first `broken_classes` classes drawn as eights
+    (a model that has not learnt them yet); `touched` changes one pixel, new bytes for the same quality."""
+    train, _ = digits_splits(0.2, 0)
+    images = train.images.copy()
+    eights = images[train.labels == 8]
+    for c in range(broken_classes):
+        members = np.flatnonzero(train.labels == c)
+        images[members] = eights[np.arange(len(members)) % len(eights)]
+    images[0, 0, 0] ^= touched
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / f"samples-{step}.npz", arr_0=images, arr_1=train.labels)
+
+
+@pytest.fixture
+def train_calls(monkeypatch):
+    calls = []
+    original = training.train
+    monkeypatch.setattr(training, "train", lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls
+
+
+@pytest.mark.slow
+def test_a_series_is_evaluated_per_checkpoint_cached_by_content_and_judged(tmp_path, train_calls, capsys):
+    ckpts = tmp_path / "ckpts"
+    checkpoint(ckpts, 100, broken_classes=5)
+    checkpoint(ckpts, 200, broken_classes=0)
+    checkpoint(ckpts, 300, broken_classes=1)
+    (ckpts / "samples-last.npz").write_bytes((ckpts / "samples-300.npz").read_bytes())  # no step: not in the series
+    series = {"name": "ddpm", "generator": {"kind": "npz", "path": f"{ckpts}/samples-{{step}}.npz"}, "series": {}}
+    config = write_config(tmp_path, [series], scores=NO_SCORES)
+
+    first = run_night(config, 1)
+    assert [(r["model"], r["series"], r["step"]) for r in first.summary] == [
+        ("real", None, None), ("ddpm@100", "ddpm", 100), ("ddpm@200", "ddpm", 200), ("ddpm@300", "ddpm", 300)]
+    assert len(train_calls) == 4
+    best = {r["step"]: r for r in first.best}
+    assert best[200]["is_leader"] and best[200]["in_best_set"]
+    assert not best[100]["in_best_set"] and best[100]["p_adjusted"] < 0.05  # half the classes missing
+    assert best[300]["vs_best_so_far"] == "worse" and best[300]["best_so_far_model"] == "ddpm@200"
+
+    # a new checkpoint: only it computes; the others are cache hits
+    checkpoint(ckpts, 400, broken_classes=0, touched=1)
+    second = run_night(config, 2)
+    assert len(train_calls) == 5
+    cached = {r["model"]: r["cached"] for r in second.summary}
+    assert cached == {"real": True, "ddpm@100": True, "ddpm@200": True, "ddpm@300": True, "ddpm@400": False}
+    newest = {r["step"]: r for r in second.best}[400]
+    assert newest["in_best_set"] and newest["vs_best_so_far"] in ("better", "same")
+
+    store = tmp_path / "store"
+    rows = duckdb.sql(f"SELECT run_id, step, in_best_set, is_leader FROM read_parquet('{store}/results/best/**/*.parquet', "
+                      "hive_partitioning=true, union_by_name=true) ORDER BY run_id, step").fetchall()
+    assert [(r[1], r[2]) for r in rows] == [(100, False), (200, True), (300, best[300]["in_best_set"]),
+                                            *((r["step"], r["in_best_set"]) for r in second.best)]
+    steps_by_model = dict(duckdb.sql(
+        f"SELECT DISTINCT model, step FROM read_parquet('{store}/results/per_class/**/*.parquet', hive_partitioning=true, "
+        f"union_by_name=true) WHERE run_id = '{second.run_id}'").fetchall())
+    assert steps_by_model == {"real": None, "ddpm@100": 100, "ddpm@200": 200, "ddpm@300": 300, "ddpm@400": 400}
+
+    capsys.readouterr()
+    assert main(["best", "--store", str(store), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [(r["run_id"], r["step"], r["in_best_set"]) for r in shown] == [
+        (second.run_id, r["step"], r["in_best_set"]) for r in second.best]
+    assert main(["best", "--store", str(store), "--run", first.run_id]) == 0
+    out = capsys.readouterr().out
+    assert "series ddpm: best set steps 200" in out and "leader" in out and "worse (vs step 200)" in out
+    assert main(["results", "--store", str(store), "--run", first.run_id]) == 0
+    summary = capsys.readouterr().out
+    assert "vs last  vs best so far" in summary and "worse (vs ddpm@200)" in summary  # the verdicts side by side
+    assert main(["best", "--store", str(store), "--series", "nope"]) == 1
+    assert "no series 'nope'" in capsys.readouterr().err
+
+    page = reporting.build_report(Store(str(store)), first.run_id)
+    assert "Series: CAS against step and the best set" in page and "worse (vs step 200)" in page
+    assert "<th>vs best so far</th>" in page
+    chart = re.search(r"<img alt='ddpm: CAS top-1 per step' src='data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)'>", page)
+    svg = ET.fromstring(base64.b64decode(chart.group(1)))
+    assert len(list(svg.iter("{http://www.w3.org/2000/svg}circle"))) == 3  # one point per step
+
+
+def test_a_series_pattern_that_matches_nothing_is_an_error_naming_the_model(tmp_path):
+    series = {"name": "ddpm", "generator": {"kind": "npz", "path": f"{tmp_path}/none-{{step}}.npz"}, "series": {}}
+    with pytest.raises(steps.ConfigError, match=r"model 'ddpm': series: no checkpoint matches .*none-\{step\}\.npz"):
+        steps.read_config(str(write_config(tmp_path, [series])))
+
+
+def test_the_example_writes_a_series_and_its_next_checkpoint(tmp_path, monkeypatch):
+    from examples import checkpoint_series
+
+    monkeypatch.setattr("sys.argv", ["checkpoint_series", "--out", str(tmp_path)])
+    checkpoint_series.main()
+    config = steps.read_config(str(tmp_path / "series.yaml"))
+    assert [m.name for m in config.all_models] == ["real", "ddpm@1000", "ddpm@2000", "ddpm@3000", "ddpm@4000"]
+    monkeypatch.setattr("sys.argv", ["checkpoint_series", "--out", str(tmp_path), "--next"])
+    checkpoint_series.main()
+    assert steps.read_config(str(tmp_path / "series.yaml")).models[-1].name == "ddpm@5000"
+
+
+@pytest.mark.parametrize("scheme", ["", "file://"])
+def test_a_series_is_listed_from_disk_in_the_patterns_form(tmp_path, scheme):
+    for name in ("a/ckpt-10.npz", "b/ckpt-2.npz", "a/ckpt-last.npz"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"not read while listing")
+    series = {"name": "m", "generator": {"kind": "npz", "path": f"{scheme}{tmp_path}/{{a,b}}/ckpt-{{step}}.npz"}, "series": {}}
+    config = steps.read_config(str(write_config(tmp_path, [series])))
+    assert [(m.name, m.generator.path) for m in config.models] == [
+        ("m@2", f"{scheme}{tmp_path}/b/ckpt-2.npz"), ("m@10", f"{scheme}{tmp_path}/a/ckpt-10.npz")]
