@@ -164,16 +164,20 @@ class Files:
                               lambda rel: self._read(fs, f"{root}/{rel}", f"{name.rstrip('/')}/{rel}"))
         return ZipTree(self.open(name), name, max_member_bytes=self.max_file_bytes, max_files=self.max_files)
 
+    def _brace_alternatives(self, pattern: str, what: str) -> list[str]:
+        """The names a brace pattern expands to, counted before expanding so a huge range fails at once."""
+        try:
+            count = brace_count(pattern)
+        except braceexpand.UnbalancedBracesError as exc:
+            raise ValueError(f"{pattern}: {exc}") from None
+        if count > self.max_files:
+            raise TooManyFiles(f"{pattern}: the pattern names {count} {what}, more than limits.max_files ({self.max_files})")
+        return list(braceexpand.braceexpand(pattern))
+
     def tar_names(self, name: str) -> list[str]:
         """Shards from a brace pattern (shard-{000000..000009}.tar) or a folder of .tar files (subfolders too)."""
         if "{" in name:
-            try:
-                count = brace_count(name)
-            except braceexpand.UnbalancedBracesError as exc:
-                raise ValueError(f"{name}: {exc}") from None
-            if count > self.max_files:
-                raise TooManyFiles(f"{name}: the pattern names {count} shards, more than limits.max_files ({self.max_files})")
-            return list(braceexpand.braceexpand(name))
+            return self._brace_alternatives(name, "shards")
         fs, path = self._fs(name)
         if not fs.exists(path):
             raise FileNotFoundError(f"{name}: no such folder or file")
@@ -185,14 +189,8 @@ class Files:
     def matching(self, pattern: str) -> list[str]:
         """Files a glob (`*`, `?`, `[...]`) with brace alternatives ({a,b}, {1..3}) names, sorted, in the
         pattern's form (a relative path stays relative, a URL keeps its scheme); at most max_files of them."""
-        try:
-            count = brace_count(pattern)
-        except braceexpand.UnbalancedBracesError as exc:
-            raise ValueError(f"{pattern}: {exc}") from None
-        if count > self.max_files:
-            raise TooManyFiles(f"{pattern}: the pattern names {count} patterns, more than limits.max_files ({self.max_files})")
         names: set[str] = set()
-        for alternative in braceexpand.braceexpand(pattern):
+        for alternative in self._brace_alternatives(pattern, "patterns"):
             fs, path = self._fs(alternative)
             if isinstance(fs, LocalFileSystem):
                 scheme = "file://" if alternative.startswith("file://") else ""
