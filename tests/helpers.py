@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-CIFAR10 = REPO.parent / "shared" / "datasets" / "cifar10"
+# a CIFAR-10 copy elsewhere (a GPU machine without ../shared beside the checkout) through CASFLOW_CIFAR10
+CIFAR10 = Path(os.environ.get("CASFLOW_CIFAR10", REPO.parent / "shared" / "datasets" / "cifar10"))
 
 # The demo's recipe, smaller still: about a second per model on two CPU cores.
 TINY_CLASSIFIER = {
