@@ -22,9 +22,14 @@ $(BIN)/cas: pyproject.toml
 demo: $(BIN)/cas
 	$(BIN)/cas demo
 
+# Test processes (pytest-xdist). Much of the suite waits on servers and subprocesses, so more processes
+# than cores still pays on 2 cores; each process starts its own session servers (Prefect, SeaweedFS).
+TEST_WORKERS ?= 3
+
 test: $(BIN)/cas
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal --durations 15 -m "not timing"
+	$(BIN)/python -m pytest -m timing
 
 # tasks/ and storage/ without the slow, S3, Prefect-server and GPU tests
 test-fast: $(BIN)/cas

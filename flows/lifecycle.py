@@ -87,23 +87,27 @@ def in_thread(call: Callable[[], T], name: str, seconds: float | None = None,
 
 
 class ServerWatch:
-    """`in_thread`'s watch of a run's Prefect server: a message once it has not answered for LOST_SECONDS.
-    Prefect's client would retry every call for minutes, so the run would hang with its results long
-    committed; the run ends instead, saying what the store holds (`cli._evaluate`)."""
+    """`in_thread`'s watch of a run's Prefect server: a message once it has refused connections for
+    LOST_SECONDS, or accepted them without answering for SLOW_SECONDS. Prefect's client would retry every
+    call for minutes, so the run would hang with its results long committed; the run ends instead, saying
+    what the store holds (`cli._evaluate`). A server that still accepts connections is given longer: on a
+    machine loaded far past its cores it can take tens of seconds to answer and then carry on."""
 
     LOST_SECONDS = 10.0
+    SLOW_SECONDS = 120.0
 
     def __init__(self, api_url: str):
         self.api_url, self.last_answer = api_url, time.monotonic()
 
     def __call__(self) -> str | None:
-        from casflow.flows.server import healthy
+        from casflow.flows.server import accepts_connections, healthy
 
         if healthy(self.api_url, timeout=2.0) is not None:
             self.last_answer = time.monotonic()
             return None
         silent = time.monotonic() - self.last_answer
-        return f"the Prefect server at {self.api_url} stopped answering ({silent:.0f} s)" if silent >= self.LOST_SECONDS else None
+        allowed = self.SLOW_SECONDS if accepts_connections(self.api_url, timeout=2.0) else self.LOST_SECONDS
+        return f"the Prefect server at {self.api_url} stopped answering ({silent:.0f} s)" if silent >= allowed else None
 
 
 # ---------------------------------------------------------------- stopping a run: SIGTERM, Ctrl-C

@@ -38,6 +38,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from casflow.flows.terminal import problem
@@ -78,6 +79,16 @@ def healthy(api_url: str, timeout: float) -> bool | None:
         return False  # a server answered, not with a healthy Prefect API (auth, a proxy, another service)
     except (OSError, ValueError):
         return None  # URLError, refused, reset, timeout; ValueError: not a URL
+
+
+def accepts_connections(api_url: str, timeout: float) -> bool:
+    """Whether something listens at the API's host and port (a busy server does; a dead one refuses)."""
+    parts = urllib.parse.urlsplit(api_url)
+    try:
+        with socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)), timeout):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def local_api_url() -> str:

@@ -95,6 +95,22 @@ def wait_for(condition, timeout: float = 120, what: str = "condition"):
     raise TimeoutError(f"no {what} after {timeout} s")
 
 
+def stop_worker(worker) -> None:
+    """A Prefect worker started with start_new_session: SIGINT (it cancels its flow runs and exits), then the
+    whole process group's SIGKILL if it has not gone in 20 s."""
+    import signal
+    import subprocess
+
+    with contextlib.suppress(ProcessLookupError):
+        worker.send_signal(signal.SIGINT)
+    try:
+        worker.wait(20)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+
+
 @contextlib.contextmanager
 def prefect_client(api_url: str):
     """A sync Prefect client of the server at `api_url`."""

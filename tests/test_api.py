@@ -2,7 +2,6 @@
 submit_checkpoint as a training loop does, against a real Prefect server and worker."""
 
 import os
-import signal
 import subprocess
 import time
 
@@ -13,7 +12,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 import casflow
 from casflow.tasks.config import ConfigError, parse_config
-from helpers import REPO, prefect_client, prefect_command, wait_for, write_config
+from helpers import REPO, prefect_client, prefect_command, stop_worker, wait_for, write_config
 
 MODELS = [{"name": "gauss", "generator": {"kind": "gaussian", "components": 8}}]
 NO_SCORES = {"gan_test": False, "features": False, "memorization": False, "augmentation": []}
@@ -177,11 +176,7 @@ def test_a_training_loop_hands_a_checkpoint_to_the_nightly_deployment_without_wa
             flow_run = wait_for(finished, timeout=540, what="end of the handed-off run")  # minutes on a busy 2-core machine
         assert flow_run.state.is_completed(), (tmp_path / "worker.log").read_text()[-4000:]
     finally:
-        worker.send_signal(signal.SIGINT)
-        try:
-            worker.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
+        stop_worker(worker)
     assert returned_after < 10, returned_after
     handed = casflow.results(tmp_path / "store")
     row = handed.summary.set_index("model").loc["trained"]

@@ -67,3 +67,17 @@ def test_a_step_past_its_time_limit_stops_computing():
     count = len(blocks)
     time.sleep(0.3)
     assert len(blocks) == count  # nothing computed after it stopped
+
+
+def test_the_server_watch_gives_a_busy_server_longer_than_a_gone_one():
+    from helpers import Unanswering
+
+    with Unanswering() as endpoints:
+        busy = lifecycle.ServerWatch(endpoints.url("silent") + "/api")  # accepts connections, answers nothing
+        gone = lifecycle.ServerWatch(endpoints.url("closed") + "/api")  # refuses them
+        for watch in (busy, gone):
+            watch.last_answer -= lifecycle.ServerWatch.LOST_SECONDS + 1
+        assert busy() is None
+        assert gone().startswith(f"the Prefect server at {endpoints.url('closed')}/api stopped answering (1")
+        busy.last_answer -= lifecycle.ServerWatch.SLOW_SECONDS
+        assert "stopped answering" in busy()

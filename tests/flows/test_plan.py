@@ -5,7 +5,6 @@ ahead with assumed dataset sizes and GPUs (--assume-dataset, --gpus), configs/im
 from __future__ import annotations
 
 import json
-import shutil
 from datetime import datetime, timezone
 
 import pytest
@@ -98,9 +97,11 @@ def test_changing_the_recipe_retrains_on_stored_samples(warm):
     assert train.rate_source.startswith("history")
 
 
-def test_estimates_within_2x_of_measured_on_the_second_run(warm, tmp_path):
-    directory, _, _ = warm
-    shutil.copytree(directory / "store", tmp_path / "store")
+@pytest.mark.timing
+def test_estimates_within_2x_of_measured_on_the_second_run(tmp_path):
+    # both runs back to back here, not the module's warm store: on a shared CPU the load, and with it every
+    # step's time, drifts between a fixture's run and a later test's (CI saw 2.4x that way)
+    run_chains(write_config(tmp_path, MODELS, name="first.yaml", **SECTIONS))
     path = write_config(tmp_path, CHANGED, **SECTIONS)
     plan = plan_of(path)
     _, _, chains, scored = run_chains(path, run_id="run-2")
