@@ -322,3 +322,9 @@ def test_the_imagenet_config_plans_a_night_without_imagenet(tmp_path, capsys):
         ("scores", None, None)]
     assert shape["total"]["devices"] == [f"cuda:{i}" for i in range(8)]
     assert shape["total"]["wall_seconds"] < shape["total"]["seconds"] / 4  # 11 models over 8 lanes
+    # the doc's totals table quotes this plan: when the default rates change, docs/imagenet_budget.py reprints it
+    doc = (REPO / "docs" / "imagenet.md").read_text()
+    defaults_row = next(line for line in doc.splitlines() if line.startswith("| defaults (`configs/imagenet64.yaml`)"))
+    eight_gpus = defaults_row.split("|")[5].strip().strip("*")
+    assert eight_gpus == f"{shape['total']['wall_seconds'] / 3600:.2f}", (
+        f"docs/imagenet.md quotes {eight_gpus} h on 8 GPUs; run docs/imagenet_budget.py and paste its table")
