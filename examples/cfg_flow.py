@@ -41,6 +41,7 @@ import argparse
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -119,8 +120,13 @@ def build(config: dict[str, int]) -> Velocity:
 # ---------------------------------------------------------------- training
 
 def train(images: np.ndarray, labels: np.ndarray, num_classes: int, hp: Hyper, seed: int,
-          log_every: int = 500) -> dict[str, object]:
-    """Train on uint8 NHWC images; returns the checkpoint {"model": EMA state dict, "config": ints}."""
+          log_every: int = 500, save_every: int = 0,
+          save: Callable[[int, dict[str, object]], None] | None = None) -> dict[str, object]:
+    """Train on uint8 NHWC images; returns the checkpoint {"model": EMA state dict, "config": ints}.
+
+    With `save_every`, `save(step, checkpoint)` is called after every `save_every` optimiser steps with the
+    checkpoint as it stands then (its config adds "step"); the learning-rate schedule is the whole run's,
+    so these are the checkpoints of one training, not shorter trainings."""
     x1_all = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
     labels_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     _, channels, height, width = x1_all.shape
@@ -152,6 +158,8 @@ def train(images: np.ndarray, labels: np.ndarray, num_classes: int, hp: Hyper, s
         with torch.no_grad():
             for name, value in net.state_dict().items():
                 ema[name].lerp_(value, 1 - hp.ema_decay)
+        if save_every and (step + 1) % save_every == 0:
+            save(step + 1, {"model": ema, "config": config | {"step": step + 1}})
         if log_every and (step + 1) % log_every == 0:
             print(f"step {step + 1}/{hp.steps}: loss {loss.item():.4f}, {time.perf_counter() - started:.0f} s", flush=True)
     return {"model": ema, "config": config}
@@ -190,12 +198,14 @@ def make_sampler(checkpoint, device="cpu", guidance: float = 1.0, steps: int = 3
     return Sampler(net.to(device).eval(), device, float(guidance), int(steps))
 
 
-def train_digits(hp: Hyper, seed: int, log_every: int = 500) -> dict[str, object]:
+def train_digits(hp: Hyper, seed: int, log_every: int = 500, save_every: int = 0,
+                 save: Callable[[int, dict[str, object]], None] | None = None) -> dict[str, object]:
     """The checkpoint trained on the digits train split that casflow's default dataset uses (eval_fraction 0.2, split_seed 0)."""
     from casflow.tasks.datasets import digits_splits
 
     train_split, _ = digits_splits(0.2, 0)
-    return train(train_split.images, train_split.labels, len(train_split.class_names), hp, seed, log_every)
+    return train(train_split.images, train_split.labels, len(train_split.class_names), hp, seed, log_every,
+                 save_every, save)
 
 
 if __name__ == "__main__":
