@@ -145,10 +145,10 @@ def compare(before: np.ndarray, after: np.ndarray, labels: np.ndarray, num_class
     return changes
 
 
-def _direction(test: dict[str, Any], p_adjusted: float) -> str:
-    """better | worse when the adjusted p-value is below ALPHA and the change exceeds the seed noise; else same."""
+def _direction(test: dict[str, Any], p_adjusted: float, alpha: float = ALPHA) -> str:
+    """better | worse when the adjusted p-value is below alpha and the change exceeds the seed noise; else same."""
     beyond_noise = test["seed_noise"] is None or abs(test["delta"] or 0.0) > test["seed_noise"]
-    if not (p_adjusted < ALPHA and beyond_noise and test["delta"]):
+    if not (p_adjusted < alpha and beyond_noise and test["delta"]):
         return "same"
     return "better" if test["delta"] > 0 else "worse"
 
@@ -169,12 +169,12 @@ class Standing:
     in_best_set: bool  # the leader, or not significantly worse than it
 
 
-def best_set(correct: dict[int, np.ndarray]) -> list[Standing]:
+def best_set(correct: dict[int, np.ndarray], alpha: float = ALPHA) -> list[Standing]:
     """Each checkpoint of a series (step -> seeds x images top-1 correctness on the same eval images) against
     the leader, in step order. The leader has the highest mean top-1 (the earliest step among equals); every
     other checkpoint is tested against it with the night-to-night test (paired, seed-aware), the p-values
     Holm-adjusted across the series so that the chance of dropping any checkpoint that is as good as the
-    leader stays at ALPHA. The best set: the leader and every checkpoint not significantly worse."""
+    leader stays at `alpha`. The best set: the leader and every checkpoint not significantly worse."""
     steps = sorted(correct)
     top1 = {step: float(correct[step].mean()) for step in steps}
     leader = max(steps, key=lambda step: (top1[step], -step))
@@ -187,7 +187,7 @@ def best_set(correct: dict[int, np.ndarray]) -> list[Standing]:
             standings.append(Standing(step, top1[step], True, None, None, None, None, None, None, True))
             continue
         t = tests[step]
-        worse = _direction(t, adjusted[step]) == "worse"
+        worse = _direction(t, adjusted[step], alpha) == "worse"
         standings.append(Standing(step, top1[step], False, t["delta"], t["n_better"], t["n_worse"], t["p_value"],
                                   adjusted[step], t["seed_noise"], not worse))
     return standings
