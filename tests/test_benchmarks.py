@@ -77,3 +77,22 @@ def test_guidance_sweep_smoke_writes_table_json_and_plot(tmp_path):
     assert len(report["raw"]["0"]["cfg-w4"]["per_class"]["cas_top1"]) == 10
     assert md.with_suffix(".png").stat().st_size > 10_000
     assert (tmp_path / "work" / "cfg_flow.pt").exists()
+
+
+RACE_SCRIPT = REPO / "benchmarks" / "race.py"
+
+
+@pytest.mark.slow
+def test_race_smoke_writes_table_and_json(tmp_path):
+    env = os.environ | {"CASFLOW_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, str(RACE_SCRIPT), "--smoke", "--out", str(tmp_path / "results"),
+                           "--work", str(tmp_path / "work")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (md,) = (tmp_path / "results").glob("race-*-smoke.md")
+    assert "| step | top-1 % seeds 0-1 | top-1 % pool mean (sd) | full best set | pool best set |" in md.read_text()
+    report = json.loads(md.with_suffix(".json").read_text())
+    assert [row["step"] for row in report["series"]] == [20, 40, 60]
+    assert len(report["repetitions"]) == 3 and all(len(rows) == 3 for rows in report["correct"].values())
+    for rep in report["repetitions"]:
+        assert rep["full_trainings"] == 6 and 3 <= rep["trainings"] <= 6 and rep["pick"] in rep["best_set"]
