@@ -37,7 +37,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from casflow.flows import artifacts, lifecycle, placement, plan, reporting, steps
 from casflow.flows.records import ModelChain
 from casflow.storage.store import is_transient
-from casflow.tasks import devices
+from casflow.tasks import devices, race
 from casflow.tasks.config import Config, with_checkpoints, without_credentials
 from casflow.tasks.errors import InputError
 from casflow.tasks.results import RunInfo, regressions, unknowns
@@ -195,6 +195,7 @@ def cas_evaluation(config_path: str = DEMO_CONFIG, store_url: str | None = None,
         futures[model.name] = _submit_chain(config, store, model, dataset, device, after)
         lane_tail[device] = futures[model.name].steps()[-1]
 
+    futures = _race(config, store, dataset, lanes, lane_tail, futures)
     settled = {name: _settle_chain(name, chain) for name, chain in futures.items()}
     settled |= {name: (None, error) for name, error in remote_errors.items()}
     scored = _score(config, store, dataset, lanes, settled)
@@ -208,7 +209,8 @@ def cas_evaluation(config_path: str = DEMO_CONFIG, store_url: str | None = None,
     recipe = config.classifier.resolved
     run = RunInfo(run_id, started, flow_run_id, dataset.name, dataset.fingerprint, dataset.class_names,
                   recipe.name, recipe.fingerprint, config.seed, config.classifier_seeds)
-    record = write_results(store, run, outcomes, config.baseline.name)
+    races = {m.series_name: m.race_max_seeds for m in models if config.race_seeds(m)}
+    record = write_results(store, run, outcomes, config.baseline.name, races)
     report_state = write_report(store, run_id, return_state=True)  # the results are whole without it
     report_uri = report_state.result()[0] if report_state.is_completed() else None
     artifacts.publish(record, outcomes, dataset.class_names, report_uri)
@@ -260,9 +262,59 @@ def _submit_chain(config: Config, store: Any, model: Any, dataset: Any, device: 
         last = evaluate_classifier.submit(config, store, classifier, dataset, device)
         return classifier, last
 
-    seeds = tuple(train_and_evaluate(seed) for seed in config.classifier_seeds)
+    race_seeds = config.race_seeds(model)  # a racing checkpoint starts with its first seed (_race gives more)
+    seeds = tuple(train_and_evaluate(seed) for seed in (race_seeds[:1] if race_seeds else config.classifier_seeds))
     return ModelChain(samples, seeds, tuple(train_and_evaluate(config.classifier_seeds[0], ratio)
                                             for ratio in config.augmentation_ratios(model)))
+
+
+def _race(config: Config, store: Any, dataset: Any, lanes: dict[str, str], lane_tail: dict[str, PrefectFuture],
+          futures: dict[str, ModelChain[PrefectFuture]]) -> dict[str, ModelChain[PrefectFuture]]:
+    """The rounds of each racing series (selection: race): after each round, the checkpoints significantly
+    worse than the leader leave (tasks/race.judge), and the contenders get their next seed, on their lanes.
+    A checkpoint whose steps failed leaves the race. Returns the chains with the seeds they got."""
+    racing: dict[str, list[Any]] = {}
+    for model in config.all_models:
+        if config.race_seeds(model) and model.name in futures:
+            racing.setdefault(model.series_name, []).append(model)
+    contenders = {series: list(models) for series, models in racing.items()}
+    while contenders:
+        for series, models in list(contenders.items()):
+            judged = {m.step: _correctness(store, futures[m.name]) for m in models}
+            judged = {step: correct for step, correct in judged.items() if correct is not None}
+            if not judged:
+                del contenders[series]
+                continue
+            judgement = race.judge(judged, models[0].race_max_seeds)
+            log.info("series %s, round %d: leader step %s, dropped %s, contenders %s%s", series,
+                     max(c.shape[0] for c in judged.values()), judgement.leader, list(judgement.dropped) or "none",
+                     list(judgement.contenders), f"; stop: {judgement.stop}" if judgement.stop else "")
+            if judgement.stop:
+                del contenders[series]
+                continue
+            contenders[series] = [m for m in models if m.step in judgement.contenders]
+            for model in contenders[series]:
+                chain, device = futures[model.name], lanes[model.name]
+                seed = config.race_seeds(model)[len(chain.seeds)]
+                after = [allow_failure(lane_tail[device])] if device in lane_tail else []
+                classifier = train_classifier.submit(config, store, chain.samples, dataset, device, seed,
+                                                     wait_for=after)
+                evaluation = evaluate_classifier.submit(config, store, classifier, dataset, device)
+                futures[model.name] = dataclasses.replace(chain, seeds=chain.seeds + ((classifier, evaluation),))
+                lane_tail[device] = evaluation
+    return futures
+
+
+def _correctness(store: Any, chain: ModelChain[PrefectFuture]) -> Any:
+    """A checkpoint's seeds x eval images top-1 correctness so far, from its stored predictions; None when
+    one of its steps failed."""
+    for future in chain.steps():
+        future.wait()
+        if not future.state.is_completed():
+            return None
+    fingerprints = [evaluation.result().fingerprint for evaluation in chain.evaluations]
+    return steps.correctness(store, {"model": chain.samples.result().model, "run_id": "this run",
+                                     "evaluation_fingerprints": fingerprints})[0]
 
 
 def _fan_out(deployment: str, config_text: str, source: str, store_url: str | None,

@@ -381,8 +381,10 @@ def scores_inputs(config: Config, samples: ShardSet, real_classifier: str, datas
 
 # ---------------------------------------------------------------- step 5: results, judged against the previous run
 
-def write_results(store: Store, run: RunInfo, outcomes: list[ModelOutcome], baseline: str) -> ResultsRecord:
-    """Append this run's per-class, changes and summary tables (one Parquet file each).
+def write_results(store: Store, run: RunInfo, outcomes: list[ModelOutcome], baseline: str,
+                  races: dict[str, int] | None = None) -> ResultsRecord:
+    """Append this run's per-class, changes and summary tables (one Parquet file each), and the best table of
+    its series (`races`: series that raced -> their max_seeds).
 
     Each model is compared with its previous run (`compare.previous_run`): the changes
     table gets the overall change and one per class, the summary row the verdict. A
@@ -394,7 +396,8 @@ def write_results(store: Store, run: RunInfo, outcomes: list[ModelOutcome], base
     history, unreadable = results.read_readable(store, "summary")
     changes = list(itertools.chain.from_iterable(judge(store, history.to_pylist(), unreadable, row, run.class_names)
                                                  for row in summary if row["status"] == "ok"))
-    best = list(itertools.chain.from_iterable(judge_series(store, rows) for rows in series_of(summary).values()))
+    best = list(itertools.chain.from_iterable(judge_series(store, rows, (races or {}).get(series))
+                                              for series, rows in series_of(summary).items()))
     per_class_uri = results.write_table(store, "per_class", per_class, run.run_id, run.run_time)
     changes_uri = results.write_table(store, "changes", changes, run.run_id, run.run_time)
     if best:
@@ -412,10 +415,10 @@ def series_of(summary: list[dict]) -> dict[str, list[dict]]:
     return found
 
 
-def judge_series(store: Store, checkpoints: list[dict]) -> list[dict]:
+def judge_series(store: Store, checkpoints: list[dict], race_max_seeds: int | None = None) -> list[dict]:
     """A series' best set (the `best` table's rows), from its checkpoints' stored per-image predictions (one
-    run's checkpoints were all scored on its eval split, in key order)."""
-    return best_rows(checkpoints, {row["step"]: correctness(store, row)[0] for row in checkpoints})
+    run's checkpoints were all scored on its eval split, in key order); a racing series' from its race."""
+    return best_rows(checkpoints, {row["step"]: correctness(store, row)[0] for row in checkpoints}, race_max_seeds)
 
 
 def judge(store: Store, history: list[dict], unreadable: dict[str, str], row: dict,
@@ -509,6 +512,7 @@ def outcome(model: ModelConfig, chain: ModelChain[Record | None] | None, error: 
         augmented=tuple((e.classifier.augment, e.counts) for e in augmented) if complete else (),
         series=model.series_name if isinstance(model, CheckpointConfig) else None,
         step=model.step if isinstance(model, CheckpointConfig) else None,
+        classifier_seeds=tuple(c.seed for c in classifiers) if complete else None,
     )
 
 

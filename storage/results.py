@@ -177,6 +177,10 @@ BEST_SCHEMA = pa.schema([  # one row per checkpoint of each series in the run (t
     # on the newest checkpoint's row (highest step) only: it against the best of the earlier steps
     pa.field("vs_best_so_far", pa.string()),  # better | worse | same; null on other rows and in a series of one
     pa.field("best_so_far_model", pa.string()),
+    pa.field("seeds", pa.int64()),  # classifier seeds this checkpoint got (null in tables written before races)
+    pa.field("selection", pa.string()),  # all | race (the series' selection)
+    pa.field("max_seeds", pa.int64()),  # a race's seeds per checkpoint at most; null unless it raced
+    pa.field("race_round", pa.int64()),  # the round of the race that dropped this checkpoint; null if it was not
 ])
 
 TABLES = {"per_class": PER_CLASS_SCHEMA, "changes": CHANGES_SCHEMA, "summary": SUMMARY_SCHEMA, "best": BEST_SCHEMA}

@@ -115,6 +115,9 @@ class SeriesConfig(Frozen):
     """Checkpoints of one model: the generator's file field is a pattern with one `{step}` (a run of digits)."""
 
     steps: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1)  # else every file the pattern matches
+    # all: every checkpoint gets every classifier seed; race: seeds in rounds, only to the contenders (tasks/race.py)
+    selection: Literal["all", "race"] = "all"
+    max_seeds: int | None = Field(None, ge=2, le=100)  # a race's seeds per checkpoint at most (selection: race only)
 
 
 class ModelConfig(Frozen):
@@ -127,6 +130,11 @@ class ModelConfig(Frozen):
     def _series_pattern(self) -> ModelConfig:
         if self.series is not None:
             series_pattern(self)  # raises naming the model when its generator cannot name a series
+            if self.series.selection == "race" and self.series.max_seeds is None:
+                raise ValueError(f"model '{self.name}': series: selection race needs max_seeds (the classifier seeds "
+                                 "a checkpoint may get, 2 or more)")
+            if self.series.selection != "race" and self.series.max_seeds is not None:
+                raise ValueError(f"model '{self.name}': series: max_seeds is for selection: race")
         return self
 
 
@@ -136,6 +144,7 @@ class CheckpointConfig(ModelConfig):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}@[0-9]+$")
     series_name: str
     step: int
+    race_max_seeds: int | None = None  # the series races (selection: race) with up to this many seeds
 
 
 class Config(Frozen):
@@ -159,6 +168,15 @@ class Config(Frozen):
     def classifier_seeds(self) -> tuple[int, ...]:
         """The seeds each model's classifiers train with: `classifier.seeds`, else the run's seed."""
         return tuple(self.classifier.seeds or [self.seed])
+
+    def race_seeds(self, model: ModelConfig) -> tuple[int, ...] | None:
+        """The seeds a checkpoint of a racing series may get, in the order it gets them: the first classifier
+        seed and the integers after it, max_seeds in all; None for any other model."""
+        max_seeds = getattr(model, "race_max_seeds", None)
+        if max_seeds is None:
+            return None
+        first = self.classifier_seeds[0]
+        return tuple(range(first, first + max_seeds))
 
     def augmentation_ratios(self, model: ModelConfig) -> tuple[float, ...]:
         """The Naive Augmentation Score ratios a model's NAS classifiers train at; none for the real baseline
@@ -227,7 +245,8 @@ def expand_series(config: Config, listed: Mapping[str, list[str]]) -> Config:
         for step in sorted(files):
             models.append(CheckpointConfig(
                 name=f"{model.name}@{step}", generator=model.generator.model_copy(update={field: files[step]}),
-                seed=model.seed, series_name=model.name, step=step))
+                seed=model.seed, series_name=model.name, step=step,
+                race_max_seeds=model.series.max_seeds if model.series.selection == "race" else None))
     return config.model_copy(update={"models": models})
 
 

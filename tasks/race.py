@@ -111,3 +111,21 @@ def race(steps: Sequence[int], seeds: Sequence[int], train: Callable[[int, int],
             break
     trained = {step: len(runs[step]) for step in sorted(steps)}
     return Race(judgement.leader, contenders, trained, sum(trained.values()), judgement.stop, rounds)
+
+
+def replay(correct: Mapping[int, np.ndarray], max_seeds: int) -> Race:
+    """The race that gave the checkpoints these seeds x images correctness arrays (their seeds in the order
+    the race gave them), decided again from them: the race is a function of its data, so this is its result.
+    ValueError when a checkpoint has other seeds than that race would have given it."""
+    def stored(step: int, index: int) -> np.ndarray:
+        if index >= correct[step].shape[0]:
+            raise ValueError(f"step {step} has {correct[step].shape[0]} classifier seeds where its race gives "
+                             f"more: not the result of one race with max_seeds {max_seeds}")
+        return correct[step][index]
+
+    result = race(sorted(correct), list(range(max_seeds)), stored)
+    for step, rows in correct.items():
+        if rows.shape[0] != result.seeds[step]:
+            raise ValueError(f"step {step} has {rows.shape[0]} classifier seeds where its race gives "
+                             f"{result.seeds[step]}: not the result of one race with max_seeds {max_seeds}")
+    return result

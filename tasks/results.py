@@ -16,6 +16,7 @@ import numpy as np
 
 from casflow.tasks.compare import Change, best_set, newest_against_best
 from casflow.tasks.metrics import ClassCounts, wilson_interval
+from casflow.tasks.race import replay
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,7 @@ class ModelOutcome:
     augmented: tuple[tuple[float, ClassCounts], ...] = ()  # (ratio, counts) of each Naive Augmentation Score classifier
     series: str | None = None  # a checkpoint of a series: the series' name and its step
     step: int | None = None
+    classifier_seeds: tuple[int, ...] | None = None  # the seeds its classifiers trained with; None: the run's
 
     @property
     def ok(self) -> bool:
@@ -154,7 +156,7 @@ def per_class_rows(run: RunInfo, outcome: ModelOutcome) -> list[dict[str, Any]]:
 def summary_row(run: RunInfo, outcome: ModelOutcome, baseline: ModelOutcome | None) -> dict[str, Any]:
     row = _keys(run, outcome) | {
         "evaluation_fingerprint": outcome.evaluation_fingerprints[0] if outcome.evaluation_fingerprints else None,
-        "recipe_fingerprint": run.recipe_fingerprint, "classifier_seeds": list(run.classifier_seeds),
+        "recipe_fingerprint": run.recipe_fingerprint, "classifier_seeds": list(outcome.classifier_seeds or run.classifier_seeds),
         "classifier_fingerprints": list(outcome.classifier_fingerprints),
         "evaluation_fingerprints": list(outcome.evaluation_fingerprints),
         "status": "ok" if outcome.ok else "failed", "error": outcome.error,
@@ -205,13 +207,24 @@ def change_rows(class_names: tuple[str, ...], previous: dict[str, Any], current:
         for change in changes]
 
 
-def best_rows(checkpoints: list[dict[str, Any]], correct: dict[int, np.ndarray]) -> list[dict[str, Any]]:
+def best_rows(checkpoints: list[dict[str, Any]], correct: dict[int, np.ndarray],
+              race_max_seeds: int | None = None) -> list[dict[str, Any]]:
     """The `best` table's rows of one series: its checkpoints' summary rows (status ok) and, per step, their
-    seeds x images top-1 correctness on the same eval images (`compare.best_set`, `newest_against_best`)."""
+    seeds x images top-1 correctness on the same eval images (`compare.best_set`, `newest_against_best`).
+    A series that raced (`race_max_seeds`) shows its race: each checkpoint against the leader of the round
+    that dropped it, or of the last round; the best set is the race's (tasks/race.replay)."""
     by_step = {row["step"]: row for row in checkpoints}
     newest = newest_against_best(correct)
+    if race_max_seeds is None:
+        standings, dropped_in = best_set(correct), {}
+    else:
+        raced = replay(correct, race_max_seeds)
+        dropped_in = {step: number for number, judgement in enumerate(raced.rounds, 1) for step in judgement.dropped}
+        last = {s.step: s for judgement in raced.rounds for s in judgement.standings}  # the latest standing of each
+        standings = [dataclasses.replace(last[step], is_leader=step == raced.pick, in_best_set=step in raced.best_set)
+                     for step in sorted(correct)]
     rows = []
-    for standing in best_set(correct):
+    for standing in standings:
         row = by_step[standing.step]
         rows.append({
             "run_id": row["run_id"], "run_time": row["run_time"], "dataset": row["dataset"],
@@ -223,6 +236,8 @@ def best_rows(checkpoints: list[dict[str, Any]], correct: dict[int, np.ndarray])
             "p_adjusted": standing.p_adjusted, "seed_noise": standing.seed_noise, "in_best_set": standing.in_best_set,
             "vs_best_so_far": newest[1] if newest and standing.step == max(correct) else None,
             "best_so_far_model": by_step[newest[0]]["model"] if newest and standing.step == max(correct) else None,
+            "seeds": int(correct[standing.step].shape[0]), "selection": "all" if race_max_seeds is None else "race",
+            "max_seeds": race_max_seeds, "race_round": dropped_in.get(standing.step),
         })
     return rows
 
@@ -343,7 +358,9 @@ def best_cells(row: dict[str, Any]) -> dict[str, str]:
         "vs leader": "leader" if row["is_leader"] else f"{100 * row['delta']:+.2f}",
         "images +/-": "-" if row["is_leader"] else f"+{row['n_better']}/-{row['n_worse']}",
         "p (Holm)": "-" if row["p_adjusted"] is None else f"{row['p_adjusted']:.2g}",
-        "best set": "yes" if row["in_best_set"] else "no",
+        "seeds": "-" if row.get("seeds") is None else str(row["seeds"]),
+        "best set": "yes" if row["in_best_set"] else "no" if row.get("race_round") is None else
+        f"no (round {row['race_round']})",
         "newest vs best so far": "-" if row["vs_best_so_far"] is None else
         f"{row['vs_best_so_far']} (vs step {row['best_so_far_model'].rsplit('@', 1)[1]})",
     }

@@ -199,3 +199,24 @@ class Unanswering:
     def __exit__(self, *exc):
         for s in self._sockets:
             s.close()
+
+
+NO_SCORES = {"gan_test": False, "features": False, "memorization": False, "augmentation": []}
+
+
+def checkpoint(folder: Path, step: int, broken_classes: int, touched: int = 0) -> None:
+    """Samples of a checkpoint: the real train images, the first `broken_classes` classes drawn as eights
+    (a model that has not learnt them yet); `touched` changes one pixel, new bytes for the same quality."""
+    import numpy as np
+
+    from casflow.tasks.datasets import digits_splits
+
+    train, _ = digits_splits(0.2, 0)
+    images = train.images.copy()
+    eights = images[train.labels == 8]
+    for c in range(broken_classes):
+        members = np.flatnonzero(train.labels == c)
+        images[members] = eights[np.arange(len(members)) % len(eights)]
+    images[0, 0, 0] ^= touched
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / f"samples-{step}.npz", arr_0=images, arr_1=train.labels)

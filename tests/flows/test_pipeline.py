@@ -317,3 +317,39 @@ def test_a_dataset_class_missing_from_eval_fails_cas_run_in_one_line(tiny_config
     assert named and all("class 'bee' has no images in the eval split" in line for line in named), output[-3000:]
     assert any(line.startswith("cas: ") for line in named), named
     assert not (tmp_path / "store" / "samples").exists()
+
+
+@pytest.mark.slow
+def test_a_racing_series_gives_more_seeds_only_to_its_contenders(tmp_path, train_calls, capsys):
+    from casflow.flows.cli import main
+    from helpers import NO_SCORES, checkpoint, write_config
+
+    ckpts = tmp_path / "ckpts"
+    checkpoint(ckpts, 100, broken_classes=6)  # six classes drawn as eights: far worse, out after one seed
+    checkpoint(ckpts, 200, broken_classes=0)
+    checkpoint(ckpts, 300, broken_classes=0, touched=1)  # as good as 200
+    series = {"name": "ddpm", "generator": {"kind": "npz", "path": f"{ckpts}/samples-{{step}}.npz"},
+              "series": {"selection": "race", "max_seeds": 3}}
+    path = write_config(tmp_path, [series], scores=NO_SCORES)
+    report = cas_evaluation(str(path))
+    rows = summary(tmp_path / "store", report["run_id"])
+    seeds = {model: list(row["classifier_seeds"]) for model, row in rows.items()}
+    assert seeds["real"] == [0] and seeds["ddpm@100"] == [0]
+    assert seeds["ddpm@200"] == seeds["ddpm@300"] and seeds["ddpm@200"] in ([0, 1], [0, 1, 2])
+    assert len(train_calls) == 1 + 1 + 2 * len(seeds["ddpm@200"])  # real, step 100 once, the contenders
+    assert rows["ddpm@200"]["cas_top1_seed_std"] is not None  # the mean over its seeds
+
+    best = duckdb.sql(f"SELECT step, seeds, selection, race_round, in_best_set FROM read_parquet("
+                      f"'{tmp_path}/store/results/best/**/*.parquet', hive_partitioning=true) ORDER BY step").fetchall()
+    assert best == [(100, 1, "race", 1, False), (200, len(seeds["ddpm@200"]), "race", None, True),
+                    (300, len(seeds["ddpm@300"]), "race", None, True)]
+    capsys.readouterr()
+    assert main(["best", "--store", str(tmp_path / "store")]) == 0
+    out = capsys.readouterr().out
+    trainings = 1 + 2 * len(seeds["ddpm@200"])
+    assert f"series ddpm: best set steps 200, 300 (race: {trainings} classifier trainings, against 9" in out
+    assert "no (round 1)" in out
+
+    again = cas_evaluation(str(path))  # every training of the race is found by content
+    assert len(train_calls) == 1 + trainings
+    assert {m: list(r["classifier_seeds"]) for m, r in summary(tmp_path / "store", again["run_id"]).items()} == seeds

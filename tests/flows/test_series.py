@@ -11,19 +11,16 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import pytest
 
 from casflow.flows import records, reporting, steps
 from casflow.flows.cli import main
 from casflow.storage.store import Store
 from casflow.tasks.classifiers import training
-from casflow.tasks.datasets import digits_splits
 from casflow.tasks.results import RunInfo
-from helpers import write_config
+from helpers import NO_SCORES, checkpoint, write_config
 
 START = datetime(2026, 12, 1, 2, 0, tzinfo=timezone.utc)
-NO_SCORES = {"gan_test": False, "features": False, "memorization": False, "augmentation": []}
 
 
 def run_night(config_path: Path, night: int) -> records.ResultsRecord:
@@ -42,20 +39,6 @@ def run_night(config_path: Path, night: int) -> records.ResultsRecord:
     run = RunInfo(f"{when:%Y%m%dT%H%M%SZ}-night{night}", when, None, dataset.name, dataset.fingerprint, dataset.class_names,
                   recipe.name, recipe.fingerprint, config.seed, config.classifier_seeds)
     return steps.write_results(store, run, outcomes, config.baseline.name)
-
-
-def checkpoint(folder: Path, step: int, broken_classes: int, touched: int = 0) -> None:
-    """Samples of a checkpoint: the real train images, the first `broken_classes` classes drawn as eights
-    (a model that has not learnt them yet); `touched` changes one pixel, new bytes for the same quality."""
-    train, _ = digits_splits(0.2, 0)
-    images = train.images.copy()
-    eights = images[train.labels == 8]
-    for c in range(broken_classes):
-        members = np.flatnonzero(train.labels == c)
-        images[members] = eights[np.arange(len(members)) % len(eights)]
-    images[0, 0, 0] ^= touched
-    folder.mkdir(parents=True, exist_ok=True)
-    np.savez(folder / f"samples-{step}.npz", arr_0=images, arr_1=train.labels)
 
 
 @pytest.fixture

@@ -224,3 +224,31 @@ def test_a_series_without_checkpoints_or_with_two_of_one_step_is_an_error_naming
         expand_series(config, {"ddpm": ["runs/a/ckpt-final.npz"]})
     with pytest.raises(ConfigError, match="model 'ddpm': series: two checkpoints of step 5: runs/a/ckpt-5.npz and runs/b/ckpt-05.npz"):
         expand_series(config, {"ddpm": ["runs/a/ckpt-5.npz", "runs/b/ckpt-05.npz"]})
+
+
+def test_a_racing_series_gives_its_checkpoints_seeds_from_the_first_classifier_seed():
+    from casflow.tasks.config import expand_series
+
+    config = parse_config(SERIES % ("ckpt-{step}.npz", "{steps: [100, 200], selection: race, max_seeds: 4}")
+                          + "classifier: {seeds: [7, 3]}\n")
+    expanded = expand_series(config, {})
+    real, *checkpoints = expanded.all_models
+    assert [m.race_max_seeds for m in checkpoints] == [4, 4]
+    assert [expanded.race_seeds(m) for m in checkpoints] == [(7, 8, 9, 10)] * 2
+    assert expanded.race_seeds(real) is None
+    plain = expand_series(parse_config(SERIES % ("ckpt-{step}.npz", "{steps: [100]}")), {})
+    assert plain.race_seeds(plain.models[0]) is None
+
+
+@pytest.mark.parametrize("series, problem", [
+    ("{selection: race}", "selection race needs max_seeds"),
+    ("{max_seeds: 3}", "max_seeds is for selection: race"),
+    ("{selection: race, max_seeds: 1}", "greater than or equal to 2"),
+    ("{selection: best}", "'all' or 'race'"),
+])
+def test_a_race_without_max_seeds_or_max_seeds_without_a_race_is_an_error_naming_the_model(series, problem):
+    with pytest.raises(ConfigError, match=r"models\.0.*" + re.escape(problem)):
+        parse_config(SERIES % ("ckpt-{step}.npz", series))
+    if "needs" in problem or "is for" in problem:
+        with pytest.raises(ConfigError, match="model 'ddpm': series"):
+            parse_config(SERIES % ("ckpt-{step}.npz", series))

@@ -93,3 +93,45 @@ def test_bad_input():
         race([1], [], train)
     with pytest.raises(ValueError, match="at least one checkpoint"):
         judge({}, 3)
+
+
+def raced_arrays():
+    """A race's result and the correctness arrays it left: per step, the seeds it got, in order."""
+    accuracy = {100: 0.3, 200: 0.9, 300: 0.9, 400: 0.91}
+    train, calls = simulated(accuracy, seed_shift=0.01, rng_seed=3)
+    result = race(list(accuracy), [0, 1, 2, 3], train)
+    given = list(calls)  # train records its calls: read them before calling it again
+    return result, {step: np.stack([train(step, seed) for s, seed in given if s == step]) for step in accuracy}
+
+
+def test_replay_decides_the_race_again_from_what_it_left():
+    from casflow.tasks.race import replay
+
+    result, correct = raced_arrays()
+    again = replay(correct, 4)
+    assert (again.pick, again.best_set, again.seeds, again.stopped) == (result.pick, result.best_set, result.seeds,
+                                                                        result.stopped)
+    assert result.seeds[100] == 1 and result.trainings < 16
+    more = dict(correct) | {100: np.concatenate([correct[100], correct[100]])}  # a seed the race did not give
+    with pytest.raises(ValueError, match="step 100 has 2 classifier seeds where its race gives 1"):
+        replay(more, 4)
+    fewer = dict(correct) | {200: correct[200][:1]}
+    with pytest.raises(ValueError, match="step 200 has 1 classifier seeds where its race gives more"):
+        replay(fewer, 4)
+
+
+def test_the_best_table_of_a_race_shows_its_rounds_and_seeds():
+    from casflow.tasks.results import best_rows
+
+    result, correct = raced_arrays()
+    summary = [{"run_id": "r", "run_time": None, "dataset": "digits", "dataset_fingerprint": "d", "recipe": "fast",
+                "series": "cfg", "model": f"cfg@{step}", "samples_fingerprint": "s", "n_eval": N_EVAL,
+                "cas_top1_ci_low": None, "cas_top1_ci_high": None, "step": step} for step in correct]
+    rows = {r["step"]: r for r in best_rows(summary, correct, race_max_seeds=4)}
+    assert {step: r["seeds"] for step, r in rows.items()} == result.seeds
+    assert rows[100]["race_round"] == 1 and not rows[100]["in_best_set"] and rows[100]["p_adjusted"] < ALPHA / 4
+    assert [s for s, r in rows.items() if r["in_best_set"]] == list(result.best_set)
+    assert [s for s, r in rows.items() if r["is_leader"]] == [result.pick]
+    assert all(r["selection"] == "race" and r["max_seeds"] == 4 for r in rows.values())
+    plain = best_rows(summary, correct)
+    assert all(r["selection"] == "all" and r["race_round"] is None and r["max_seeds"] is None for r in plain)
