@@ -278,7 +278,6 @@ def _race(config: Config, store: Any, dataset: Any, lanes: dict[str, str], lane_
         if config.race_seeds(model) and model.name in futures:
             racing.setdefault(model.series_name, []).append(model)
     contenders = {series: list(models) for series, models in racing.items()}
-    last: dict[str, race.Judgement] = {}
     while contenders:
         for series, models in list(contenders.items()):
             judged = {m.step: _correctness(store, futures[m.name]) for m in models}
@@ -286,7 +285,7 @@ def _race(config: Config, store: Any, dataset: Any, lanes: dict[str, str], lane_
             if not judged:
                 del contenders[series]
                 continue
-            judgement = last[series] = race.judge(judged, models[0].race_max_seeds, last.get(series))
+            judgement = race.judge(judged, models[0].race_max_seeds)
             log.info("series %s, round %d: leader step %s, dropped %s, contenders %s%s", series,
                      max(c.shape[0] for c in judged.values()), judgement.leader, list(judgement.dropped) or "none",
                      list(judgement.contenders), f"; stop: {judgement.stop}" if judgement.stop else "")

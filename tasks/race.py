@@ -15,12 +15,12 @@ seed to the contenders only. A dropped checkpoint never comes back.
   a round keeps that round's chance of any such drop at ALPHA / max; so the chance that a race ever drops
   one stays at ALPHA. As in best_set, the leader is the one that scored highest, and while a checkpoint
   has one seed the test holds its classifier fixed: seed noise counts only from the second seed on.
-- Settled: every contender has at least two seeds, and either the last round changed nothing (the same
-  leader as the round before, nobody dropped), or every contender differs from the leader by no more than
-  the larger seed spread of the two. The drop rule asks for a change beyond that spread, which more seeds
-  do not shrink (they only measure it better), so more seeds would drop nobody unless the means moved; a
-  round that moved neither the leader nor the set is the sign that they do not. Converged checkpoints
-  within a point of each other are the common case, and without this stop they would take every seed.
+- Settled: every contender has at least two seeds, and either the last round dropped nobody (the set
+  stayed as it was: the seed it added separated no checkpoint from the leader, even if the leader changed
+  among them), or every contender differs from the leader by no more than the larger seed spread of the
+  two. The drop rule asks for a change beyond that spread, which more seeds do not shrink (they only
+  measure it better), so more seeds would drop nobody unless the means moved. Converged checkpoints within
+  a point of each other are the common case; without this stop they would take most of the seeds.
 - Stop: when one contender is left, when the best set is settled, or when the contenders have `max` seeds.
   The pick is the leader then; the best set is the contenders.
 """
@@ -67,10 +67,10 @@ def round_alpha(max_seeds: int) -> float:
     return ALPHA / max_seeds
 
 
-def judge(correct: Mapping[int, np.ndarray], max_seeds: int, previous: Judgement | None = None) -> Judgement:
+def judge(correct: Mapping[int, np.ndarray], max_seeds: int) -> Judgement:
     """One round's decision on the contenders, step -> seeds x images top-1 correctness (0/1) on the same eval
     images; every contender has had this round's seed. Drops those significantly worse than the leader at
-    round_alpha(max_seeds), then says whether the race stops. `previous`: the round before's judgement."""
+    round_alpha(max_seeds), then says whether the race stops."""
     if not correct:
         raise ValueError("a race needs at least one checkpoint")
     standings = best_set(dict(correct), alpha=round_alpha(max_seeds))
@@ -82,8 +82,7 @@ def judge(correct: Mapping[int, np.ndarray], max_seeds: int, previous: Judgement
     elif min(correct[step].shape[0] for step in contenders) >= max_seeds:
         stop = MAX_SEEDS
     elif min(correct[step].shape[0] for step in contenders) >= 2 and (
-            (previous is not None and previous.leader == leader and not dropped)
-            or all(_within_spread(correct[leader], correct[s.step], s.delta) for s in standings
+            not dropped or all(_within_spread(correct[leader], correct[s.step], s.delta) for s in standings
                    if s.in_best_set and not s.is_leader)):
         stop = SETTLED
     else:
@@ -105,11 +104,11 @@ def race(steps: Sequence[int], seeds: Sequence[int], train: Callable[[int, int],
     if len(set(seeds)) != len(seeds) or not seeds:
         raise ValueError(f"a race needs distinct seeds, got {list(seeds)}")
     runs: dict[int, list[np.ndarray]] = {step: [] for step in steps}
-    contenders, rounds, judgement = tuple(sorted(steps)), [], None
+    contenders, rounds = tuple(sorted(steps)), []
     for seed in seeds:
         for step in contenders:
             runs[step].append(np.asarray(train(step, seed), dtype=np.float64))
-        judgement = judge({step: np.stack(runs[step]) for step in contenders}, len(seeds), judgement)
+        judgement = judge({step: np.stack(runs[step]) for step in contenders}, len(seeds))
         rounds.append(judgement)
         contenders = judgement.contenders
         if judgement.stop:

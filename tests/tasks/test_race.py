@@ -57,20 +57,23 @@ def test_equal_contenders_settle_once_their_gap_is_within_the_seed_spread():
     assert result.pick == max(result.best_set, key=lambda s: (np.mean([train(s, 0), train(s, 1)]), -s))
 
 
-def test_a_round_that_changes_nothing_settles_the_race_and_the_last_seed_ends_it():
+def test_a_round_that_drops_nobody_settles_the_race_and_the_last_seed_ends_it():
     # retraining changes nothing (spread 0) and 3 images separate the two: never significant, and the gap is
-    # beyond the spread, but the second round moves neither the leader nor the set
+    # beyond the spread, but the second seed separates nobody
     def train(step: int, seed: int) -> np.ndarray:
         return (np.arange(N_EVAL) < 300 + 3 * step).astype(np.float64)
 
     result = race([0, 1], [0, 1, 2, 3], train)
     assert (result.stopped, result.pick, result.best_set, result.trainings) == (SETTLED, 1, (0, 1), 4)
-    first = judge({0: train(0, 0)[None], 1: train(1, 0)[None]}, 4)
-    assert first.stop is None  # one seed each: nothing is settled yet
-    second = judge({0: np.stack([train(0, 0)] * 2), 1: np.stack([train(1, 0)] * 2)}, 4)
-    assert second.stop is None  # the same round without the one before it: the gap exceeds the spread
-    assert judge({0: np.stack([train(0, 0)] * 2), 1: np.stack([train(1, 0)] * 2)}, 4, first).stop == SETTLED
-    assert race([0, 1], [0, 1], train).stopped == MAX_SEEDS  # the seeds ran out before anything settled it
+    assert judge({0: train(0, 0)[None], 1: train(1, 0)[None]}, 4).stop is None  # one seed each: too early
+    assert race([0, 1], [0, 1], train).stopped == MAX_SEEDS  # the seeds ran out first
+
+
+def test_a_round_that_drops_someone_is_not_settled():
+    # two seeds each; step 2 is far worse and leaves now, and 0 and 1 are 3 images apart with no seed spread
+    two = lambda right: np.stack([(np.arange(N_EVAL) < right).astype(np.float64)] * 2)  # noqa: E731
+    judgement = judge({0: two(300), 1: two(303), 2: two(200)}, 4)
+    assert judgement.dropped == (2,) and judgement.contenders == (0, 1) and judgement.stop is None
 
 
 def test_each_round_tests_at_alpha_over_max_seeds():
