@@ -65,3 +65,29 @@ def test_runs_as_a_casflow_python_entry_point(checkpoint, tmp_path):
     images, labels = shard_data.load_decoded(store, samples.shard_set, "cfg")
     assert images.shape == (1438, 8, 8, 1) and images.dtype == np.uint8
     assert steps.draw_samples(config, store, config.models[0], dataset, "cpu").cached
+
+
+def test_checkpoints_every_n_steps_are_the_training_as_it_stood_then():
+    saved = {}
+    final = cfg_flow.train_digits(TINY, seed=0, log_every=0, save_every=20,
+                                  save=lambda step, ckpt: saved.update({step: {k: v.clone() for k, v in ckpt["model"].items()}}))
+    assert sorted(saved) == [20, 40]
+    assert all(torch.equal(saved[40][k], final["model"][k]) for k in final["model"])  # the last one is the result
+    assert not torch.equal(saved[20]["inp.weight"], saved[40]["inp.weight"])
+
+
+@pytest.mark.slow
+def test_the_series_script_writes_the_same_bytes_twice(tmp_path):
+    import hashlib
+    import subprocess
+    import sys
+
+    def run(out):
+        subprocess.run([sys.executable, "-m", "examples.cfg_flow_series", "--out", str(out), "--steps", "40",
+                        "--every", "20"], cwd=cfg_flow.__file__.rsplit("/examples/", 1)[0], check=True,
+                       capture_output=True, timeout=300)
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("ckpt-*.pt"))}
+
+    first = run(tmp_path / "a")
+    assert list(first) == ["ckpt-20.pt", "ckpt-40.pt"] and first == run(tmp_path / "b")
+    assert "series:" in (tmp_path / "a" / "series.yaml").read_text()
