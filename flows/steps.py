@@ -417,8 +417,15 @@ def series_of(summary: list[dict]) -> dict[str, list[dict]]:
 
 def judge_series(store: Store, checkpoints: list[dict], race_max_seeds: int | None = None) -> list[dict]:
     """A series' best set (the `best` table's rows), from its checkpoints' stored per-image predictions (one
-    run's checkpoints were all scored on its eval split, in key order); a racing series' from its race."""
-    return best_rows(checkpoints, {row["step"]: correctness(store, row)[0] for row in checkpoints}, race_max_seeds)
+    run's checkpoints were all scored on its eval split, in key order); a racing series' from its race. A race
+    that a checkpoint left by failing cannot be replayed: its table is the best set of what was evaluated."""
+    correct = {row["step"]: correctness(store, row)[0] for row in checkpoints}
+    try:
+        return best_rows(checkpoints, correct, race_max_seeds)
+    except ValueError as exc:
+        log.warning("series %s: its race cannot be replayed (%s); its best table is the best set of the "
+                    "checkpoints that finished, each with the seeds it got", checkpoints[0]["series"], exc)
+        return best_rows(checkpoints, correct)
 
 
 def judge(store: Store, history: list[dict], unreadable: dict[str, str], row: dict,
