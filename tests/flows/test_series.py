@@ -136,3 +136,20 @@ def test_a_series_is_listed_from_disk_in_the_patterns_form(tmp_path, scheme):
     config = steps.read_config(str(write_config(tmp_path, [series])))
     assert [(m.name, m.generator.path) for m in config.models] == [
         ("m@2", f"{scheme}{tmp_path}/b/ckpt-2.npz"), ("m@10", f"{scheme}{tmp_path}/a/ckpt-10.npz")]
+
+
+@pytest.mark.slow
+def test_a_race_that_cannot_be_replayed_still_gets_its_best_table(tmp_path, caplog):
+    # one seed per checkpoint stored, where a race of three seeds would give the two good ones a second:
+    # what a race looks like after a contender's second training failed
+    ckpts = tmp_path / "ckpts"
+    checkpoint(ckpts, 100, broken_classes=6)
+    checkpoint(ckpts, 200, broken_classes=0)
+    checkpoint(ckpts, 300, broken_classes=0, touched=1)
+    series = {"name": "ddpm", "generator": {"kind": "npz", "path": f"{ckpts}/samples-{{step}}.npz"}, "series": {}}
+    night = run_night(write_config(tmp_path, [series], scores=NO_SCORES), 1)
+    rows = [r for r in night.summary if r["series"] == "ddpm"]
+    raced = steps.judge_series(Store(str(tmp_path / "store")), rows, race_max_seeds=3)
+    assert [(r["step"], r["in_best_set"], r["selection"]) for r in raced] == [
+        (r["step"], r["in_best_set"], "all") for r in night.best]
+    assert "series ddpm: its race cannot be replayed (step 200 has 1 classifier seeds" in caplog.text
