@@ -91,11 +91,14 @@ def test_a_configured_server_that_does_not_answer_is_one_line(tmp_path):
     assert "Traceback" not in done.stderr and not (tmp_path / "store").exists()
 
 
+# In an xdist process that had run other server tests this run twice found a server and completed (exit 0);
+# alone it passes every time. Until that is explained it runs in make test's serial part.
+@pytest.mark.timing
 def test_a_temporary_server_that_does_not_come_up_in_time_is_one_line_with_the_remedy(tmp_path):
     config = write_config(tmp_path, [{"name": "g", "generator": {"kind": "gaussian"}}])
     env = env_for(tmp_path, CASFLOW_SERVER_START_TIMEOUT="0.5")  # no Prefect server starts in half a second
     done = subprocess.run([*CAS, "run", str(config)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-4000:]
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("cas: the temporary Prefect server did not answer within 0.5 s") and "`make server`" in last, last
     assert "CASFLOW_SERVER_START_TIMEOUT=300" in last and not list((tmp_path / "store").glob("results/*"))
