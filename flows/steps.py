@@ -291,12 +291,13 @@ def evaluate_classifier(config: Config, store: Store, classifier: ClassifierReco
     logits = np.concatenate([training.predict(recipe, net, decoded.window(start, start + training.PREDICT_BATCH), torch_device)
                              for start in range(0, len(labels), training.PREDICT_BATCH)])  # the batches of one call
     counts = count_correct(logits, labels, len(dataset.class_names))
-    top5, p_true = top_predictions(logits, labels)
+    top5, p_true, p_top1 = top_predictions(logits, labels)
     measured = {"seconds": round(time.perf_counter() - started, 3), "device": training.device_name(torch_device),
                 "num_images": len(labels), "image_shape": list(dataset.eval.image_shape), "recipe": recipe.name,
                 "recipe_fingerprint": recipe.fingerprint}  # what `cas plan` estimates from (flows/plan.py)
     artifacts.write_evaluation(store, fp, {"fingerprint_inputs": inputs, "counts": dataclasses.asdict(counts)} | measured,
-                               keys=[sample_key(i) for i in range(len(labels))], labels=labels, top5=top5, p_true=p_true)
+                               keys=[sample_key(i) for i in range(len(labels))], labels=labels, top5=top5, p_true=p_true,
+                               p_top1=p_top1)
     log.info("model %s: top-1 %.4f, top-5 %.4f on %d real eval images", classifier.model, counts.top1, counts.top5,
              sum(counts.n_eval))
     return EvaluationRecord(classifier.model, fp, classifier, counts, cached=False,

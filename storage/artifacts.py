@@ -3,7 +3,8 @@
   classifiers/<fp>/model.pt              the weights (torch.save of a CPU state dict)
   classifiers/<fp>/train_log.json        the training log, with the weights' sha256 and size; written
                                          last, it commits the classifier
-  evaluations/<fp>/predictions.parquet   per real eval image: key, true class, top-5 classes, p(true class)
+  evaluations/<fp>/predictions.parquet   per real eval image: key, true class, top-5 classes, p(true class),
+                                         p(predicted class)
   evaluations/<fp>/metrics.json          per-class counts, with the predictions' sha256 and size; written
                                          last, it commits the evaluation
   scores/<fp>/scores.json                GAN-test, feature-space scores and near copies of one model's
@@ -37,6 +38,9 @@ PREDICTIONS_SCHEMA = pa.schema([
     pa.field("label", pa.int32(), nullable=False),  # its true class
     pa.field("top5", pa.list_(pa.int32()), nullable=False),  # predicted classes, best first
     pa.field("p_true", pa.float32(), nullable=False),  # softmax probability of the true class
+    # softmax probability of the predicted class (the confidence of a miss); null in predictions stored before it was
+    # kept, which stay valid under the same evaluation fingerprint
+    pa.field("p_top1", pa.float32()),
 ])
 
 
@@ -62,8 +66,8 @@ def read_weights(store: Store, fingerprint: str) -> bytes:
 
 
 def write_evaluation(store: Store, fingerprint: str, metrics: dict[str, Any], keys: list[str], labels: np.ndarray,
-                     top5: np.ndarray, p_true: np.ndarray) -> None:
-    table = pa.table({"key": keys, "label": labels.astype(np.int32), "top5": list(top5), "p_true": p_true},
+                     top5: np.ndarray, p_true: np.ndarray, p_top1: np.ndarray) -> None:
+    table = pa.table({"key": keys, "label": labels.astype(np.int32), "top5": list(top5), "p_true": p_true, "p_top1": p_top1},
                      schema=PREDICTIONS_SCHEMA)
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
@@ -83,7 +87,8 @@ def read_evaluation(store: Store, fingerprint: str) -> dict[str, Any] | None:
 
 
 def read_predictions(store: Store, fingerprint: str) -> pa.Table | None:
-    """The evaluation's per-image predictions, sorted by key; None for evaluations stored before they were kept."""
+    """The evaluation's per-image predictions, sorted by key; None for evaluations stored before they were kept.
+    Predictions stored before `p_top1` was kept read with it null."""
     location = store.location("evaluations", fingerprint, PREDICTIONS)
     if not store.exists(location):
         return None

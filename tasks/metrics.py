@@ -60,15 +60,16 @@ def count_correct(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> C
     )
 
 
-def top_predictions(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per image: the (up to) 5 highest-scoring classes, best first (int32, N x k), and the
-    probability of the true class (float32), a softmax of the logits (after TTA averaging).
-    Ties in the logits go to the lower class index, as in `count_correct`."""
+def top_predictions(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image: the (up to) 5 highest-scoring classes, best first (int32, N x k), the probability
+    of the true class and that of the predicted (top-1) class (float32 each), a softmax of the
+    logits (after TTA averaging). Ties in the logits go to the lower class index, as in `count_correct`."""
     k = min(5, logits.shape[1])
     top = np.argsort(-logits, axis=1, kind="stable")[:, :k].astype(np.int32)
     shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
-    return top, probabilities[np.arange(len(labels)), labels].astype(np.float32)
+    rows = np.arange(len(labels))
+    return top, probabilities[rows, labels].astype(np.float32), probabilities[rows, top[:, 0]].astype(np.float32)
 
 
 def wilson_interval(successes: float, n: int, z: float = WILSON_Z) -> tuple[float, float]:

@@ -88,7 +88,7 @@ def test_predictions_are_stored_with_each_evaluation(two_nights):
     store = steps.open_store(steps.read_config(str(root / "night1.yaml")).store)
     row = by_model(first.summary)["candidate"]
     predictions = artifacts.read_predictions(store, row["evaluation_fingerprint"])
-    assert predictions.column_names == ["key", "label", "top5", "p_true"] and predictions.num_rows == 359
+    assert predictions.column_names == ["key", "label", "top5", "p_true", "p_top1"] and predictions.num_rows == 359
     keys = predictions.column("key").to_pylist()
     assert keys == sorted(keys) and keys[0] == "000000000"
     dataset = steps.prepare_dataset(steps.read_config(str(root / "night1.yaml")), store)
@@ -102,6 +102,8 @@ def test_predictions_are_stored_with_each_evaluation(two_nights):
     assert correct == sum(metrics["counts"]["top1_correct"])
     p_true = predictions.column("p_true").to_numpy()
     assert ((p_true > 0) & (p_true <= 1)).all() and p_true[top5[:, 0] == eval_labels].min() > 0.1
+    p_top1, right = predictions.column("p_top1").to_numpy(), top5[:, 0] == eval_labels
+    assert (p_top1 >= p_true).all() and (p_top1[right] == p_true[right]).all() and (p_top1[~right] > p_true[~right]).all()
 
 
 def test_the_first_night_has_nothing_to_compare(two_nights):
