@@ -1,17 +1,22 @@
 """The run's HTML report: everything it shows read back from the store (results, evaluations,
-a few samples per class), rendered by `tasks.report`, written next to the results."""
+a few samples per class, the failure gallery), rendered by `tasks.report`, written next to the results."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timezone
+from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 
-from casflow.flows.shard_data import first_per_class
+from casflow.flows.shard_data import first_per_class, load_decoded
 from casflow.storage import artifacts, results
 from casflow.storage.shards import ShardSet, load_shard_set
-from casflow.storage.store import Store
-from casflow.tasks import report
+from casflow.storage.store import IntegrityError, Store
+from casflow.tasks import devices, gallery, report, scores
+
+log = logging.getLogger("casflow.reporting")
 
 
 def write_report(store: Store, run_id: str) -> tuple[str, str]:
@@ -49,8 +54,112 @@ def build_report(store: Store, run_id: str) -> str:
     return report.render(report.ReportData(
         run_id=run_id, store_url=store.url, class_names=class_names, summary=summary, per_class=per_class,
         changes=changes, history=results.read_readable(store, "summary")[0].to_pylist(), confusion=confusion, samples=samples,
-        real_samples=grid(store, real, len(class_names)) if real else None, generated=datetime.now(timezone.utc), best=best))
+        real_samples=grid(store, real, len(class_names)) if real else None, generated=datetime.now(timezone.utc), best=best,
+        galleries=galleries(store, summary, changes, best, class_names)))
 
 
 def grid(store: Store, shard_set: ShardSet, num_classes: int) -> report.SampleGrid:
     return report.sample_grid(*first_per_class(store, shard_set, report.GRID_PER_CLASS), num_classes)
+
+
+# ---------------------------------------------------------------- the failure gallery
+
+def galleries(store: Store, summary: list[dict[str, Any]], changes: list[dict[str, Any]], best: list[dict[str, Any]],
+              class_names: tuple[str, ...]) -> dict[str, report.Gallery]:
+    """The failure gallery of each model `gallery.gallery_models` picks. Memory stays bounded at any scale: the
+    eval split and the samples are read as the local cache's memory maps, and only the picked eval images and
+    the samples of their classes (at most gallery.SAMPLES_SEARCHED per class, a seeded subset) get features.
+    A model whose gallery cannot be made gets a note naming the problem instead (the report is written all
+    the same, as for the rest of the run)."""
+    chosen = set(gallery.gallery_models(summary, changes, best))
+    rows = [row for row in summary if row["model"] in chosen]
+    real = next((row for row in summary if row["generator_kind"] == "real" and row["status"] == "ok"), None)
+    if not rows or real is None:
+        return {row["model"]: report.Gallery((), "no real baseline in this run, whose classifier's features the "
+                                                 "samples are searched in") for row in rows}
+    try:
+        eval_split = load_shard_set(store, store.location("real", real["dataset_fingerprint"], "eval"))
+        if eval_split is None:
+            raise FileNotFoundError(f"{store.uri(store.location('real', real['dataset_fingerprint'], 'eval'))}: "
+                                    "the real eval split is not on the store")
+        features = real_features(store, real, eval_split.image_shape, len(class_names))
+        eval_images, eval_labels = load_decoded(store, eval_split, "real eval split")
+    except (OSError, ValueError, RuntimeError, IntegrityError) as exc:
+        log.warning("report: no failure gallery: %s", exc)
+        return {row["model"]: report.Gallery((), f"no failure gallery: {exc}") for row in rows}
+    found = {}
+    for row in rows:
+        try:
+            found[row["model"]] = model_gallery(store, row, eval_images, eval_labels, features)
+        except (OSError, ValueError, RuntimeError, IntegrityError) as exc:
+            log.warning("report: model %s: no failure gallery: %s", row["model"], exc)
+            found[row["model"]] = report.Gallery((), f"no failure gallery: {exc}")
+    return found
+
+
+def real_features(store: Store, real: dict[str, Any], image_shape: tuple[int, int, int], num_classes: int):
+    """A function from uint8 images to the penultimate features of the real baseline's classifier (its first
+    seed, as the scores beside CAS use), rebuilt from the recipe its training log recorded."""
+    from casflow.tasks.classifiers import resolve, training
+
+    fingerprint = (real["classifier_fingerprints"] or [real["classifier_fingerprint"]])[0]
+    log_of = artifacts.read_train_log(store, fingerprint)
+    if log_of is None:
+        raise FileNotFoundError(f"{store.uri(store.location('classifiers', fingerprint))}: the real baseline's classifier "
+                                "is not on the store")
+    inputs = log_of["fingerprint_inputs"]
+    recipe, device = resolve(inputs["recipe"], inputs["hyperparameters"]), devices.torch_device("auto")
+    net = training.load_weights(recipe, artifacts.read_weights(store, fingerprint), image_shape=image_shape,
+                                num_classes=num_classes, device=device)
+    return lambda images: training.features(recipe, net, np.asarray(images), device)
+
+
+def model_gallery(store: Store, row: dict[str, Any], eval_images: np.ndarray, eval_labels: np.ndarray,
+                  features) -> report.Gallery:
+    """One model's most confident misses (its first seed's evaluation) and its samples nearest to each."""
+    model = row["model"]
+    fingerprint = (row["evaluation_fingerprints"] or [row["evaluation_fingerprint"]])[0]
+    predictions = artifacts.read_predictions(store, fingerprint)
+    if predictions is None:
+        return report.Gallery((), "no per-image predictions stored for its evaluation")
+    if predictions.column("p_top1").null_count:
+        return report.Gallery((), "its evaluation was stored before casflow kept the predicted class's probability "
+                                  "(a new evaluation of this model has it)")
+    labels = predictions.column("label").to_numpy()
+    if not np.array_equal(labels, eval_labels):  # keys are the eval split's positions: both in key order
+        raise ValueError(f"model '{model}': evaluation {fingerprint[:12]} was scored on other eval images than the "
+                         "run's eval split")
+    predicted = pc.list_element(predictions.column("top5"), 0).to_numpy()
+    confidence = predictions.column("p_top1").to_numpy()
+    picks = gallery.most_confident_misses(labels, predicted, confidence)
+    if not len(picks):
+        return report.Gallery((), "its classifier got every real eval image right")
+    samples = sample_set(store, row)
+    images, sample_labels = load_decoded(store, samples, f"model {model}")
+    searched, searched_features = [], []
+    for c in np.unique(np.concatenate([labels[picks], predicted[picks]])):
+        members = np.flatnonzero(sample_labels == c)
+        members = members[scores.subset(len(members), gallery.SAMPLES_SEARCHED, scores.SUBSET_SEED, "gallery", int(c))]
+        if len(members):  # a class the model drew no samples of has no neighbours
+            searched.append(members)
+            searched_features.append(features(images[members]))
+    pick_features = features(eval_images[picks])
+    searched = np.concatenate(searched) if searched else np.empty(0, np.int64)
+    reference = np.concatenate(searched_features) if searched_features else np.empty((0, pick_features.shape[1]), np.float32)
+    true_side = gallery.nearest_of_class(pick_features, labels[picks], reference, sample_labels[searched])
+    predicted_side = gallery.nearest_of_class(pick_features, predicted[picks], reference, sample_labels[searched])
+    return report.Gallery(tuple(
+        report.Miss(image=np.asarray(eval_images[i]), true_class=int(labels[i]), predicted_class=int(predicted[i]),
+                    confidence=float(confidence[i]), true_neighbours=np.asarray(images[searched[t]]),
+                    predicted_neighbours=np.asarray(images[searched[p]]))
+        for i, t, p in zip(picks, true_side, predicted_side)))
+
+
+def sample_set(store: Store, row: dict[str, Any]) -> ShardSet:
+    """A model's samples as stored: the real baseline's are the real train split."""
+    location = (store.location("real", row["dataset_fingerprint"], "train") if row["generator_kind"] == "real"
+                else store.location("samples", row["samples_fingerprint"]))
+    shard_set = load_shard_set(store, location)
+    if shard_set is None:
+        raise FileNotFoundError(f"{store.uri(location)}: model '{row['model']}': its samples are not on the store")
+    return shard_set

@@ -2,7 +2,9 @@
 the changes since each model's previous run, each series' CAS against step
 and best set, per-class accuracy beside the
 real baseline, the trend over nights, each classifier's confusion matrix,
-and a grid of samples per model beside real images of the same classes.
+a grid of samples per model beside real images of the same classes, and the
+failure gallery: the real eval images a model's classifier misses most
+confidently, beside the model's nearest samples of both classes.
 
 No network: every image is embedded as a data URI (sample grids as PNG,
 plots as SVG drawn here, without matplotlib) and the page has no scripts.
@@ -39,6 +41,26 @@ class SampleGrid:
 
 
 @dataclasses.dataclass(frozen=True)
+class Miss:
+    """A real eval image a model's classifier got wrong, and the model's samples nearest to it (tasks/gallery.py)."""
+
+    image: np.ndarray  # uint8 (H, W, C)
+    true_class: int
+    predicted_class: int
+    confidence: float  # the probability the classifier gave the predicted class
+    true_neighbours: np.ndarray  # uint8 (k, H, W, C), nearest first: the model's samples of the true class
+    predicted_neighbours: np.ndarray  # the same, of the predicted class
+
+
+@dataclasses.dataclass(frozen=True)
+class Gallery:
+    """One model's most confident misses; `note` says why there are none when there are none."""
+
+    misses: tuple[Miss, ...]
+    note: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class ReportData:
     run_id: str
     store_url: str
@@ -52,6 +74,7 @@ class ReportData:
     real_samples: SampleGrid | None  # the real train split, the same classes
     generated: datetime
     best: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # this run's best table rows (its series)
+    galleries: dict[str, Gallery] = dataclasses.field(default_factory=dict)  # model -> its failure gallery
 
 
 def render(data: ReportData) -> str:
@@ -73,6 +96,7 @@ def render(data: ReportData) -> str:
         "<h2>Trend over runs</h2>", _trend_section(data.history, models),
         "<h2>Confusion matrices</h2>", _confusion_section(data.confusion, models, data.class_names),
         "<h2>Samples beside real images</h2>", _samples_section(data.samples, data.real_samples, models, data.class_names),
+        "<h2>Failure gallery: the most confident misses</h2>", _gallery_section(data.galleries, data.class_names),
     ]
     return (f"<!doctype html>\n<html lang=en><head><meta charset=utf-8><title>{_e(title)}</title>"
             f"<style>{_CSS}</style></head><body>\n" + "\n".join(sections) + "\n</body></html>\n")
@@ -86,6 +110,7 @@ th{background:#f4f4f4}.meta{color:#555}.worse{background:#fde2e2}.better{backgro
 .grid{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}.grid figure{margin:0;max-width:560px}
 figcaption{font-size:.85em;color:#555;margin-top:.3em}
 img{image-rendering:pixelated;max-width:100%}
+.gallery td{vertical-align:middle}.gallery img{height:56px;width:auto;max-width:none}
 """
 
 
@@ -343,6 +368,41 @@ def _samples_section(samples: dict[str, SampleGrid], real: SampleGrid | None, mo
     if real is not None:
         figures.insert(0, f"<figure>{_img(grid_png(real), 'real')}<figcaption>real train images, the same classes</figcaption></figure>")
     return "<div class=grid>" + "".join(figures) + "</div>" if figures else "<p>(no samples found)</p>"
+
+
+def _gallery_section(galleries: dict[str, Gallery], class_names: tuple[str, ...]) -> str:
+    if not galleries:
+        return "<p>(no model evaluated)</p>"
+    parts = ["<p>The real eval images each model's classifier (its first seed) misses most confidently, beside the "
+             "model's samples nearest to them of the image's true class and of the class it was taken for, in the "
+             "features of the classifier trained on the real train split. Shown for every plain model, the best "
+             "checkpoint of each series and any model that got significantly worse tonight. Samples far from the "
+             "image in its true class, or close to it in the predicted one, show what the model draws wrong.</p>"]
+    for model, gallery in galleries.items():
+        parts.append(f"<h3>{_e(model)}</h3>")
+        if not gallery.misses:
+            parts.append(f"<p>{_e(gallery.note or 'no misses')}</p>")
+            continue
+        rows = []
+        for miss in gallery.misses:
+            true_name, predicted_name = class_names[miss.true_class], class_names[miss.predicted_class]
+            rows.append(f"<tr><td>{_img(strip_png(miss.image[None]), f'real eval image of {true_name}')}</td>"
+                        f"<td>true <b>{_e(true_name)}</b>, taken for <b>{_e(predicted_name)}</b> ({100 * miss.confidence:.1f}%)</td>"
+                        f"<td>{_strip(miss.true_neighbours, f'{model}: nearest samples of {true_name}')}</td>"
+                        f"<td>{_strip(miss.predicted_neighbours, f'{model}: nearest samples of {predicted_name}')}</td></tr>")
+        parts.append("<table class=gallery><tr><th>real eval image</th><th>true class, taken for (confidence)</th>"
+                     "<th>nearest samples of the true class</th><th>nearest samples of the predicted class</th></tr>"
+                     + "".join(rows) + "</table>")
+    return "".join(parts)
+
+
+def _strip(images: np.ndarray, alt: str) -> str:
+    return _img(strip_png(images), alt) if len(images) else "(no samples of this class)"
+
+
+def strip_png(images: np.ndarray) -> bytes:
+    """uint8 (k, H, W, C) images side by side as one PNG, upscaled as the sample grids."""
+    return grid_png(SampleGrid(images[None], ()))
 
 
 def grid_png(grid: SampleGrid) -> bytes:

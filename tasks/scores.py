@@ -227,6 +227,13 @@ def nearest_neighbours(queries, references, *, exclude: np.ndarray | None = None
     return _exact_distances(queries, references, nearest[:, 0], device=device), nearest[:, 0]
 
 
+def k_nearest(queries, references, k: int, *, device="cpu", block_elements: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(distances, indices), each (N, k) and nearest first, of each query's k nearest references, found in the
+    float32 tiles (ties go to the lower index, within their rounding)."""
+    squared, nearest = _k_nearest_squared(queries, references, k, device=device, block_elements=block_elements)
+    return np.sqrt(squared.astype(np.float64)), nearest
+
+
 def _balls_containing_squared(queries, centres, squared_radii: np.ndarray, *, device="cpu",
                               block_elements: int | None = None) -> np.ndarray:
     import torch

@@ -384,7 +384,13 @@ window.addEventListener("error", e => window.__errors.push(String(e.message || e
 window.addEventListener("load", () => {
   const images = [...document.images];
   const broken = images.filter(i => !(i.complete && i.naturalWidth > 0)).length;
-  document.body.setAttribute("data-check", JSON.stringify({images: images.length, broken, errors: window.__errors}));
+  const gallery = [...document.querySelectorAll("table.gallery img")];
+  const shown = gallery.filter(i => i.complete && i.naturalWidth > 0 && i.getBoundingClientRect().height >= 50).length;
+  const series = images.filter(i => i.alt.endsWith(": CAS top-1 per step")).map(i => i.getBoundingClientRect().width);
+  const best = [...document.querySelectorAll("table")].filter(t => [...t.rows[0].cells].some(c => c.innerText === "best set"))
+    .map(t => [...t.rows].slice(1).map(r => r.cells[1].innerText + (r.className === "better" ? " in best set" : "")));
+  document.body.setAttribute("data-check", JSON.stringify({images: images.length, broken, errors: window.__errors,
+                                                           gallery: gallery.length, shown, series, best}));
 });
 </script>"""
 
@@ -418,20 +424,117 @@ def test_the_report_renders_in_chromium(two_nights, tmp_path):
     assert text.count("data:image/png;base64,") >= 3 + 1  # samples per model, the real grid
     assert (root / "store" / "reports" / second.run_id / "index.html").exists()
 
+    check = _checked_in(browser, tmp_path, text)
+    assert check["images"] >= 10 and check["broken"] == 0 and check["errors"] == [], check
+
+    pixels = _screenshot(browser, tmp_path, page).mean(axis=2)
+    assert pixels.shape == (2400, 1280) and pixels.std() > 20  # not a blank page
+
+
+def _checked_in(browser: str, tmp_path: Path, text: str) -> dict:
+    """The page loaded in Chromium with CHECK: its images, the broken ones, script errors, the gallery's images
+    and how many were drawn at least 50 px high, the series charts' widths, the best tables' rows."""
     checked = tmp_path / "checked.html"
     checked.write_text(text.replace("<body>", "<body>" + CHECK, 1))
     done = _headless(browser, tmp_path / "profile", "--virtual-time-budget=5000", "--dump-dom", checked.as_uri())
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "Uncaught" not in done.stderr
     match = re.search(r'data-check="([^"]*)"', done.stdout)
     assert match, done.stdout[-2000:]
-    check = json.loads(html.unescape(match.group(1)))
-    assert check["images"] >= 10 and check["broken"] == 0 and check["errors"] == [], check
-    assert "Uncaught" not in done.stderr
+    return json.loads(html.unescape(match.group(1)))
 
-    shot = tmp_path / "report.png"
-    done = _headless(browser, tmp_path / "profile", f"--screenshot={shot}", page.as_uri())
-    assert done.returncode == 0 and shot.exists(), done.stderr[-2000:]
+
+def _screenshot(browser: str, tmp_path: Path, page: Path) -> np.ndarray:
     from PIL import Image
 
-    pixels = np.asarray(Image.open(shot).convert("L"))
-    assert pixels.shape == (2400, 1280) and pixels.std() > 20  # not a blank page
+    shot = tmp_path / f"{page.stem}.png"
+    done = _headless(browser, tmp_path / "profile", f"--screenshot={shot}", page.as_uri())
+    assert done.returncode == 0 and shot.exists(), done.stderr[-2000:]
+    return np.asarray(Image.open(shot).convert("RGB")).astype(np.int32)
+
+
+def _section_page(tmp_path: Path, text: str, heading: str) -> Path:
+    """One section of the report (its <h2> to the next) as a page of its own, with the report's style."""
+    start = text.index(f"<h2>{heading}")
+    end = text.find("<h2>", start + 4)
+    page = tmp_path / f"section-{heading.split()[0].lower()}.html"
+    page.write_text(text[: text.index("<body>") + len("<body>")] + text[start : end if end > 0 else None])
+    return page
+
+
+def _has_dark_square(pixels: np.ndarray, side: int = 24) -> bool:
+    """Whether some side x side square is all dark: an upscaled digit's black background, which no text makes."""
+    dark = (pixels.mean(axis=2) < 60).astype(np.int64).cumsum(0).cumsum(1)
+    full = dark[side:, side:] - dark[:-side, side:] - dark[side:, :-side] + dark[:-side, :-side]
+    return bool((full == side * side).any())
+
+
+def test_the_failure_gallery_shows_the_most_confident_misses_beside_the_nearest_samples(two_nights):
+    """Night 2's `candidate` draws eights for its 3s: a real image it takes for a 3 finds those eights beside it."""
+    from casflow.flows import reporting
+    from casflow.storage.store import Store
+
+    root, _, second = two_nights
+    store = Store(str(root / "store"))
+    summary = results.read_run(store, "summary", second.run_id).to_pylist()
+    changes = results.read_run(store, "changes", second.run_id).to_pylist()
+    found = reporting.galleries(store, summary, changes, [], tuple(map(str, range(10))))
+    assert list(found) == ["real", "candidate", "redrawn", "steady"]  # all plain models
+    for model, gallery in found.items():
+        row = by_model(summary)[model]
+        predictions = artifacts.read_predictions(store, row["evaluation_fingerprints"][0])
+        top1 = np.array([t[0] for t in predictions.column("top5").to_pylist()])
+        missed = predictions.column("p_top1").to_numpy()[top1 != predictions.column("label").to_numpy()]
+        assert [m.confidence for m in gallery.misses] == sorted(missed, reverse=True)[:8]  # the most confident misses
+        assert all(m.true_class != m.predicted_class and len(m.true_neighbours) == len(m.predicted_neighbours) == 3
+                   for m in gallery.misses)
+    train, _ = digits_splits(0.2, 0)
+    eights = {image.tobytes() for image in train.images[train.labels == 8]}
+    taken_for_three = [m for m in found["candidate"].misses if m.predicted_class == 3]
+    assert taken_for_three and all(sample.tobytes() in eights for m in taken_for_three for sample in m.predicted_neighbours)
+    real_threes = {image.tobytes() for image in train.images[train.labels == 3]}
+    assert all(sample.tobytes() in real_threes for m in found["real"].misses if m.true_class == 3
+               for sample in m.true_neighbours)  # the baseline's samples are the real train split
+
+
+def test_the_failure_gallery_renders_in_chromium(two_nights, tmp_path):
+    from casflow.flows import reporting
+    from casflow.storage.store import Store
+
+    browser = _chromium()
+    root, _, second = two_nights
+    text = reporting.build_report(Store(str(root / "store")), second.run_id)
+    assert text.count("<table class=gallery>") == 4 and text.count("</b>, taken for <b>") == 4 * 8
+    check = _checked_in(browser, tmp_path, text)
+    assert check["broken"] == 0 and check["errors"] == [], check
+    assert check["gallery"] == check["shown"] == 4 * 8 * 3, check  # per miss: the image and two strips of samples
+    pixels = _screenshot(browser, tmp_path, _section_page(tmp_path, text, "Failure gallery"))
+    assert pixels.std() > 20 and _has_dark_square(pixels)  # upscaled digits, drawn
+
+
+def test_a_series_report_renders_its_chart_and_best_set_in_chromium(tmp_path, monkeypatch):
+    from casflow.flows import reporting
+    from casflow.storage.store import Store
+    from examples import checkpoint_series
+
+    browser = _chromium()
+    monkeypatch.setattr("sys.argv", ["checkpoint_series", "--out", str(tmp_path)])
+    checkpoint_series.main()
+    series = {"name": "ddpm", "generator": {"kind": "npz", "path": f"{tmp_path}/samples-{{step}}.npz"}, "series": {}}
+    record = run_night(write_config(tmp_path, [series], name="tiny-series.yaml",
+                                    scores={"gan_test": False, "features": False, "memorization": False, "augmentation": []}), 1)
+    in_best_set = {r["step"] for r in record.best if r["in_best_set"]}
+    assert in_best_set and 1000 not in in_best_set  # 2 PCA dimensions lose CAS
+    text = reporting.build_report(Store(str(tmp_path / "store")), record.run_id)
+    check = _checked_in(browser, tmp_path, text)
+    assert check["broken"] == 0 and check["errors"] == [], check
+    assert len(check["series"]) == 1 and check["series"][0] >= 300, check  # the chart, drawn at its width
+    assert check["best"] == [[f"{step}" + (" in best set" if step in in_best_set else "")
+                              for step in (1000, 2000, 3000, 4000)]], check
+    leader = next(r["model"] for r in record.best if r["is_leader"])
+    assert f"<h3>{leader}</h3>" in text[text.index("<h2>Failure gallery"):]  # the best checkpoint's gallery
+
+    pixels = _screenshot(browser, tmp_path, _section_page(tmp_path, text, "Series"))
+    blue = (np.abs(pixels - np.array([59, 111, 182])).max(axis=2) <= 8).sum()  # the chart's line and points
+    green = (np.abs(pixels - np.array([225, 245, 225])).max(axis=2) <= 2).sum()  # best-set rows
+    assert blue > 200 and green > 2000, (blue, green)

@@ -151,8 +151,12 @@ def test_two_nights_through_the_cas_command(tiny_config, tmp_path, capsys):
     assert main(["run", str(worse), "--fail-on-regression"]) == 3
     captured = capsys.readouterr()
     assert "vs last" in captured.out and "worse" in captured.out and "significantly worse: candidate" in captured.err
-    report = next((tmp_path / "store" / "reports").glob("*/index.html"))
-    assert "candidate" in report.read_text()
+    reports = list((tmp_path / "store" / "reports").glob("*/index.html"))
+    assert len(reports) == 2
+    for report in reports:  # each night's report has the failure gallery of both models, 8 misses each
+        gallery = report.read_text().split("<h2>Failure gallery: the most confident misses</h2>")[1]
+        assert "<h3>real</h3>" in gallery and "<h3>candidate</h3>" in gallery
+        assert gallery.count("<table class=gallery>") == 2 and gallery.count("</b>, taken for <b>") == 2 * 8
     with get_client(sync_client=True) as client:  # the latest of each key: this test's second run
         changes, note = (client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
                                                sort=ArtifactSort.CREATED_DESC, limit=1) for key in ("cas-changes", "cas-worst-classes"))
