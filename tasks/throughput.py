@@ -149,5 +149,5 @@ def shard_bytes_per_sample(image_shape: tuple[int, int, int]) -> int:
     return round(PNG_FRACTION_OF_RAW * height * width * channels) + TAR_FRAMING
 
 
-# predictions.parquet per eval image (key, label, top-5, p_true; zstd) when no evaluation on the store says
+# predictions.parquet per eval image (key, label, top-5, p_true, p_top1; zstd) when no evaluation on the store says
 PREDICTION_BYTES_PER_IMAGE = 13  # the demo: 4,574 bytes for 359 eval images
