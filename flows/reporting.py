@@ -107,7 +107,10 @@ def real_features(store: Store, real: dict[str, Any], image_shape: tuple[int, in
     if log_of is None:
         raise FileNotFoundError(f"{store.uri(store.location('classifiers', fingerprint))}: the real baseline's classifier "
                                 "is not on the store")
-    inputs = log_of["fingerprint_inputs"]
+    inputs = log_of.get("fingerprint_inputs") or {}
+    if "recipe" not in inputs or "hyperparameters" not in inputs:
+        raise ValueError(f"{store.uri(store.location('classifiers', fingerprint, artifacts.TRAIN_LOG))}: the real baseline's "
+                         "training log does not name its recipe and hyperparameters")
     recipe, device = resolve(inputs["recipe"], inputs["hyperparameters"]), devices.torch_device("auto")
     net = training.load_weights(recipe, artifacts.read_weights(store, fingerprint), image_shape=image_shape,
                                 num_classes=num_classes, device=device)

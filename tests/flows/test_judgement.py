@@ -497,6 +497,28 @@ def test_the_failure_gallery_shows_the_most_confident_misses_beside_the_nearest_
                for sample in m.true_neighbours)  # the baseline's samples are the real train split
 
 
+def test_an_evaluation_stored_before_the_confidence_was_kept_has_a_note_not_a_gallery(two_nights, tmp_path):
+    import hashlib
+    import shutil
+
+    from casflow.flows import reporting
+    from casflow.storage.store import Store
+
+    root, _, second = two_nights
+    shutil.copytree(root / "store", tmp_path / "store")
+    store = Store(str(tmp_path / "store"))
+    summary = results.read_run(store, "summary", second.run_id).to_pylist()
+    folder = tmp_path / "store" / "evaluations" / by_model(summary)["candidate"]["evaluation_fingerprints"][0]
+    pq.write_table(pq.read_table(folder / "predictions.parquet").drop_columns(["p_top1"]), folder / "predictions.parquet")
+    marker = json.loads((folder / "metrics.json").read_text())
+    marker["predictions_sha256"] = hashlib.sha256((folder / "predictions.parquet").read_bytes()).hexdigest()
+    (folder / "metrics.json").write_text(json.dumps(marker))  # as casflow wrote it before p_top1
+    found = reporting.galleries(store, summary, [], [], tuple(map(str, range(10))))
+    assert found["candidate"].misses == () and "stored before casflow kept the predicted class's probability" in \
+        found["candidate"].note
+    assert len(found["steady"].misses) == 8  # the others are shown
+
+
 def test_the_failure_gallery_renders_in_chromium(two_nights, tmp_path):
     from casflow.flows import reporting
     from casflow.storage.store import Store
