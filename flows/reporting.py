@@ -15,6 +15,7 @@ from casflow.storage import artifacts, results
 from casflow.storage.shards import ShardSet, load_shard_set
 from casflow.storage.store import IntegrityError, Store
 from casflow.tasks import devices, gallery, report, scores
+from casflow.tasks.fingerprint import fingerprint
 
 log = logging.getLogger("casflow.reporting")
 
@@ -77,6 +78,15 @@ def galleries(store: Store, summary: list[dict[str, Any]], changes: list[dict[st
     if not rows or real is None:
         return {row["model"]: report.Gallery((), "no real baseline in this run, whose classifier's features the "
                                                  "samples are searched in") for row in rows}
+    keys = {row["model"]: gallery_fingerprint(row, real) for row in rows}
+    found = {}
+    for row in rows:  # galleries an earlier report made from the same evaluation, samples and baseline
+        stored = artifacts.read_gallery(store, keys[row["model"]])
+        if stored is not None:
+            found[row["model"]] = gallery.decode(stored)
+    rows = [row for row in rows if row["model"] not in found]
+    if not rows:
+        return found
     try:
         eval_split = load_shard_set(store, store.location("real", real["dataset_fingerprint"], "eval"))
         if eval_split is None:
@@ -86,15 +96,25 @@ def galleries(store: Store, summary: list[dict[str, Any]], changes: list[dict[st
         eval_images, eval_labels = load_decoded(store, eval_split, "real eval split")
     except (OSError, ValueError, RuntimeError, IntegrityError) as exc:
         log.warning("report: no failure gallery: %s", exc)
-        return {row["model"]: report.Gallery((), f"no failure gallery: {exc}") for row in rows}
-    found = {}
+        return found | {row["model"]: report.Gallery((), f"no failure gallery: {exc}") for row in rows}
     for row in rows:
         try:
             found[row["model"]] = model_gallery(store, row, eval_images, eval_labels, features)
         except (OSError, ValueError, RuntimeError, IntegrityError) as exc:
             log.warning("report: model %s: no failure gallery: %s", row["model"], exc)
             found[row["model"]] = report.Gallery((), f"no failure gallery: {exc}")
+            continue
+        artifacts.write_gallery(store, keys[row["model"]], gallery.encode(found[row["model"]]))
     return found
+
+
+def gallery_fingerprint(row: dict[str, Any], real: dict[str, Any]) -> str:
+    """What a model's gallery is made of: its first seed's evaluation, its samples, and the real baseline's
+    classifier whose features rank the samples."""
+    return fingerprint("gallery", {
+        "evaluation": (row["evaluation_fingerprints"] or [row["evaluation_fingerprint"]])[0],
+        "samples": row["dataset_fingerprint"] if row["generator_kind"] == "real" else row["samples_fingerprint"],
+        "real_classifier": (real["classifier_fingerprints"] or [real["classifier_fingerprint"]])[0]})
 
 
 def real_features(store: Store, real: dict[str, Any], image_shape: tuple[int, int, int], num_classes: int):

@@ -65,6 +65,19 @@ def read_weights(store: Store, fingerprint: str) -> bytes:
     return _read_checked(store, store.location("classifiers", fingerprint, WEIGHTS), marker.get("weights_sha256"))
 
 
+GALLERY = "gallery.npz"
+
+
+def read_gallery(store: Store, fingerprint: str) -> bytes | None:
+    """A model's failure gallery as the report stored it (tasks/gallery.py encodes it), or None."""
+    location = store.location("galleries", fingerprint, GALLERY)
+    return store.read_bytes(location) if store.exists(location) else None
+
+
+def write_gallery(store: Store, fingerprint: str, data: bytes) -> None:
+    store.write_bytes(store.location("galleries", fingerprint, GALLERY), data)
+
+
 def write_evaluation(store: Store, fingerprint: str, metrics: dict[str, Any], keys: list[str], labels: np.ndarray,
                      top5: np.ndarray, p_true: np.ndarray, p_top1: np.ndarray) -> None:
     table = pa.table({"key": keys, "label": labels.astype(np.int32), "top5": list(top5), "p_true": p_true, "p_top1": p_top1},

@@ -25,7 +25,7 @@ from casflow.storage.atomic import atomic_file, is_debris, is_temporary
 from casflow.tasks.exits import USAGE, CasError
 
 Kind = Literal["real", "samples", "classifiers", "evaluations", "scores"]
-KINDS: tuple[str, ...] = ("real", "samples", "classifiers", "evaluations", "scores")
+KINDS: tuple[str, ...] = ("real", "samples", "classifiers", "evaluations", "scores", "galleries")
 TOP_FOLDERS = (*KINDS, "results", "reports")  # what a store holds at its root
 
 

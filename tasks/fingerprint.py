@@ -29,6 +29,7 @@ CODE_VERSIONS: dict[str, int] = {
     "evaluation": 2,  # counts and per-image predictions on the real eval split (tasks/metrics.py); 2: predictions
     "scores": 2,  # the scores beside CAS (tasks/scores.py); 2: float32 tiles on the device, seeded subsets and their sizes
     "recipe": 1,  # how a recipe and its hyperparameters are named (runs compare only under one recipe)
+    "gallery": 1,  # a model's failure gallery in the report (tasks/gallery.py, flows/reporting.py)
     # inside those fingerprints' inputs
     "recipe:fast": 2,  # tasks/classifiers/fast.py
     "recipe:accurate": 2,  # tasks/classifiers/accurate.py

@@ -9,11 +9,13 @@ from the store, and tasks/report.py draws them.
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
 
 from casflow.tasks import scores
+from casflow.tasks.report import Gallery, Miss
 from casflow.tasks.results import regressions
 
 MISSES_SHOWN = 8  # real eval images per model
@@ -61,3 +63,27 @@ def nearest_of_class(query_features: np.ndarray, query_classes: np.ndarray, refe
         for row, indices in zip(rows, nearest):
             found[row] = members[indices]
     return found
+
+
+def encode(found: Gallery) -> bytes:
+    """A gallery as npz bytes (no pickle), so that a run whose inputs did not change reads it back instead of
+    computing features again (which would import torch into a cached run)."""
+    arrays: dict[str, np.ndarray] = {"note": np.array(found.note)}
+    arrays["classes"] = np.array([(m.true_class, m.predicted_class) for m in found.misses], np.int64).reshape(-1, 2)
+    arrays["confidence"] = np.array([m.confidence for m in found.misses], np.float64)
+    for i, miss in enumerate(found.misses):
+        arrays[f"image_{i}"], arrays[f"true_{i}"], arrays[f"predicted_{i}"] = (
+            miss.image, miss.true_neighbours, miss.predicted_neighbours)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def decode(data: bytes) -> Gallery:
+    with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+        misses = tuple(Miss(image=stored[f"image_{i}"], true_class=int(true_class), predicted_class=int(predicted_class),
+                            confidence=float(confidence), true_neighbours=stored[f"true_{i}"],
+                            predicted_neighbours=stored[f"predicted_{i}"])
+                       for i, ((true_class, predicted_class), confidence)
+                       in enumerate(zip(stored["classes"], stored["confidence"])))
+        return Gallery(misses, str(stored["note"]))

@@ -168,9 +168,9 @@ class Unanswering:
         import socket
         import threading
 
-        self._sockets = []
+        self._sockets, self.accepted = [], []  # accepted: the silent endpoint's connections, as they come
         silent = self._listen(64)
-        threading.Thread(target=lambda: [self._sockets.append(silent.accept()[0]) for _ in iter(int, 1)], daemon=True).start()
+        threading.Thread(target=lambda: [self.accepted.append(silent.accept()[0]) for _ in iter(int, 1)], daemon=True).start()
         unaccepted = self._listen(0)
         for _ in range(3):  # fill the accept queue; later connects wait for a SYN-ACK that never comes
             filler = socket.socket()
@@ -197,7 +197,7 @@ class Unanswering:
         return f"http://127.0.0.1:{self.ports[kind]}"
 
     def __exit__(self, *exc):
-        for s in self._sockets:
+        for s in self._sockets + self.accepted:
             s.close()
 
 

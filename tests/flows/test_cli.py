@@ -231,14 +231,15 @@ def test_ctrl_c_in_a_reading_command_exits_130_without_a_traceback(tmp_path):
     import signal
     import time
 
-    from helpers import Unanswering
+    from helpers import Unanswering, wait_for
 
     with Unanswering() as endpoints:  # a store that never answers: the command is still waiting when Ctrl-C comes
         env = dict(os.environ, AWS_ENDPOINT_URL=endpoints.url("silent"), AWS_ACCESS_KEY_ID="key", AWS_SECRET_ACCESS_KEY="secret",
                    AWS_DEFAULT_REGION="us-east-1")
         cas = subprocess.Popen([sys.executable, "-m", "casflow.flows.cli", "results", "--store", "s3://casflow/cas"], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(3)
+        wait_for(lambda: endpoints.accepted, timeout=120, what="cas's connection to the store")  # imports done, waiting
+        time.sleep(0.5)
         cas.send_signal(signal.SIGINT)
         out, err = cas.communicate(timeout=20)
     assert cas.returncode == 130, err

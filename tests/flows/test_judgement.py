@@ -506,6 +506,7 @@ def test_an_evaluation_stored_before_the_confidence_was_kept_has_a_note_not_a_ga
 
     root, _, second = two_nights
     shutil.copytree(root / "store", tmp_path / "store")
+    shutil.rmtree(tmp_path / "store" / "galleries")  # a store from before p_top1 has no stored galleries either
     store = Store(str(tmp_path / "store"))
     summary = results.read_run(store, "summary", second.run_id).to_pylist()
     folder = tmp_path / "store" / "evaluations" / by_model(summary)["candidate"]["evaluation_fingerprints"][0]

@@ -277,6 +277,7 @@ def test_scores_beside_cas_in_the_flow_their_opt_outs_and_a_failed_baseline(tiny
     assert len([r for r in caplog.records if "no scores beside CAS in this run" in r.getMessage()]) == 1
 
 
+@pytest.mark.timing  # a 4 s step limit: beside other test processes a healthy step can pass it
 def test_a_step_past_its_time_limit_fails_its_model_and_the_lane_goes_on(tiny_config, tmp_path, monkeypatch):
     """A sample() that never returns: its model fails naming the step and the limit, and the next model
     on the same device (one lane: the CPU) still runs and is written."""

@@ -65,3 +65,18 @@ def test_the_gallery_renders_each_miss_with_class_names_and_confidence():
     assert "true <b>&lt;c3&gt;</b>, taken for <b>&lt;c8&gt;</b> (97.3%)" in page and "<h3>m&amp;co</h3>" in page
     assert page.count("data:image/png;base64,") == 2 and "(no samples of this class)" in page
     assert "<h3>old</h3><p>stored before</p>" in page
+
+
+def test_a_gallery_reads_back_as_it_was_stored():
+    rng = np.random.default_rng(0)
+    misses = tuple(report.Miss(image=rng.integers(0, 256, (8, 8, 1), dtype=np.uint8), true_class=t, predicted_class=p,
+                               confidence=c, true_neighbours=rng.integers(0, 256, (k, 8, 8, 1), dtype=np.uint8),
+                               predicted_neighbours=rng.integers(0, 256, (3, 8, 8, 1), dtype=np.uint8))
+                   for t, p, c, k in ((3, 8, 0.9, 3), (5, 9, 0.25, 0)))  # a class without samples: no neighbours
+    for found in (report.Gallery(misses), report.Gallery((), "its classifier got every real eval image right")):
+        back = gallery.decode(gallery.encode(found))
+        assert back.note == found.note and len(back.misses) == len(found.misses)
+        for a, b in zip(back.misses, found.misses):
+            assert (a.true_class, a.predicted_class, a.confidence) == (b.true_class, b.predicted_class, b.confidence)
+            for field in ("image", "true_neighbours", "predicted_neighbours"):
+                assert np.array_equal(getattr(a, field), getattr(b, field)) and getattr(a, field).dtype == np.uint8
