@@ -58,14 +58,20 @@ def test_smoke_run_writes_its_table(cifar10_dir, tmp_path):
 GUIDANCE_SCRIPT = REPO / "benchmarks" / "guidance_sweep.py"
 
 
-@pytest.mark.slow
-def test_guidance_sweep_smoke_writes_table_json_and_plot(tmp_path):
+def run_smoke(script: Path, tmp_path: Path) -> Path:
+    """A benchmark's --smoke run with its work and results under tmp_path; the path of the table it wrote."""
     env = os.environ | {"CASFLOW_CACHE_DIR": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, str(GUIDANCE_SCRIPT), "--smoke", "--out", str(tmp_path / "results"),
+    done = subprocess.run([sys.executable, str(script), "--smoke", "--out", str(tmp_path / "results"),
                            "--work", str(tmp_path / "work")], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    (md,) = (tmp_path / "results").glob("guidance_sweep-*-smoke.md")
+    (md,) = (tmp_path / "results").glob(f"{script.stem}-*-smoke.md")
+    return md
+
+
+@pytest.mark.slow
+def test_guidance_sweep_smoke_writes_table_json_and_plot(tmp_path):
+    md = run_smoke(GUIDANCE_SCRIPT, tmp_path)
     text = md.read_text()
     assert "| model | guidance | CAS top-1 % | CAS / real | GAN-test % | precision | recall |" in text
     assert "| real |  | " in text and "| cfg-w0 | 0 | " in text and "| cfg-w4 | 4 | " in text
@@ -84,12 +90,7 @@ RACE_SCRIPT = REPO / "benchmarks" / "race.py"
 
 @pytest.mark.slow
 def test_race_smoke_writes_table_and_json(tmp_path):
-    env = os.environ | {"CASFLOW_CACHE_DIR": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, str(RACE_SCRIPT), "--smoke", "--out", str(tmp_path / "results"),
-                           "--work", str(tmp_path / "work")], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    (md,) = (tmp_path / "results").glob("race-*-smoke.md")
+    md = run_smoke(RACE_SCRIPT, tmp_path)
     assert "| step | top-1 % seeds 0-1 | top-1 % pool mean (sd) | full best set | pool best set |" in md.read_text()
     report = json.loads(md.with_suffix(".json").read_text())
     assert [row["step"] for row in report["series"]] == [20, 40, 60]
