@@ -8,8 +8,13 @@ import tempfile
 
 # Under pytest-xdist several test processes share the cores: one compute thread each (and in what they
 # start), else OpenMP's spinning threads oversubscribe them and a 0.3 s training takes a minute.
+# xdist starts its workers with SIGINT ignored, which every process a test starts would inherit: a `cas`
+# command would not stop on Ctrl-C, nor a Prefect worker on SIGINT. Tests start them as a terminal would.
 if os.environ.get("PYTEST_XDIST_WORKER"):
+    import signal
+
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _session_home = tempfile.mkdtemp(prefix="casflow-tests-")
 os.environ["PREFECT_HOME"] = os.path.join(_session_home, "prefect")
