@@ -43,7 +43,7 @@ def build_report(store: Store, run_id: str) -> str:
     class_names = tuple(name for _, name in sorted({(r["class_index"], r["class_name"]) for r in per_class}))
     confusion, samples = {}, {}
     for row in (r for r in summary if r["status"] == "ok"):
-        metrics = [artifacts.read_evaluation(store, fp) for fp in row["evaluation_fingerprints"] or [row["evaluation_fingerprint"]]]
+        metrics = [artifacts.read_evaluation(store, fp) for fp in seed_fingerprints(row, "evaluation")]
         if all(metrics):
             confusion[row["model"]] = np.sum([np.array(m["counts"]["confusion"]) for m in metrics], axis=0)
         if row["generator_kind"] == "real":  # its samples are the real train split, shown once below
@@ -112,9 +112,15 @@ def gallery_fingerprint(row: dict[str, Any], real: dict[str, Any]) -> str:
     """What a model's gallery is made of: its first seed's evaluation, its samples, and the real baseline's
     classifier whose features rank the samples."""
     return fingerprint("gallery", {
-        "evaluation": (row["evaluation_fingerprints"] or [row["evaluation_fingerprint"]])[0],
+        "evaluation": seed_fingerprints(row, "evaluation")[0],
         "samples": row["dataset_fingerprint"] if row["generator_kind"] == "real" else row["samples_fingerprint"],
-        "real_classifier": (real["classifier_fingerprints"] or [real["classifier_fingerprint"]])[0]})
+        "real_classifier": seed_fingerprints(real, "classifier")[0]})
+
+
+def seed_fingerprints(row: dict[str, Any], kind: str) -> list[str]:
+    """A summary row's classifiers or evaluations, one per seed (`kind`: classifier | evaluation); rows from
+    before several seeds were kept name one."""
+    return row[f"{kind}_fingerprints"] or [row[f"{kind}_fingerprint"]]
 
 
 def real_features(store: Store, real: dict[str, Any], image_shape: tuple[int, int, int], num_classes: int):
@@ -122,17 +128,17 @@ def real_features(store: Store, real: dict[str, Any], image_shape: tuple[int, in
     seed, as the scores beside CAS use), rebuilt from the recipe its training log recorded."""
     from casflow.tasks.classifiers import resolve, training
 
-    fingerprint = (real["classifier_fingerprints"] or [real["classifier_fingerprint"]])[0]
-    log_of = artifacts.read_train_log(store, fingerprint)
+    classifier = seed_fingerprints(real, "classifier")[0]
+    log_of = artifacts.read_train_log(store, classifier)
     if log_of is None:
-        raise FileNotFoundError(f"{store.uri(store.location('classifiers', fingerprint))}: the real baseline's classifier "
+        raise FileNotFoundError(f"{store.uri(store.location('classifiers', classifier))}: the real baseline's classifier "
                                 "is not on the store")
     inputs = log_of.get("fingerprint_inputs") or {}
     if "recipe" not in inputs or "hyperparameters" not in inputs:
-        raise ValueError(f"{store.uri(store.location('classifiers', fingerprint, artifacts.TRAIN_LOG))}: the real baseline's "
+        raise ValueError(f"{store.uri(store.location('classifiers', classifier, artifacts.TRAIN_LOG))}: the real baseline's "
                          "training log does not name its recipe and hyperparameters")
     recipe, device = resolve(inputs["recipe"], inputs["hyperparameters"]), devices.torch_device("auto")
-    net = training.load_weights(recipe, artifacts.read_weights(store, fingerprint), image_shape=image_shape,
+    net = training.load_weights(recipe, artifacts.read_weights(store, classifier), image_shape=image_shape,
                                 num_classes=num_classes, device=device)
     return lambda images: training.features(recipe, net, np.asarray(images), device)
 
@@ -141,8 +147,8 @@ def model_gallery(store: Store, row: dict[str, Any], eval_images: np.ndarray, ev
                   features) -> report.Gallery:
     """One model's most confident misses (its first seed's evaluation) and its samples nearest to each."""
     model = row["model"]
-    fingerprint = (row["evaluation_fingerprints"] or [row["evaluation_fingerprint"]])[0]
-    predictions = artifacts.read_predictions(store, fingerprint)
+    evaluation = seed_fingerprints(row, "evaluation")[0]
+    predictions = artifacts.read_predictions(store, evaluation)
     if predictions is None:
         return report.Gallery((), "no per-image predictions stored for its evaluation")
     if predictions.column("p_top1").null_count:
@@ -150,7 +156,7 @@ def model_gallery(store: Store, row: dict[str, Any], eval_images: np.ndarray, ev
                                   "(a new evaluation of this model has it)")
     labels = predictions.column("label").to_numpy()
     if not np.array_equal(labels, eval_labels):  # keys are the eval split's positions: both in key order
-        raise ValueError(f"model '{model}': evaluation {fingerprint[:12]} was scored on other eval images than the "
+        raise ValueError(f"model '{model}': evaluation {evaluation[:12]} was scored on other eval images than the "
                          "run's eval split")
     predicted = pc.list_element(predictions.column("top5"), 0).to_numpy()
     confidence = predictions.column("p_top1").to_numpy()
