@@ -164,10 +164,10 @@ def flow_runs(prefect_api: dict, deployment: str | None = None) -> list:
         return [r for r in runs if r.deployment_id == wanted]
 
 
-def deploy_model_flow(env: dict) -> None:
-    """The casflow-model deployment (prefect.yaml) on the server of `env`, its work pool created."""
-    for args in (["work-pool", "create", "casflow-gpu", "--type", "process", "--overwrite"],
-                 ["--no-prompt", "deploy", "--name", "casflow-model"]):
+def deploy_model_flow(env: dict, pool: str = "casflow-gpu") -> None:
+    """The casflow-model deployment (prefect.yaml) on the server of `env`, on `pool` (created)."""
+    for args in (["work-pool", "create", pool, "--type", "process", "--overwrite"],
+                 ["--no-prompt", "deploy", "--name", "casflow-model", "--pool", pool]):
         result = subprocess.run([prefect_command(), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=180)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -243,86 +243,108 @@ def _pause_schedules(prefect_api: dict, name: str) -> None:
             client.update_deployment_schedule(deployment.id, schedule.id, active=False)
 
 
-@pytest.mark.s3
-@pytest.mark.deployment
-def test_models_fan_out_to_two_workers_and_a_lost_worker_loses_nothing(tmp_path, s3, prefect_api):
-    """Each model's chain as a flow run of the casflow-model deployment on two workers (separate processes,
-    one model at a time each), against SeaweedFS: both work, the results equal the single-process run's.
-    Then a worker is killed in the middle of a model: a rerun completes, recomputing only that model."""
-    (tmp_path / "slow_gen.py").write_text(textwrap.dedent(SLOW_GENERATOR))
-    env = cas_env(tmp_path, prefect_api, s3, CASFLOW_PROJECT_DIR=str(REPO), PREFECT_CLI_PROMPT="false",
-                  PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="1", PYTHONPATH=str(tmp_path))
-    prefect = prefect_command()
+class ModelWorkers:
+    """The casflow-model deployment on a work pool of the test's own (a server's other tests have theirs), and
+    `prefect worker` processes serving it one model at a time, as on GPU machines: start(name), then
+    fan_out(config) runs `cas run --model-deployment` against them. Every worker is stopped at the end."""
 
-    def cli(*args, timeout=180):
-        result = subprocess.run([prefect, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    def __init__(self, tmp_path: Path, env: dict):
+        import uuid
 
-    def start_worker(name: str) -> subprocess.Popen:
-        return subprocess.Popen([prefect, "worker", "start", "--pool", "casflow-gpu", "--type", "process", "--limit", "1"],
-                                env=env | {"CASFLOW_WORKER": name}, cwd=tmp_path, stdout=open(tmp_path / f"worker-{name}.log", "w"),
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.tmp_path, self.env, self.workers = tmp_path, env, {}
+        self.pool = f"casflow-gpu-{uuid.uuid4().hex[:8]}"
+        deploy_model_flow(env, pool=self.pool)
 
-    def fan_out(config: Path) -> subprocess.Popen:
+    def start(self, name: str) -> None:
+        self.workers[name] = subprocess.Popen(
+            [prefect_command(), "worker", "start", "--pool", self.pool, "--type", "process", "--limit", "1"],
+            env=self.env | {"CASFLOW_WORKER": name}, cwd=self.tmp_path, stdout=open(self.tmp_path / f"worker-{name}.log", "w"),
+            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def fan_out(self, config: Path) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "casflow.flows.cli", "run", str(config), "--model-deployment",
-                                 "cas-model/casflow-model"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                                 "cas-model/casflow-model"], env=self.env, cwd=self.tmp_path, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
-    deploy_model_flow(env)
-    workers = {name: start_worker(name) for name in ("A", "B")}
-    try:
-        small_shards = {"url": s3.store_url, "shard_size": 100}  # the slow model's shards show its progress
-        two = GAUSSIANS[:2]  # with the baseline, three chains for two workers of one model at a time
-        config = write_config(tmp_path, two, store=small_shards)
-        finish(fan_out(config))
-        store = Store(s3.store_url)
-        rows = summaries(store)
-        assert [r["status"] for r in rows] == ["ok"] * 3
-        trained_by = {json.loads(store.read_bytes(f"classifiers/{fp}/train_log.json"))["worker"] for fp in store.listdir("classifiers")}
-        assert trained_by == {"A", "B"}  # both workers did work (and the parent trained nothing)
-
-        single = write_config(tmp_path, two, store=small_shards | {"url": f"{s3.store_url}-single"}, name="single.yaml")
-        finish(start_cas(single, env, tmp_path))
-        assert {r["model"]: r["cas_top1"] for r in summaries(Store(f"{s3.store_url}-single"))} == {r["model"]: r["cas_top1"] for r in rows}
-
-        # a worker lost in the middle of a model (its machine died): kill it and the run waiting for it
-        slow = [{"name": "slow", "generator": {"kind": "python", "entry_point": "slow_gen:make", "batch_size": 100}}]
-        grown = write_config(tmp_path, two + slow, store=small_shards, name="grown.yaml")
-        parent = fan_out(grown)
-        def slow_in_progress() -> str | None:  # the one uncommitted sample set, three shards in
-            for fp in store.listdir("samples"):
-                names = store.listdir(f"samples/{fp}")
-                if "shard-000002.tar" in names and "manifest.json" not in names:
-                    return f"samples/{fp}"
-            return None
-
-        folder = wait_for(slow_in_progress, what="the slow model's third shard")
-        for name in ("A", "B"):  # both machines die: their workers and whatever flow runs they started
+    def lose_all(self) -> None:
+        """Every worker's machine dies: SIGKILL to the workers and whatever flow runs they started."""
+        for name in list(self.workers):
             for pid in _processes_with_env("CASFLOW_WORKER", name):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            del workers[name]
+            del self.workers[name]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for worker in self.workers.values():
+            stop_worker(worker)
+
+
+def fan_out_env(tmp_path: Path, prefect_api: dict, s3) -> dict:
+    (tmp_path / "slow_gen.py").write_text(textwrap.dedent(SLOW_GENERATOR))
+    return cas_env(tmp_path, prefect_api, s3, CASFLOW_PROJECT_DIR=str(REPO), PREFECT_CLI_PROMPT="false",
+                   PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="1", PYTHONPATH=str(tmp_path))
+
+
+@pytest.mark.s3
+@pytest.mark.deployment
+def test_models_fan_out_to_two_workers_with_the_single_process_results(tmp_path, s3, prefect_api):
+    """Each model's chain as a flow run of the casflow-model deployment on two workers (separate processes,
+    one model at a time each), against SeaweedFS: both work, and the results equal the single-process run's."""
+    env = fan_out_env(tmp_path, prefect_api, s3)
+    two = GAUSSIANS[:2]  # with the baseline, three chains for two workers of one model at a time
+    with ModelWorkers(tmp_path, env) as workers:
+        workers.start("A"), workers.start("B")
+        finish(workers.fan_out(write_config(tmp_path, two, store_url=s3.store_url)))
+    store = Store(s3.store_url)
+    rows = summaries(store)
+    assert [r["status"] for r in rows] == ["ok"] * 3
+    trained_by = {json.loads(store.read_bytes(f"classifiers/{fp}/train_log.json"))["worker"] for fp in store.listdir("classifiers")}
+    assert trained_by == {"A", "B"}  # both workers did work (and the parent trained nothing)
+
+    single = write_config(tmp_path, two, store_url=f"{s3.store_url}-single", name="single.yaml")
+    finish(start_cas(single, env, tmp_path))
+    assert {r["model"]: r["cas_top1"] for r in summaries(Store(f"{s3.store_url}-single"))} == {r["model"]: r["cas_top1"] for r in rows}
+
+
+@pytest.mark.s3
+@pytest.mark.deployment
+def test_a_lost_worker_loses_nothing_and_a_rerun_recomputes_only_its_model(tmp_path, s3, prefect_api):
+    """Workers killed in the middle of a model (their machines died), with the run waiting for them: a rerun
+    on a new worker completes, recomputing only that model."""
+    env = fan_out_env(tmp_path, prefect_api, s3)
+    small_shards = {"url": s3.store_url, "shard_size": 100}  # the slow model's shards show its progress
+    store = Store(s3.store_url)
+    finish(start_cas(write_config(tmp_path, GAUSSIANS[:1], store=small_shards, name="done.yaml"), env, tmp_path))
+    slow = [{"name": "slow", "generator": {"kind": "python", "entry_point": "slow_gen:make", "batch_size": 100}}]
+    grown = write_config(tmp_path, GAUSSIANS[:1] + slow, store=small_shards, name="grown.yaml")
+
+    def slow_in_progress() -> str | None:  # the one uncommitted sample set, three shards in
+        for fp in store.listdir("samples"):
+            names = store.listdir(f"samples/{fp}")
+            if "shard-000002.tar" in names and "manifest.json" not in names:
+                return f"samples/{fp}"
+        return None
+
+    with ModelWorkers(tmp_path, env) as workers:
+        workers.start("A"), workers.start("B")
+        parent = workers.fan_out(grown)
+        folder = wait_for(slow_in_progress, what="the slow model's third shard")
+        workers.lose_all()
         os.killpg(parent.pid, signal.SIGKILL)
         parent.wait()
         assert store.exists(f"{folder}/shard-000000.tar") and not store.exists(f"{folder}/manifest.json")
 
-        workers["C"] = start_worker("C")
-        out = finish(fan_out(grown))
-        assert "slow" in out
-        everything = summaries(store)
-        rerun = [r for r in everything if r["run_id"] == max(x["run_id"] for x in everything) and r["model"] != "real"]
-        assert {r["model"]: (r["status"], r["cached"]) for r in rerun} == {
-            "gauss-4": ("ok", True), "gauss-8": ("ok", True), "slow": ("ok", False)}  # only the lost model recomputed
-        assert load_shard_set(store, folder).num_samples == 1438
-    finally:
-        for worker in workers.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(worker.pid, signal.SIGINT)
-        for worker in workers.values():
-            try:
-                worker.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
+        workers.start("C")
+        out = finish(workers.fan_out(grown))
+    assert "slow" in out
+    everything = summaries(store)
+    rerun = [r for r in everything if r["run_id"] == max(x["run_id"] for x in everything) and r["model"] != "real"]
+    # only the lost model recomputed
+    assert {r["model"]: (r["status"], r["cached"]) for r in rerun} == {"gauss-4": ("ok", True), "slow": ("ok", False)}
+    assert load_shard_set(store, folder).num_samples == 1438
 
 
 def _processes_with_env(key: str, value: str) -> list[int]:
