@@ -32,10 +32,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from casflow.tasks.compare import ALPHA, mcnemar_exact, seed_spread
+from casflow.tasks.compare import ALPHA, mcnemar_exact, run_order, seed_spread
 
 EARLY_ALPHA = 0.001  # two-sided level of each interim look (Haybittle-Peto)
 FUTILITY = 0.1  # conditional power below which an interim look settles `same`
@@ -77,6 +78,7 @@ class Decision:
     z: float | None  # delta over the seed noise of the difference of means
     p_value: float | None  # the paired sign test on the eval images (McNemar with one seed each)
     noise: Noise | None  # the pooled seed spread the look used
+    threshold: float | None  # the |delta| this look's critical value asked of a change
     conditional_power: float | None  # an interim look's chance that `max` seeds would call a change
     verdict: str | None  # better | worse | same once stopped (None without a previous run)
     stop: str | None  # NO_PREVIOUS | CHANGED | SAME | MAX_SEEDS, or None: train one more seed
@@ -95,7 +97,7 @@ def decide(before: np.ndarray | None, after: np.ndarray, min_seeds: int, max_see
     if k > max_seeds:
         raise ValueError(f"{k} seeds trained where max is {max_seeds}")
     if before is None:
-        return Decision(k, None, None, None, None, None, None, NO_PREVIOUS if k >= min_seeds else None)
+        return Decision(k, None, None, None, None, None, None, None, NO_PREVIOUS if k >= min_seeds else None)
     if before.shape[1] != after.shape[1]:
         raise ValueError(f"the runs were scored on different images ({before.shape[1]} vs {after.shape[1]})")
     k_before = before.shape[0]
@@ -105,10 +107,10 @@ def decide(before: np.ndarray | None, after: np.ndarray, min_seeds: int, max_see
     noise = pooled_noise([(seed_spread(before), k_before), (seed_spread(after), k), *history[:HISTORY_RUNS]])
     last = k >= max_seeds
     if k < min_seeds or ((noise is None or noise.df < MIN_DF) and not last):
-        return Decision(k, delta, None, p_value, noise, None, None, None)
+        return Decision(k, delta, None, p_value, noise, None, None, None, None)
     if noise is None or noise.df < MIN_DF:  # at max without a seed-noise estimate: the eval images alone judge
         verdict = _direction(delta, p_value < ALPHA)
-        return Decision(k, delta, None, p_value, noise, None, verdict, MAX_SEEDS)
+        return Decision(k, delta, None, p_value, noise, None, None, verdict, MAX_SEEDS)
     sd = noise.spread * math.sqrt(1 / k_before + 1 / k)
     z = _ratio(delta, sd)
     from scipy.stats import t  # here: scipy.stats takes most of a second to import
@@ -116,13 +118,13 @@ def decide(before: np.ndarray | None, after: np.ndarray, min_seeds: int, max_see
     final_critical = float(t.ppf(1 - ALPHA / 2, noise.df))
     if last:
         verdict = _direction(delta, abs(z) >= final_critical and p_value < ALPHA)
-        return Decision(k, delta, z, p_value, noise, None, verdict, MAX_SEEDS)
-    if abs(z) >= float(t.ppf(1 - EARLY_ALPHA / 2, noise.df)) and p_value < ALPHA:
-        return Decision(k, delta, z, p_value, noise, None, _direction(delta, True), CHANGED)
+        return Decision(k, delta, z, p_value, noise, final_critical * sd, None, verdict, MAX_SEEDS)
+    early_critical = float(t.ppf(1 - EARLY_ALPHA / 2, noise.df))
+    if abs(z) >= early_critical and p_value < ALPHA:
+        return Decision(k, delta, z, p_value, noise, early_critical * sd, None, _direction(delta, True), CHANGED)
     power = conditional_power(delta, noise.spread, k_before, k, max_seeds, final_critical)
-    if power < futility:
-        return Decision(k, delta, z, p_value, noise, power, "same", SAME)
-    return Decision(k, delta, z, p_value, noise, power, None, None)
+    stop = SAME if power < futility else None
+    return Decision(k, delta, z, p_value, noise, early_critical * sd, power, "same" if stop else None, stop)
 
 
 def conditional_power(delta: float, spread: float, k_before: int, k: int, max_seeds: int, critical: float) -> float:
@@ -149,3 +151,17 @@ def _direction(delta: float, changed: bool) -> str:
     if not changed or delta == 0:
         return "same"
     return "better" if delta > 0 else "worse"
+
+
+def earlier_spreads(history: Sequence[dict[str, Any]], current: dict[str, Any],
+                    previous: dict[str, Any] | None) -> list[tuple[float | None, int]]:
+    """(seed spread, seeds) of the model's earlier successful runs on the same dataset and recipe, the latest
+    first, at most HISTORY_RUNS, the previous run left out (its own seeds are compared): `decide`'s history."""
+    same = ("model", "dataset_fingerprint", "recipe_fingerprint")
+    earlier = [row for row in history
+               if run_order(row) < run_order(current) and row["status"] == "ok"
+               and all(row.get(k) == current[k] for k in same)
+               and (previous is None or row["run_id"] != previous["run_id"])
+               and row.get("cas_top1_seed_std") is not None]
+    earlier.sort(key=run_order, reverse=True)
+    return [(row["cas_top1_seed_std"], len(row["classifier_fingerprints"] or [])) for row in earlier[:HISTORY_RUNS]]
