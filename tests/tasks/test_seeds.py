@@ -111,3 +111,20 @@ def test_the_false_alarm_rate_under_no_change_stays_within_its_bound():
         seeds.append(decision.seeds)
     assert flagged / 300 <= 0.09
     assert np.mean(seeds) < 3  # fewer than three fixed seeds on average
+
+
+def test_earlier_spreads_are_the_models_earlier_runs_latest_first_without_the_previous_one():
+    from datetime import datetime, timezone
+
+    from casflow.tasks.seeds import earlier_spreads
+
+    def row(run: int, spread, seeds: int, **other):
+        return {"run_id": f"r{run}", "run_time": datetime(2026, 12, run, tzinfo=timezone.utc), "status": "ok",
+                "model": "m", "dataset_fingerprint": "d", "recipe_fingerprint": "r", "cas_top1_seed_std": spread,
+                "classifier_fingerprints": ["c"] * seeds} | other
+    history = [row(1, 0.01, 3), row(2, 0.02, 2), row(3, None, 1), row(4, 0.03, 3, model="other"),
+               row(5, 0.04, 4, recipe_fingerprint="other"), row(6, 0.05, 2, status="failed"), row(7, 0.06, 5),
+               row(9, 0.07, 3)]
+    current = row(8, None, 1)
+    assert earlier_spreads(history, current, previous=history[6]) == [(0.02, 2), (0.01, 3)]
+    assert earlier_spreads(history, current, previous=None) == [(0.06, 5), (0.02, 2), (0.01, 3)]
