@@ -1,3 +1,4 @@
+import json
 import re
 
 import pytest
@@ -279,3 +280,15 @@ def test_a_seed_range_starts_every_model_at_min_of_the_runs_seed_and_the_integer
     assert config.classifier_seeds == (4, 5, 6, 7, 8) and config.first_seeds(config.models[0]) == (4, 5)
     fixed = parse_config("classifier: {seeds: [9, 2]}\nmodels: [{name: a, generator: {kind: gaussian}}]\n")
     assert fixed.seed_range is None and fixed.first_seeds(fixed.models[0]) == fixed.classifier_seeds == (9, 2)
+
+
+def test_the_seed_forms_share_the_recipe_fingerprint_and_the_classifiers_of_their_seeds():
+    from casflow.flows.steps import classifier_inputs
+    from casflow.storage.shards import ShardSet
+
+    forms = ["", "classifier: {seeds: [0, 1, 2]}\n", "classifier: {seeds: {min: 1, max: 5}}\n"]
+    configs = [parse_config(form + "models: [{name: a, generator: {kind: gaussian}}]\n") for form in forms]
+    assert len({c.classifier.resolved.fingerprint for c in configs}) == 1
+    samples = ShardSet(location="s", fingerprint="f", num_samples=100, count_per_class=(10,) * 10,
+                       class_names=tuple("0123456789"), image_shape=(8, 8, 1), shards=(), manifest_sha256="m")
+    assert len({json.dumps(classifier_inputs(c, samples, 10, seed=0), sort_keys=True) for c in configs}) == 1
