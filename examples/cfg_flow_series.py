@@ -12,7 +12,7 @@ of the cosine schedule). Training runs on one CPU thread, so the same arguments 
 one machine (several threads sum in an order the CPU's kernels choose). The config uses the demo's
 classifier (flows/demo.yaml) without the Naive Augmentation Score's classifiers, and the model's sampler
 at guidance 1, 32 Euler steps; with --max-seeds the series races (selection: race) with up to that many
-classifier seeds per checkpoint.
+classifier seeds per checkpoint (classifier.seeds: {min: 1, max: N}).
 """
 
 from __future__ import annotations
@@ -30,15 +30,17 @@ REPO = Path(__file__).resolve().parent.parent
 PATTERN = "ckpt-{step}.pt"
 
 
-def series_config(out: Path, selection: dict | None = None) -> dict:
-    """The casflow config of the series in `out`: the demo's dataset and classifier, one series model."""
+def series_config(out: Path, race_seeds: int | None = None) -> dict:
+    """The casflow config of the series in `out`: the demo's dataset and classifier, one series model; with
+    `race_seeds`, a racing series (selection: race) with up to that many classifier seeds per checkpoint."""
     demo = yaml.safe_load((REPO / "flows" / "demo.yaml").read_text())
     generator = {"kind": "python", "entry_point": "examples.cfg_flow:make_sampler",
                  "checkpoint": str(out.resolve() / PATTERN), "output_range": "-1..1", "layout": "NCHW",
                  "batch_size": 512, "options": {"guidance": 1.0, "steps": 32}}
     return {"store": {"url": str(out.resolve() / "store")}, "dataset": demo["dataset"],
-            "classifier": demo["classifier"], "scores": {"augmentation": []},
-            "models": [{"name": "cfg", "generator": generator, "series": selection or {}}]}
+            "classifier": demo["classifier"] | ({"seeds": {"min": 1, "max": race_seeds}} if race_seeds else {}),
+            "scores": {"augmentation": []},
+            "models": [{"name": "cfg", "generator": generator, "series": {"selection": "race"} if race_seeds else {}}]}
 
 
 def main() -> None:
@@ -50,13 +52,12 @@ def main() -> None:
     parser.add_argument("--max-seeds", type=int, help="race the series with up to this many classifier seeds")
     parser.add_argument("--config-only", action="store_true", help="write series.yaml only, for checkpoints already there")
     args = parser.parse_args()
-    selection = {"selection": "race", "max_seeds": args.max_seeds} if args.max_seeds else None
     if args.every < 1 or args.steps % args.every:
         parser.error(f"--every must divide --steps ({args.steps}), got {args.every}")
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.config_only:
-        (args.out / "series.yaml").write_text(yaml.safe_dump(series_config(args.out, selection), sort_keys=False))
+        (args.out / "series.yaml").write_text(yaml.safe_dump(series_config(args.out, args.max_seeds), sort_keys=False))
         print(f"wrote {args.out}/series.yaml")
         return
 
@@ -66,7 +67,7 @@ def main() -> None:
     started = time.perf_counter()
     cfg_flow.train_digits(cfg_flow.Hyper(steps=args.steps), args.seed, log_every=args.every, save_every=args.every,
                           save=save)
-    (args.out / "series.yaml").write_text(yaml.safe_dump(series_config(args.out, selection), sort_keys=False))
+    (args.out / "series.yaml").write_text(yaml.safe_dump(series_config(args.out, args.max_seeds), sort_keys=False))
     print(f"wrote {args.steps // args.every} checkpoints {args.out}/{PATTERN} and {args.out}/series.yaml "
           f"in {time.perf_counter() - started:.0f} s\nrun them with: cas run {args.out}/series.yaml")
 

@@ -10,7 +10,15 @@ from urllib.parse import quote
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from casflow.flows.steps import ResultsRecord
-from casflow.tasks.results import ModelOutcome, best_so_far_verdicts, change_cells, has_scores, scores_cells, summary_cells
+from casflow.tasks.results import (
+    ModelOutcome,
+    adaptive_seeds,
+    best_so_far_verdicts,
+    change_cells,
+    has_scores,
+    scores_cells,
+    summary_cells,
+)
 
 WORST_CLASSES_SHOWN = 3
 _MARKDOWN_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
@@ -40,8 +48,8 @@ def _pct(value: float | None) -> str:
 
 
 def summary_table(record: ResultsRecord) -> list[dict[str, str]]:
-    verdicts = best_so_far_verdicts(list(record.best))
-    return [summary_cells(row, verdicts) | {"error": row.get("error") or ""} for row in record.summary]
+    verdicts, seeds = best_so_far_verdicts(list(record.best)), adaptive_seeds(record.summary)
+    return [summary_cells(row, verdicts, seeds) | {"error": row.get("error") or ""} for row in record.summary]
 
 
 def changes_table(record: ResultsRecord) -> list[dict[str, str]]:

@@ -56,11 +56,11 @@ class CommandError(CasError):
 
 def render_summary(rows: list[dict[str, Any]], best: list[dict[str, Any]] = ()) -> str:
     """The summary table; with a run's best rows, each series' newest-vs-best verdict beside `vs last`."""
-    from casflow.tasks.results import best_so_far_verdicts, summary_cells
+    from casflow.tasks.results import adaptive_seeds, best_so_far_verdicts, summary_cells
 
     errors = [f"  {r['model']}: {r['error']}" for r in rows if r["status"] != "ok"]
-    verdicts = best_so_far_verdicts(list(best))
-    return table([summary_cells(r, verdicts) for r in rows]) + ("\n\nfailed:\n" + "\n".join(errors) if errors else "")
+    verdicts, seeds = best_so_far_verdicts(list(best)), adaptive_seeds(rows)
+    return table([summary_cells(r, verdicts, seeds) for r in rows]) + ("\n\nfailed:\n" + "\n".join(errors) if errors else "")
 
 
 def render_per_class(rows: list[dict[str, Any]]) -> str:

@@ -195,22 +195,27 @@ def cas_evaluation(config_path: str = DEMO_CONFIG, store_url: str | None = None,
         futures[model.name] = _submit_chain(config, store, model, dataset, device, after)
         lane_tail[device] = futures[model.name].steps()[-1]
 
-    futures = _race(config, store, dataset, lanes, lane_tail, futures)
+    recipe = config.classifier.resolved
+    run = RunInfo(run_id, started, flow_run_id, dataset.name, dataset.fingerprint, dataset.class_names,
+                  recipe.name, recipe.fingerprint, config.seed, config.classifier_seeds)
+    remote_round = functools.partial(_fan_out_round, model_deployment, config_text, config_path, store_url,
+                                     config) if model_deployment else None
+    futures, seeds_stopped, round_errors = _rounds(config, store, dataset, run, lanes, lane_tail, futures, remote_round)
     settled = {name: _settle_chain(name, chain) for name, chain in futures.items()}
+    settled |= {name: (settled[name][0], error) for name, error in round_errors.items()}
     settled |= {name: (None, error) for name, error in remote_errors.items()}
     scored = _score(config, store, dataset, lanes, settled)
     if run_plan is not None:
         for line in plan.compare_with_plan(run_plan, {name: chain for name, (chain, _) in settled.items()}, scored):
             log.info(line)
-    outcomes = [steps.outcome(model, chain, error, sample_scores=scored.get(model.name))
+    outcomes = [steps.outcome(model, chain, error, sample_scores=scored.get(model.name),
+                              seeds_stopped=seeds_stopped.get(model.name))
                 for model in models for chain, error in [settled[model.name]]]
     # fanned-out models were computed by their flow runs: what they found cached and how long sampling took
     outcomes = [dataclasses.replace(o, **remote[o.model]) if o.model in remote else o for o in outcomes]
-    recipe = config.classifier.resolved
-    run = RunInfo(run_id, started, flow_run_id, dataset.name, dataset.fingerprint, dataset.class_names,
-                  recipe.name, recipe.fingerprint, config.seed, config.classifier_seeds)
     races = {m.series_name: m.race_max_seeds for m in models if config.race_seeds(m)}
-    record = write_results(store, run, outcomes, config.baseline.name, races)
+    seed_range = (config.seed_range.min, config.seed_range.max) if config.seed_range else None
+    record = write_results(store, run, outcomes, config.baseline.name, races, seed_range)
     report_state = write_report(store, run_id, return_state=True)  # the results are whole without it
     report_uri = report_state.result()[0] if report_state.is_completed() else None
     artifacts.publish(record, outcomes, dataset.class_names, report_uri)
@@ -228,12 +233,14 @@ def cas_evaluation(config_path: str = DEMO_CONFIG, store_url: str | None = None,
 
 
 @flow(name="cas-model", task_runner=ThreadPoolTaskRunner(max_workers=4))
-def cas_model(config_yaml: str, model_name: str, source: str = "config", store_url: str | None = None) -> Any:
+def cas_model(config_yaml: str, model_name: str, source: str = "config", store_url: str | None = None,
+              seeds: list[int] | None = None) -> Any:
     """One model's chain on the worker that picked this flow run up (the fan-out of `cas_evaluation`):
     its samples, a classifier and an evaluation per classifier seed, and the Naive Augmentation Score's
     classifiers, each committed on the shared store. The config comes as YAML text: the worker needs the
     store, not the parent's files. It trains on the first device `classifier.device` names here: give
-    each worker its own GPU (CUDA_VISIBLE_DEVICES) and a concurrency limit of 1."""
+    each worker its own GPU (CUDA_VISIBLE_DEVICES) and a concurrency limit of 1. With `seeds`, only the
+    classifiers and evaluations of those seeds: a later round's (adaptive seeds, a race)."""
     config = steps.config_from_text(config_yaml, source, store_url)
     store = steps.open_store(config.store)
     store.probe()
@@ -243,16 +250,18 @@ def cas_model(config_yaml: str, model_name: str, source: str = "config", store_u
     dataset = prepare_dataset.submit(config, store).result()  # committed by the parent run: a cache hit
     spec = config.classifier.device
     device = devices.visible_devices(spec, _cuda_count(spec))[0]
-    chain = _submit_chain(config, store, model, dataset, device, after=[])
+    chain = _submit_chain(config, store, model, dataset, device, after=[], seeds=tuple(seeds) if seeds else None)
     _, error = _settle_chain(model.name, chain)
     if error is not None:
         return Failed(message=error)
     return {"model": model_name, "device": device, "steps": len(chain.steps())}
 
 
-def _submit_chain(config: Config, store: Any, model: Any, dataset: Any, device: str, after: list) -> ModelChain[PrefectFuture]:
+def _submit_chain(config: Config, store: Any, model: Any, dataset: Any, device: str, after: list,
+                  seeds: tuple[int, ...] | None = None) -> ModelChain[PrefectFuture]:
     """One model's steps on one device, one after another: samples; a classifier and an evaluation per
-    seed; the same per Naive Augmentation Score ratio (not for the real baseline)."""
+    seed of its first round (config.first_seeds); the same per Naive Augmentation Score ratio (not for the
+    real baseline). With `seeds`: samples and those seeds' pairs only (a later round on a model flow run)."""
     samples = draw_samples.submit(config, store, model, dataset, device, wait_for=after)
     last = samples
 
@@ -262,23 +271,36 @@ def _submit_chain(config: Config, store: Any, model: Any, dataset: Any, device: 
         last = evaluate_classifier.submit(config, store, classifier, dataset, device)
         return classifier, last
 
-    race_seeds = config.race_seeds(model)  # a racing checkpoint starts with its first seed (_race gives more)
-    seeds = tuple(train_and_evaluate(seed) for seed in (race_seeds[:1] if race_seeds else config.classifier_seeds))
-    return ModelChain(samples, seeds, tuple(train_and_evaluate(config.classifier_seeds[0], ratio)
-                                            for ratio in config.augmentation_ratios(model)))
+    pairs = tuple(train_and_evaluate(seed) for seed in (seeds or config.first_seeds(model)))  # _rounds gives more
+    return ModelChain(samples, pairs, () if seeds else tuple(train_and_evaluate(config.classifier_seeds[0], ratio)
+                                                             for ratio in config.augmentation_ratios(model)))
 
 
-def _race(config: Config, store: Any, dataset: Any, lanes: dict[str, str], lane_tail: dict[str, PrefectFuture],
-          futures: dict[str, ModelChain[PrefectFuture]]) -> dict[str, ModelChain[PrefectFuture]]:
-    """The rounds of each racing series (selection: race): after each round, the checkpoints significantly
-    worse than the leader leave (tasks/race.judge), and the contenders get their next seed, on their lanes.
-    A checkpoint whose steps failed leaves the race. Returns the chains with the seeds they got."""
+def _rounds(config: Config, store: Any, dataset: Any, run: RunInfo, lanes: dict[str, str],
+            lane_tail: dict[str, PrefectFuture], futures: dict[str, ModelChain[PrefectFuture]],
+            remote: Any) -> tuple[dict[str, ModelChain[PrefectFuture]], dict[str, str], dict[str, str]]:
+    """The later rounds of classifier seeds, with `classifier.seeds: {min, max}`. A racing series (selection:
+    race): after each round the checkpoints significantly worse than the leader leave (tasks/race.judge),
+    and the contenders get their next seed. Any other model: after each seed, tasks/seeds.decide judges it
+    against its previous run, and a model whose comparison is not settled gets its next seed. Each round's
+    seeds train where the first round's did: on the model deployment (`remote`: the (model, seed) pairs ->
+    the errors of those that failed there, then found on the store here), else on the models' lanes.
+    A model whose steps failed leaves its rounds. Returns the chains with the seeds they got, why each
+    adaptive model stopped, and the errors of the models whose later seeds failed on the deployment."""
+    if config.seed_range is None:
+        return futures, {}, {}
+    bounds = (config.seed_range.min, config.seed_range.max)
     racing: dict[str, list[Any]] = {}
+    adaptive = []
     for model in config.all_models:
-        if config.race_seeds(model) and model.name in futures:
-            racing.setdefault(model.series_name, []).append(model)
+        if model.name in futures:
+            (racing.setdefault(model.series_name, []) if config.race_seeds(model) else adaptive).append(model)
     contenders = {series: list(models) for series, models in racing.items()}
-    while contenders:
+    history = steps.summary_history(store) if adaptive else []
+    stopped: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    while True:
+        wanted: list[tuple[Any, int]] = []
         for series, models in list(contenders.items()):
             judged = {m.step: _correctness(store, futures[m.name]) for m in models}
             judged = {step: correct for step, correct in judged.items() if correct is not None}
@@ -293,16 +315,39 @@ def _race(config: Config, store: Any, dataset: Any, lanes: dict[str, str], lane_
                 del contenders[series]
                 continue
             contenders[series] = [m for m in models if m.step in judgement.contenders]
-            for model in contenders[series]:
-                chain, device = futures[model.name], lanes[model.name]
-                seed = config.race_seeds(model)[len(chain.seeds)]
-                after = [allow_failure(lane_tail[device])] if device in lane_tail else []
-                classifier = train_classifier.submit(config, store, chain.samples, dataset, device, seed,
-                                                     wait_for=after)
-                evaluation = evaluate_classifier.submit(config, store, classifier, dataset, device)
-                futures[model.name] = dataclasses.replace(chain, seeds=chain.seeds + ((classifier, evaluation),))
-                lane_tail[device] = evaluation
-    return futures
+            wanted += [(m, config.race_seeds(m)[len(futures[m.name].seeds)]) for m in contenders[series]]
+        for model in list(adaptive):
+            correct = _correctness(store, futures[model.name])
+            if correct is None:
+                adaptive.remove(model)
+                continue
+            current = {"model": model.name, "dataset_fingerprint": run.dataset_fingerprint,
+                       "recipe_fingerprint": run.recipe_fingerprint, "run_time": run.run_time, "run_id": run.run_id,
+                       "samples_fingerprint": futures[model.name].samples.result().shard_set.fingerprint}
+            decision = steps.decide_seeds(store, history, current, correct, bounds)
+            log.info("model %s: %d classifier seed%s, change %s%s", model.name, decision.seeds,
+                     "" if decision.seeds == 1 else "s", "-" if decision.delta is None else f"{100 * decision.delta:+.2f}",
+                     f"; {decision.verdict}, stopped: {decision.stop}" if decision.stop else "; one more seed")
+            if decision.stop:
+                stopped[model.name] = decision.stop
+                adaptive.remove(model)
+            else:
+                wanted.append((model, config.classifier_seeds[decision.seeds]))
+        if not wanted:
+            return futures, stopped, errors
+        failed = remote([(model.name, seed) for model, seed in wanted]) if remote else {}
+        for model, seed in wanted:
+            if model.name in failed:  # not trained here instead: the deployment is where the GPUs are
+                errors[model.name] = failed[model.name]
+                adaptive = [m for m in adaptive if m.name != model.name]
+                contenders = {series: [m for m in ms if m.name != model.name] for series, ms in contenders.items()}
+                continue
+            chain, device = futures[model.name], lanes[model.name]
+            after = [allow_failure(lane_tail[device])] if device in lane_tail else []
+            classifier = train_classifier.submit(config, store, chain.samples, dataset, device, seed, wait_for=after)
+            evaluation = evaluate_classifier.submit(config, store, classifier, dataset, device)
+            futures[model.name] = dataclasses.replace(chain, seeds=chain.seeds + ((classifier, evaluation),))
+            lane_tail[device] = evaluation
 
 
 def _correctness(store: Any, chain: ModelChain[PrefectFuture]) -> Any:
@@ -324,18 +369,38 @@ def _fan_out(deployment: str, config_text: str, source: str, store_url: str | No
     store finds everything cached), and, per model that did not, its error. A flow run that has not
     finished after the time its steps may take (limits.step_seconds each) counts as failed: its worker
     may have died; a rerun recomputes only it."""
+    steps_per_model = 1 + 2 * (len(config.classifier_seeds) + len(config.scores.augmentation))
+    names = [m.name for m in config.all_models]
+    answers = _model_flow_runs(deployment, config_text, source, store_url, config.limits.step_seconds * steps_per_model,
+                               [(name, None) for name in names])
+    return ({name: a for name, a in answers.items() if isinstance(a, dict)},
+            {name: a for name, a in answers.items() if isinstance(a, str)})
+
+
+def _fan_out_round(deployment: str, config_text: str, source: str, store_url: str | None, config: Config,
+                   wanted: list[tuple[str, int]]) -> dict[str, str]:
+    """A later round's seeds (model name, seed) as flow runs of `deployment`, as the first round's chains;
+    the errors of those that did not finish there."""
+    answers = _model_flow_runs(deployment, config_text, source, store_url, config.limits.step_seconds * 3,
+                               [(name, [seed]) for name, seed in wanted])
+    return {name: a for name, a in answers.items() if isinstance(a, str)}
+
+
+def _model_flow_runs(deployment: str, config_text: str, source: str, store_url: str | None, timeout: float,
+                     jobs: list[tuple[str, list[int] | None]]) -> dict[str, dict | str]:
+    """A flow run of `deployment` per (model name, seeds or None for its first round), all at once: per model,
+    what its flow run found cached (`_remote_steps`), or its error."""
     from prefect.deployments import run_deployment
 
     shared_text = without_credentials(config_text, source)
     if shared_text != config_text:
         log.warning("the config's store credentials are not sent to the model flow runs (Prefect keeps every "
                     "flow-run parameter): their workers need AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
-    steps_per_model = 1 + 2 * (len(config.classifier_seeds) + len(config.scores.augmentation))
-    timeout = config.limits.step_seconds * steps_per_model
 
-    def one(model_name: str) -> dict | str:
-        child = run_deployment(deployment, parameters={"config_yaml": shared_text, "model_name": model_name,
-                                                       "source": source, "store_url": store_url},
+    def one(job: tuple[str, list[int] | None]) -> dict | str:
+        model_name, seeds = job
+        parameters = {"config_yaml": shared_text, "model_name": model_name, "source": source, "store_url": store_url}
+        child = run_deployment(deployment, parameters=parameters | ({"seeds": seeds} if seeds else {}),
                                timeout=timeout, as_subflow=True)
         if child.state is not None and child.state.is_completed():
             return _remote_steps(child.id)
@@ -347,11 +412,8 @@ def _fan_out(deployment: str, config_text: str, source: str, store_url: str | No
             return detail
         return f"model '{model_name}': its flow run {child.name} ({deployment}) ended {state}" + (f": {detail}" if detail else "")
 
-    names = [m.name for m in config.all_models]
-    with ThreadPoolExecutor(len(names)) as pool:
-        answers = dict(zip(names, pool.map(one, names)))
-    return ({name: a for name, a in answers.items() if isinstance(a, dict)},
-            {name: a for name, a in answers.items() if isinstance(a, str)})
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        return dict(zip([name for name, _ in jobs], pool.map(one, jobs)))
 
 
 def _cancel(flow_run_id: uuid.UUID, reason: str) -> None:

@@ -339,7 +339,8 @@ def _model_steps(config: Config, store: Store, files: Any, model: ModelConfig, d
                                   evaluation_fp, after or (None if classifier_fp else "train"), device, None, eval_images))
         return classifier_fp
 
-    first = [train_and_evaluate(seed, None) for seed in config.classifier_seeds][0]
+    # a range's later rounds (and a race's) depend on the results: planned are the seeds every model trains first
+    first = [train_and_evaluate(seed, None) for seed in config.first_seeds(model)][0]
     for ratio in config.augmentation_ratios(model):
         train_and_evaluate(config.classifier_seeds[0], ratio)
     return {"steps": out, "first_classifier": first}

@@ -42,7 +42,7 @@ from casflow.storage import artifacts, results, verify
 from casflow.storage.shards import ShardSet, load_shard_set, sample_key, write_shard_set
 from casflow.storage.sources import Files, FileTooLarge, NotRegularFile, read_local_file
 from casflow.storage.store import IntegrityError, Store, s3_options, store_url_problem
-from casflow.tasks import compare, datasets, devices, generators, scores
+from casflow.tasks import compare, datasets, devices, generators, scores, seeds
 from casflow.tasks.classifiers import data_path
 from casflow.tasks.config import (
     MAX_CONFIG_BYTES,
@@ -383,9 +383,10 @@ def scores_inputs(config: Config, samples: ShardSet, real_classifier: str, datas
 # ---------------------------------------------------------------- step 5: results, judged against the previous run
 
 def write_results(store: Store, run: RunInfo, outcomes: list[ModelOutcome], baseline: str,
-                  races: dict[str, int] | None = None) -> ResultsRecord:
+                  races: dict[str, int] | None = None, seed_range: tuple[int, int] | None = None) -> ResultsRecord:
     """Append this run's per-class, changes and summary tables (one Parquet file each), and the best table of
-    its series (`races`: series that raced -> their max_seeds).
+    its series (`races`: series that raced -> their max seeds). With `seed_range` (adaptive seeds: min, max),
+    a model that took them gets its overall verdict from tasks/seeds.decide on the seeds it took.
 
     Each model is compared with its previous run (`compare.previous_run`): the changes
     table gets the overall change and one per class, the summary row the verdict. A
@@ -395,7 +396,8 @@ def write_results(store: Store, run: RunInfo, outcomes: list[ModelOutcome], base
     per_class = list(itertools.chain.from_iterable(per_class_rows(run, o) for o in outcomes))
     summary = [summary_row(run, o, base) for o in outcomes]
     history, unreadable = results.read_readable(store, "summary")
-    changes = list(itertools.chain.from_iterable(judge(store, history.to_pylist(), unreadable, row, run.class_names)
+    changes = list(itertools.chain.from_iterable(judge(store, history.to_pylist(), unreadable, row, run.class_names,
+                                                       seed_range)
                                                  for row in summary if row["status"] == "ok"))
     best = list(itertools.chain.from_iterable(judge_series(store, rows, (races or {}).get(series))
                                               for series, rows in series_of(summary).items()))
@@ -430,14 +432,18 @@ def judge_series(store: Store, checkpoints: list[dict], race_max_seeds: int | No
 
 
 def judge(store: Store, history: list[dict], unreadable: dict[str, str], row: dict,
-          class_names: tuple[str, ...]) -> list[dict]:
-    """One model's changes rows against its previous run, and its verdict set on its summary `row`.
+          class_names: tuple[str, ...], seed_range: tuple[int, int] | None = None) -> list[dict]:
+    """One model's changes rows against its previous run, and its verdict set on its summary `row`. A row
+    that took adaptive seeds (`seeds_stopped`) is compared with its previous run whatever seeds that took,
+    and its overall verdict is the sequential decision's (`decide_seeds`), which knows the seed noise
+    from the earlier runs while tonight has one seed; its per-class rows are compare's.
 
     A comparison that cannot be made is `unknown`, never skipped: a gate that saw nothing would pass a
     model nobody judged. That is so when the previous run's predictions are gone or damaged, and when a
     summary file that may hold the previous run (any unreadable one newer than the latest readable
     previous run) cannot be read. No previous run at all is no verdict (null)."""
-    previous = compare.previous_run(history, row)
+    adaptive = row.get("seeds_stopped") is not None
+    previous = compare.previous_run(history, row, any_seeds=adaptive)
     hidden = sorted(run_id for run_id in unreadable
                     if run_id < row["run_id"] and (previous is None or run_id > previous["run_id"]))
     if hidden:
@@ -450,10 +456,39 @@ def judge(store: Store, history: list[dict], unreadable: dict[str, str], row: di
         model_changes = compare_runs(store, previous, row, class_names)
     except (compare.ComparisonError, IntegrityError) as exc:  # predictions deleted or damaged: no verdict, and why
         return _not_compared(previous, row, f"not compared with run {previous['run_id']}: {exc}")
+    if adaptive and seed_range is not None:
+        decision = seeds.decide(correctness(store, previous)[0], correctness(store, row)[0], *seed_range,
+                                history=seeds.earlier_spreads(history, row, previous))
+        model_changes[0] = dataclasses.replace(model_changes[0], direction=decision.verdict or "same",
+                                               significant=decision.verdict in ("better", "worse"),
+                                               seed_noise=decision.threshold)
     overall = model_changes[0]
     row |= {"previous_run_id": previous["run_id"], "change": overall.direction, "delta_top1": overall.delta,
             "change_p_value": overall.p_value}
     return change_rows(class_names, previous, row, model_changes)
+
+
+def summary_history(store: Store) -> list[dict]:
+    """Every readable summary row on the store, oldest run first (what decide_seeds judges against)."""
+    return results.read_readable(store, "summary")[0].to_pylist()
+
+
+def decide_seeds(store: Store, history: list[dict], current: dict, after: np.ndarray,
+                 seed_range: tuple[int, int]) -> seeds.Decision:
+    """Whether a model's seeds so far settle its comparison with its previous run (tasks/seeds.decide).
+    `current`: the keys compare.previous_run reads (model, dataset_fingerprint, recipe_fingerprint,
+    samples_fingerprint, run_time, run_id). A previous run whose predictions cannot be read counts as none
+    here: write_results gives that model the verdict `unknown`, with the reason."""
+    previous = compare.previous_run(history, current, any_seeds=True)
+    before = None
+    if previous is not None:
+        try:
+            before = correctness(store, previous)[0]
+        except (compare.ComparisonError, IntegrityError):
+            previous = None
+    if before is not None and before.shape[1] != after.shape[1]:
+        before, previous = None, None  # scored on other eval images: compare_runs says so in the results
+    return seeds.decide(before, after, *seed_range, history=seeds.earlier_spreads(history, current, previous))
 
 
 def _not_compared(previous: dict | None, row: dict, reason: str) -> list[dict]:
@@ -465,8 +500,9 @@ def _not_compared(previous: dict | None, row: dict, reason: str) -> list[dict]:
 def compare_runs(store: Store, before: dict, after: dict, class_names: tuple[str, ...]) -> list[compare.Change]:
     """One model's change between two of its summary rows, paired on the same eval images:
     overall first, then one per class."""
+    adaptive = after.get("seeds_stopped") is not None  # adaptive seeds: each run took the seeds it needed
     for key, what in (("dataset_fingerprint", "datasets"), ("recipe_fingerprint", "classifier recipes"),
-                      ("classifier_seeds", "classifier seeds")):
+                      *((("classifier_seeds", "classifier seeds"),) if not adaptive else ())):
         if before.get(key) != after.get(key):
             raise compare.ComparisonError(
                 f"model '{after['model']}': runs {before['run_id']} and {after['run_id']} used different {what} "
@@ -491,9 +527,9 @@ def correctness(store: Store, row: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 def outcome(model: ModelConfig, chain: ModelChain[Record | None] | None, error: str | None,
-            sample_scores: ScoresRecord | None = None) -> ModelOutcome:
+            sample_scores: ScoresRecord | None = None, seeds_stopped: str | None = None) -> ModelOutcome:
     """What one model's steps produced, for the result rows: its chain (None for a step that did not
-    finish, or no chain at all) and the scores beside CAS."""
+    finish, or no chain at all), the scores beside CAS, and why it took no more seeds (adaptive seeds)."""
     samples = chain.samples if chain else None
     classifiers = [c for c in chain.classifiers if c is not None] if chain else []
     evaluations = [e for e in chain.evaluations if e is not None] if chain else []
@@ -521,6 +557,7 @@ def outcome(model: ModelConfig, chain: ModelChain[Record | None] | None, error: 
         series=model.series_name if isinstance(model, CheckpointConfig) else None,
         step=model.step if isinstance(model, CheckpointConfig) else None,
         classifier_seeds=tuple(c.seed for c in classifiers) if complete else None,
+        seeds_stopped=seeds_stopped,
     )
 
 

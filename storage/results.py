@@ -95,6 +95,9 @@ SUMMARY_SCHEMA = pa.schema(_RUN_KEYS + [
     pa.field("classifier_fingerprints", pa.list_(pa.string())),  # per seed; classifier_fingerprint is the first
     pa.field("evaluation_fingerprints", pa.list_(pa.string())),
     pa.field("cas_top1_seed_std", pa.float64()),  # spread of cas_top1 across seeds; null with one seed
+    pa.field("classifier_seeds_used", pa.int64()),  # classifiers trained (and evaluated), one per seed
+    # adaptive seeds (classifier.seeds: {min, max}): why the model took no more (tasks/seeds.py); null for a list
+    pa.field("seeds_stopped", pa.string()),
     pa.field("previous_run_id", pa.string()),  # the run this model was compared with (results/changes)
     # better | worse | same | unknown (a previous run that could not be read: results/changes says why);
     # null without a previous run to compare with

@@ -232,10 +232,12 @@ def run_order(row: dict[str, Any]) -> tuple:
     return row["run_time"], row["run_id"]
 
 
-def previous_run(history: Sequence[dict[str, Any]], current: dict[str, Any]) -> dict[str, Any] | None:
+def previous_run(history: Sequence[dict[str, Any]], current: dict[str, Any],
+                 any_seeds: bool = False) -> dict[str, Any] | None:
     """The summary row a model's row is compared with: its latest earlier successful run (by run time) on
-    the same dataset, recipe and classifier seeds whose samples differ; None when there is none."""
-    same = ("model", "dataset_fingerprint", "recipe_fingerprint", "classifier_seeds")
+    the same dataset, recipe and classifier seeds whose samples differ; None when there is none. With
+    `any_seeds` (adaptive seeds, whose runs train as many as each comparison needs) the seeds may differ."""
+    same = ("model", "dataset_fingerprint", "recipe_fingerprint") + (() if any_seeds else ("classifier_seeds",))
     candidates = [row for row in history
                   if run_order(row) < run_order(current) and row["status"] == "ok"
                   and all(row.get(k) is not None and row.get(k) == current[k] for k in same)

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Discriminator, Field, SecretStr, Tag, ValidationError, field_validator, model_validator
 
 from casflow.tasks import classifiers, datasets, devices, generators
 from casflow.tasks.datasets.digits import DigitsDataset
@@ -52,13 +52,38 @@ DatasetConfig = Annotated[Union[tuple(s.config for s in datasets.SOURCES.values(
 GeneratorConfig = Annotated[Union[tuple(s.config for s in generators.SOURCES.values())], Field(discriminator="kind")]  # noqa: UP007
 
 
+class SeedRange(Frozen):
+    """Adaptive classifier seeds: `min` for every model, then one more at a time while its comparison with the
+    previous run is not settled, up to `max` (tasks/seeds.py); a racing series' checkpoints race with up to
+    `max` (tasks/race.py). The seeds are the run's seed and the integers after it."""
+
+    min: int = Field(ge=1, le=100)
+    max: int = Field(ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SeedRange:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+
+def _seeds_form(value: Any) -> str:
+    return "range" if isinstance(value, (dict, SeedRange)) else "list"
+
+
+# a list of seeds, or a range told apart by its form, so that an error names the form meant
+Seeds = Annotated[Union[Annotated[list[Annotated[int, Field(ge=0, lt=2**32)]], Tag("list")],  # noqa: UP007
+                        Annotated[SeedRange, Tag("range")]], Discriminator(_seeds_form)]
+
+
 class ClassifierConfig(Frozen):
     recipe: Literal[classifiers.RECIPE_NAMES] = "fast"  # tasks/classifiers/<recipe>.py
     options: dict[str, Any] = {}  # overrides of the recipe's hyperparameters
     device: str = "auto"  # auto (every visible GPU, else cpu), cpu, cuda, or a list: cuda:0,cuda:1
     resident_limit_gb: float = Field(16.0, gt=0)  # sample sets up to this size (decoded uint8) train from device memory; larger ones stream
-    seeds: list[Annotated[int, Field(ge=0, lt=2**32)]] | None = Field(None, min_length=1)  # one classifier per seed
-    # per model; default: the run's seed. Results carry the mean and spread across seeds.
+    # a list: one classifier per seed per model; {min, max}: as many as each model's comparison needs (SeedRange);
+    # default: the run's seed. Results carry the mean and spread across seeds.
+    seeds: Seeds | None = None
 
     @property
     def resolved(self) -> classifiers.Recipe:
@@ -72,8 +97,10 @@ class ClassifierConfig(Frozen):
 
     @field_validator("seeds")
     @classmethod
-    def _seeds_unique(cls, value: list[int] | None) -> list[int] | None:
-        if value is not None and len(set(value)) != len(value):
+    def _seeds_unique(cls, value: list[int] | SeedRange | None) -> list[int] | SeedRange | None:
+        if isinstance(value, list) and not value:
+            raise ValueError("seeds: give at least one seed, or {min, max}")
+        if isinstance(value, list) and len(set(value)) != len(value):
             raise ValueError(f"seeds must be distinct, got {value}")
         return value
 
@@ -115,9 +142,17 @@ class SeriesConfig(Frozen):
     """Checkpoints of one model: the generator's file field is a pattern with one `{step}` (a run of digits)."""
 
     steps: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1)  # else every file the pattern matches
-    # all: every checkpoint gets every classifier seed; race: seeds in rounds, only to the contenders (tasks/race.py)
+    # all: every checkpoint gets every classifier seed; race: seeds in rounds, only to the contenders (tasks/race.py),
+    # up to classifier.seeds' max
     selection: Literal["all", "race"] = "all"
-    max_seeds: int | None = Field(None, ge=2, le=100)  # a race's seeds per checkpoint at most (selection: race only)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_max_seeds(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_seeds" in data:
+            raise ValueError("max_seeds is gone: a race gives up to classifier.seeds' max, so write "
+                             f"classifier: {{seeds: {{min: 1, max: {data['max_seeds']}}}}} instead")
+        return data
 
 
 class ModelConfig(Frozen):
@@ -130,11 +165,6 @@ class ModelConfig(Frozen):
     def _series_pattern(self) -> ModelConfig:
         if self.series is not None:
             series_pattern(self)  # raises naming the model when its generator cannot name a series
-            if self.series.selection == "race" and self.series.max_seeds is None:
-                raise ValueError(f"model '{self.name}': series: selection race needs max_seeds (the classifier seeds "
-                                 "a checkpoint may get, 2 or more)")
-            if self.series.selection != "race" and self.series.max_seeds is not None:
-                raise ValueError(f"model '{self.name}': series: max_seeds is for selection: race")
         return self
 
 
@@ -144,7 +174,7 @@ class CheckpointConfig(ModelConfig):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}@[0-9]+$")
     series_name: str
     step: int
-    race_max_seeds: int | None = None  # the series races (selection: race) with up to this many seeds
+    race_max_seeds: int | None = None  # the series races (selection: race) with up to this many seeds (SeedRange.max)
 
 
 class Config(Frozen):
@@ -164,19 +194,45 @@ class Config(Frozen):
             raise ValueError(f"model names must be unique; repeated: {', '.join(repeated)}")
         return self
 
+    @model_validator(mode="after")
+    def _races_have_a_range(self) -> Config:
+        racing = [m.name for m in self.models if m.series is not None and m.series.selection == "race"]
+        seeds = self.classifier.seeds
+        if racing and not (isinstance(seeds, SeedRange) and seeds.min == 1):
+            raise ValueError(f"model '{racing[0]}': series: selection race gives each checkpoint one classifier seed, "
+                             "then more to the contenders: it needs classifier: {seeds: {min: 1, max: N}} "
+                             f"(got seeds {seeds if not isinstance(seeds, SeedRange) else seeds.model_dump()})")
+        return self
+
+    @property
+    def seed_range(self) -> SeedRange | None:
+        """`classifier.seeds` when it is a range (adaptive seeds, races); None for a list or the default."""
+        return self.classifier.seeds if isinstance(self.classifier.seeds, SeedRange) else None
+
     @property
     def classifier_seeds(self) -> tuple[int, ...]:
-        """The seeds each model's classifiers train with: `classifier.seeds`, else the run's seed."""
-        return tuple(self.classifier.seeds or [self.seed])
+        """The seeds each model's classifiers may train with, in order: `classifier.seeds` as listed; for a
+        range, the run's seed and the integers after it, `max` in all; else the run's seed."""
+        seeds = self.classifier.seeds
+        if isinstance(seeds, SeedRange):
+            return tuple(range(self.seed, self.seed + seeds.max))
+        return tuple(seeds or [self.seed])
+
+    def first_seeds(self, model: ModelConfig) -> tuple[int, ...]:
+        """The seeds a model trains before anything is judged: one for a racing checkpoint, `min` with a
+        range, every listed seed otherwise."""
+        if self.race_seeds(model):
+            return self.classifier_seeds[:1]
+        if self.seed_range is not None:
+            return self.classifier_seeds[:self.seed_range.min]
+        return self.classifier_seeds
 
     def race_seeds(self, model: ModelConfig) -> tuple[int, ...] | None:
-        """The seeds a checkpoint of a racing series may get, in the order it gets them: the first classifier
-        seed and the integers after it, max_seeds in all; None for any other model."""
-        max_seeds = getattr(model, "race_max_seeds", None)
-        if max_seeds is None:
+        """The seeds a checkpoint of a racing series may get, in the order it gets them (the range's seeds);
+        None for any other model."""
+        if getattr(model, "race_max_seeds", None) is None:
             return None
-        first = self.classifier_seeds[0]
-        return tuple(range(first, first + max_seeds))
+        return self.classifier_seeds
 
     def augmentation_ratios(self, model: ModelConfig) -> tuple[float, ...]:
         """The Naive Augmentation Score ratios a model's NAS classifiers train at; none for the real baseline
@@ -246,7 +302,7 @@ def expand_series(config: Config, listed: Mapping[str, list[str]]) -> Config:
             models.append(CheckpointConfig(
                 name=f"{model.name}@{step}", generator=model.generator.model_copy(update={field: files[step]}),
                 seed=model.seed, series_name=model.name, step=step,
-                race_max_seeds=model.series.max_seeds if model.series.selection == "race" else None))
+                race_max_seeds=config.seed_range.max if model.series.selection == "race" else None))
     return config.model_copy(update={"models": models})
 
 
@@ -378,7 +434,7 @@ def with_checkpoints(text: str, checkpoints: dict[str, str], source: str = "conf
 
 def _key_path(loc: tuple[Any, ...]) -> str:
     """`models.1.generator.temperature`: the union tag pydantic inserts is dropped."""
-    tags = {"generator": generators.SOURCES, "dataset": datasets.SOURCES}
+    tags = {"generator": generators.SOURCES, "dataset": datasets.SOURCES, "seeds": ("list", "range")}
     parts = [str(item) for i, item in enumerate(loc) if not (i > 0 and item in tags.get(loc[i - 1], ()))]
     return ".".join(parts) or "(top level)"
 

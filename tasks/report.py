@@ -25,7 +25,15 @@ import numpy as np
 from PIL import Image
 
 from casflow.tasks.compare import run_order
-from casflow.tasks.results import best_cells, best_so_far_verdicts, change_cells, has_scores, scores_cells, summary_cells
+from casflow.tasks.results import (
+    adaptive_seeds,
+    best_cells,
+    best_so_far_verdicts,
+    change_cells,
+    has_scores,
+    scores_cells,
+    summary_cells,
+)
 
 GRID_CLASSES = 10  # classes shown in sample grids and per-class bars (the first ones; all of them below this)
 GRID_PER_CLASS = 8  # samples per class in a grid
@@ -128,9 +136,9 @@ def _table(rows: Sequence[dict[str, str]], row_class: Sequence[str] | None = Non
 
 
 def _summary_table(summary: list[dict[str, Any]], best: list[dict[str, Any]]) -> str:
-    rows, verdicts = [], best_so_far_verdicts(best)
+    rows, verdicts, seeds = [], best_so_far_verdicts(best), adaptive_seeds(summary)
     for row in summary:
-        cells = summary_cells(row, verdicts)
+        cells = summary_cells(row, verdicts, seeds)
         low, high = row.get("cas_top1_ci_low"), row.get("cas_top1_ci_high")
         cells["top-1 95% interval"] = "-" if low is None else f"{100 * low:.2f} - {100 * high:.2f}%"
         cells["error"] = row.get("error") or ""

@@ -58,6 +58,7 @@ class ModelOutcome:
     series: str | None = None  # a checkpoint of a series: the series' name and its step
     step: int | None = None
     classifier_seeds: tuple[int, ...] | None = None  # the seeds its classifiers trained with; None: the run's
+    seeds_stopped: str | None = None  # adaptive seeds: why it took no more (tasks/seeds.py); None for a list
 
     @property
     def ok(self) -> bool:
@@ -159,6 +160,8 @@ def summary_row(run: RunInfo, outcome: ModelOutcome, baseline: ModelOutcome | No
         "recipe_fingerprint": run.recipe_fingerprint, "classifier_seeds": list(outcome.classifier_seeds or run.classifier_seeds),
         "classifier_fingerprints": list(outcome.classifier_fingerprints),
         "evaluation_fingerprints": list(outcome.evaluation_fingerprints),
+        "classifier_seeds_used": len(outcome.classifier_fingerprints) if outcome.classifier_fingerprints else None,
+        "seeds_stopped": outcome.seeds_stopped,
         "status": "ok" if outcome.ok else "failed", "error": outcome.error,
         "sample_seconds": outcome.sample_seconds, "train_seconds": outcome.train_seconds,
         "eval_seconds": outcome.eval_seconds, "device": outcome.device,
@@ -274,9 +277,10 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
-def summary_cells(row: dict[str, Any], best_so_far: dict[str, str] | None = None) -> dict[str, str]:
+def summary_cells(row: dict[str, Any], best_so_far: dict[str, str] | None = None, seeds: bool = False) -> dict[str, str]:
     """A summary row as the cells people read, column name -> text; with `best_so_far` (a run with a series,
-    `best_so_far_verdicts`), the newest checkpoints' verdict against the best earlier step beside `vs last`."""
+    `best_so_far_verdicts`), the newest checkpoints' verdict against the best earlier step beside `vs last`;
+    with `seeds` (a run with adaptive seeds, `adaptive_seeds`), the seeds each model took and why it stopped."""
     spread = row.get("cas_top1_seed_std")
     cells = {
         "model": row["model"],
@@ -291,11 +295,23 @@ def summary_cells(row: dict[str, Any], best_so_far: dict[str, str] | None = None
         "samples": "-" if row.get("n_samples") is None else str(row["n_samples"]),
         "cached": "yes" if row["cached"] else "no",
     }
-    if not best_so_far:
-        return cells
-    at = list(cells).index("vs last") + 1
+    if seeds:
+        used, stopped = row.get("classifier_seeds_used"), row.get("seeds_stopped")
+        cells = _after(cells, "vs last", "seeds", "-" if used is None else f"{used}" + (f" ({stopped})" if stopped else ""))
+    if best_so_far:
+        cells = _after(cells, "vs last", "vs best so far", best_so_far.get(row["model"], "-"))
+    return cells
+
+
+def _after(cells: dict[str, str], column: str, name: str, value: str) -> dict[str, str]:
     items = list(cells.items())
-    return dict(items[:at] + [("vs best so far", best_so_far.get(row["model"], "-"))] + items[at:])
+    at = list(cells).index(column) + 1
+    return dict(items[:at] + [(name, value)] + items[at:])
+
+
+def adaptive_seeds(rows: list[dict[str, Any]]) -> bool:
+    """Whether a run's summary rows took adaptive seeds (a `seeds` column in its tables)."""
+    return any(row.get("seeds_stopped") for row in rows)
 
 
 def best_so_far_verdicts(best: list[dict[str, Any]]) -> dict[str, str]:

@@ -97,3 +97,21 @@ def test_race_smoke_writes_table_and_json(tmp_path):
     assert len(report["repetitions"]) == 3 and all(len(rows) == 3 for rows in report["correct"].values())
     for rep in report["repetitions"]:
         assert rep["full_trainings"] == 6 and 3 <= rep["trainings"] <= 6 and rep["pick"] in rep["best_set"]
+
+
+ADAPTIVE_SCRIPT = REPO / "benchmarks" / "adaptive_seeds.py"
+
+
+@pytest.mark.slow
+def test_adaptive_seeds_smoke_writes_table_and_json(tmp_path):
+    md = run_smoke(ADAPTIVE_SCRIPT, tmp_path)
+    text = md.read_text()
+    assert "| judged night | change (points, pool means) | fixed 3 seeds: flagged | adaptive {min 1, max 5}: flagged |" in text
+    assert "| redraw (false alarm) | " in text and "| pca6 (detected as worse) | " in text
+    report = json.loads(md.with_suffix(".json").read_text())
+    assert set(report["validation"]) == {"redraw", "t0.7", "t0.5", "t0.3", "pca6"}
+    assert report["header"]["futility_chosen"] in (0.05, 0.1, 0.2, 0.3, 0.5)
+    for rates in report["validation"].values():
+        assert rates["n"] == 20 and 1 <= rates["adaptive_seeds_mean"] <= 5
+        assert sum(rates["adaptive_seeds_hist"].values()) == 20
+    assert [len(rows) for rows in report["correct"]["redraw"]] == [5] * 4  # every draw has the range's max seeds

@@ -1,5 +1,6 @@
 """The Prefect flow itself, under one temporary Prefect server for the module."""
 
+import re
 import textwrap
 
 import duckdb
@@ -334,8 +335,8 @@ def test_a_racing_series_gives_more_seeds_only_to_its_contenders(tmp_path, train
     checkpoint(ckpts, 200, broken_classes=0)
     checkpoint(ckpts, 300, broken_classes=0, touched=1)  # as good as 200
     series = {"name": "ddpm", "generator": {"kind": "npz", "path": f"{ckpts}/samples-{{step}}.npz"},
-              "series": {"selection": "race", "max_seeds": 3}}
-    path = write_config(tmp_path, [series], scores=NO_SCORES)
+              "series": {"selection": "race"}}
+    path = write_config(tmp_path, [series], scores=NO_SCORES, classifier=TINY_CLASSIFIER | {"seeds": {"min": 1, "max": 3}})
     report = cas_evaluation(str(path))
     rows = summary(tmp_path / "store", report["run_id"])
     seeds = {model: list(row["classifier_seeds"]) for model, row in rows.items()}
@@ -358,3 +359,52 @@ def test_a_racing_series_gives_more_seeds_only_to_its_contenders(tmp_path, train
     again = cas_evaluation(str(path))  # every training of the race is found by content
     assert len(train_calls) == 1 + trainings
     assert {m: list(r["classifier_seeds"]) for m, r in summary(tmp_path / "store", again["run_id"]).items()} == seeds
+
+
+def test_adaptive_seeds_train_only_where_the_comparison_is_not_settled(tiny_config, tmp_path, train_calls, capsys):
+    from casflow.flows.cli import main
+
+    adaptive = TINY_CLASSIFIER | {"seeds": {"min": 1, "max": 3}}
+    night = lambda n, generator, seed=0: tiny_config(  # noqa: E731
+        [{"name": "candidate", "generator": generator, "seed": seed}], name=f"n{n}.yaml", classifier=adaptive)
+    first = cas_evaluation(str(night(1, {"kind": "gaussian", "components": 16})))
+    rows = summary(tmp_path / "store", first["run_id"])
+    assert {m: (r["classifier_seeds_used"], r["seeds_stopped"]) for m, r in rows.items()} == {
+        "real": (1, "no previous run"), "candidate": (1, "no previous run")}
+    assert len(train_calls) == 2
+
+    # a redraw against a night of one seed, with no spread measured yet: seeds until it is, up to max
+    second = cas_evaluation(str(night(2, {"kind": "gaussian", "components": 16}, seed=1)))
+    rows = summary(tmp_path / "store", second["run_id"])
+    assert list(rows["candidate"]["classifier_seeds"]) == [0, 1, 2] and rows["candidate"]["seeds_stopped"] == "max seeds"
+    assert rows["candidate"]["previous_run_id"] == first["run_id"] and rows["candidate"]["change"] in ("same", "better", "worse")
+    assert rows["real"]["classifier_seeds_used"] == 1  # its samples never change: no previous run to judge against
+    assert len(train_calls) == 2 + 3
+
+    # a large change against that night's three seeds settles at the first seed; a rerun trains nothing
+    regressed = night(3, {"kind": "gaussian", "components": 2})
+    assert main(["run", str(regressed)]) == 0
+    out = capsys.readouterr().out
+    assert len(train_calls) == 2 + 3 + 1
+    assert re.search(r"candidate .* worse +1 \(change settled\)", out), out
+    assert main(["run", str(regressed)]) == 0
+    assert len(train_calls) == 2 + 3 + 1
+    latest = max((tmp_path / "store" / "reports").glob("*/index.html"), key=lambda p: p.stat().st_mtime)
+    assert "1 (change settled)" in latest.read_text()
+
+
+def test_later_rounds_go_to_the_model_deployment_like_the_first(tiny_config, tmp_path, monkeypatch):
+    from casflow.flows import pipeline
+
+    dispatched = []
+    monkeypatch.setattr(pipeline, "_fan_out", lambda *a: ({}, {}))  # the first round computes here (no worker)
+    monkeypatch.setattr(pipeline, "_fan_out_round", lambda *a: dispatched.append(a[-1]) or {
+        "candidate": "model 'candidate': its flow run ended Crashed"})
+    adaptive = TINY_CLASSIFIER | {"seeds": {"min": 1, "max": 3}}
+    path = tiny_config([{"name": "candidate", "generator": {"kind": "gaussian", "components": 16}}], classifier=adaptive)
+    cas_evaluation(str(path))
+    redraw = tiny_config([{"name": "candidate", "generator": {"kind": "gaussian", "components": 16}, "seed": 1}],
+                         name="n2.yaml", classifier=adaptive)
+    state = cas_evaluation(str(redraw), model_deployment="cas-model/gpu", return_state=True)
+    assert dispatched == [[("candidate", 1)]]  # its second seed, sent to the deployment, not trained here
+    assert state.is_failed() and "model 'candidate': its flow run ended Crashed" in state.message

@@ -1,3 +1,4 @@
+import json
 import re
 
 import pytest
@@ -226,29 +227,68 @@ def test_a_series_without_checkpoints_or_with_two_of_one_step_is_an_error_naming
         expand_series(config, {"ddpm": ["runs/a/ckpt-5.npz", "runs/b/ckpt-05.npz"]})
 
 
-def test_a_racing_series_gives_its_checkpoints_seeds_from_the_first_classifier_seed():
+def test_a_racing_series_gives_its_checkpoints_the_seed_ranges_seeds_from_the_runs_seed():
     from casflow.tasks.config import expand_series
 
-    config = parse_config(SERIES % ("ckpt-{step}.npz", "{steps: [100, 200], selection: race, max_seeds: 4}")
-                          + "classifier: {seeds: [7, 3]}\n")
+    config = parse_config(SERIES % ("ckpt-{step}.npz", "{steps: [100, 200], selection: race}")
+                          + "seed: 7\nclassifier: {seeds: {min: 1, max: 4}}\n")
     expanded = expand_series(config, {})
     real, *checkpoints = expanded.all_models
     assert [m.race_max_seeds for m in checkpoints] == [4, 4]
     assert [expanded.race_seeds(m) for m in checkpoints] == [(7, 8, 9, 10)] * 2
-    assert expanded.race_seeds(real) is None
+    assert [expanded.first_seeds(m) for m in checkpoints] == [(7,)] * 2
+    assert expanded.race_seeds(real) is None and expanded.first_seeds(real) == (7,)  # min 1
     plain = expand_series(parse_config(SERIES % ("ckpt-{step}.npz", "{steps: [100]}")), {})
     assert plain.race_seeds(plain.models[0]) is None
 
 
-@pytest.mark.parametrize("series, problem", [
-    ("{selection: race}", "selection race needs max_seeds"),
-    ("{max_seeds: 3}", "max_seeds is for selection: race"),
-    ("{selection: race, max_seeds: 1}", "greater than or equal to 2"),
-    ("{selection: best}", "'all' or 'race'"),
+@pytest.mark.parametrize("series, classifier, problem", [
+    ("{selection: race}", "", "selection race gives each checkpoint one classifier seed, then more to the contenders: "
+                              "it needs classifier: {seeds: {min: 1, max: N}} (got seeds None)"),
+    ("{selection: race}", "classifier: {seeds: [0, 1, 2]}\n", "it needs classifier: {seeds: {min: 1, max: N}}"),
+    ("{selection: race}", "classifier: {seeds: {min: 2, max: 5}}\n", "(got seeds {'min': 2, 'max': 5})"),
+    ("{selection: race, max_seeds: 5}", "", "max_seeds is gone: a race gives up to classifier.seeds' max, so write "
+                                            "classifier: {seeds: {min: 1, max: 5}} instead"),
+    ("{selection: best}", "", "'all' or 'race'"),
 ])
-def test_a_race_without_max_seeds_or_max_seeds_without_a_race_is_an_error_naming_the_model(series, problem):
-    with pytest.raises(ConfigError, match=r"models\.0.*" + re.escape(problem)):
-        parse_config(SERIES % ("ckpt-{step}.npz", series))
-    if "needs" in problem or "is for" in problem:
-        with pytest.raises(ConfigError, match="model 'ddpm': series"):
-            parse_config(SERIES % ("ckpt-{step}.npz", series))
+def test_a_race_without_a_seed_range_or_with_the_old_max_seeds_is_an_error_saying_what_to_write(series, classifier,
+                                                                                                problem):
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        parse_config(SERIES % ("ckpt-{step}.npz", series) + classifier)
+    if "needs" in problem or "(got" in problem:
+        with pytest.raises(ConfigError, match="model 'ddpm': series: selection race"):
+            parse_config(SERIES % ("ckpt-{step}.npz", series) + classifier)
+
+
+@pytest.mark.parametrize("seeds, problem", [
+    ("{min: 3, max: 2}", "classifier.seeds: Value error, min (3) must not exceed max (2)"),
+    ("{min: 0, max: 2}", "classifier.seeds.min: Input should be greater than or equal to 1"),
+    ("{min: 1}", "classifier.seeds.max: Field required"),
+    ("{min: 1, max: 3, first: 2}", "classifier.seeds.first: Extra inputs are not permitted"),
+    ("[]", "classifier.seeds: Value error, seeds: give at least one seed, or {min, max}"),
+    ("[1, 1]", "seeds must be distinct"),
+    ("3", "classifier.seeds: Input should be a valid list"),
+])
+def test_a_bad_seed_list_or_range_is_one_error_naming_the_form(seeds, problem):
+    with pytest.raises(ConfigError, match=re.escape(problem)) as raised:
+        parse_config(f"classifier: {{seeds: {seeds}}}\nmodels: [{{name: a, generator: {{kind: gaussian}}}}]\n")
+    assert str(raised.value).count("classifier.seeds") == 1
+
+
+def test_a_seed_range_starts_every_model_at_min_of_the_runs_seed_and_the_integers_after_it():
+    config = parse_config("seed: 4\nclassifier: {seeds: {min: 2, max: 5}}\nmodels: [{name: a, generator: {kind: gaussian}}]\n")
+    assert config.classifier_seeds == (4, 5, 6, 7, 8) and config.first_seeds(config.models[0]) == (4, 5)
+    fixed = parse_config("classifier: {seeds: [9, 2]}\nmodels: [{name: a, generator: {kind: gaussian}}]\n")
+    assert fixed.seed_range is None and fixed.first_seeds(fixed.models[0]) == fixed.classifier_seeds == (9, 2)
+
+
+def test_the_seed_forms_share_the_recipe_fingerprint_and_the_classifiers_of_their_seeds():
+    from casflow.flows.steps import classifier_inputs
+    from casflow.storage.shards import ShardSet
+
+    forms = ["", "classifier: {seeds: [0, 1, 2]}\n", "classifier: {seeds: {min: 1, max: 5}}\n"]
+    configs = [parse_config(form + "models: [{name: a, generator: {kind: gaussian}}]\n") for form in forms]
+    assert len({c.classifier.resolved.fingerprint for c in configs}) == 1
+    samples = ShardSet(location="s", fingerprint="f", num_samples=100, count_per_class=(10,) * 10,
+                       class_names=tuple("0123456789"), image_shape=(8, 8, 1), shards=(), manifest_sha256="m")
+    assert len({json.dumps(classifier_inputs(c, samples, 10, seed=0), sort_keys=True) for c in configs}) == 1
