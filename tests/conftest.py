@@ -47,6 +47,47 @@ import pytest  # noqa: E402
 
 from helpers import CIFAR10, prefect_command, write_config  # noqa: E402
 
+HEAVY_MARKS = ("slow", "deployment")  # tests of tens of seconds: servers, subprocesses, whole runs
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Under `pytest -n N --dist worksteal`, start the heavy tests first, a share on every test process.
+
+    worksteal hands process i the i-th contiguous slice of the collection and later moves the tail of a
+    busy process's queue to an idle one; a heavy test left at the end of a slice runs alone while the
+    other processes wait (a 211 s test did). So each slice is rebuilt to open with a share of the heavy
+    tests, dealt largest group first to the lightest slice. Tests that share a module-scoped fixture stay
+    together, in their order, so that the fixture is built once. Every process computes the same order
+    from the same collection, as xdist requires."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers < 2 or len(items) < 2 * workers:
+        return
+
+    def group_key(item) -> str:  # the module-scoped fixtures of its own module that the test uses
+        shared = sorted(name for name, defs in item._fixtureinfo.name2fixturedefs.items()
+                        if defs and defs[-1].scope == "module" and defs[-1].baseid == item.nodeid.split("::")[0])
+        return f"{item.nodeid.split('::')[0]}:{','.join(shared)}" if shared else item.nodeid
+
+    groups: dict[str, list] = {}
+    for item in items:
+        groups.setdefault(group_key(item), []).append(item)
+    heavy_groups = [g for g in groups.values() if any(i.get_closest_marker(m) for i in g for m in HEAVY_MARKS)]
+    heavy = {id(item) for group in heavy_groups for item in group}
+    rest = [item for item in items if id(item) not in heavy]
+    sizes, pending = [], len(items)
+    for remaining in range(workers, 0, -1):  # as worksteal deals the collection out
+        sizes.append(pending // remaining)
+        pending -= sizes[-1]
+    slices: list[list] = [[] for _ in range(workers)]
+    for group in sorted(heavy_groups, key=len, reverse=True):
+        min(slices, key=len).extend(group)
+    ordered = []
+    for size, opening in zip(sizes, slices):
+        ordered += opening + rest[:max(0, size - len(opening))]
+        rest = rest[max(0, size - len(opening)):]
+    items[:] = ordered + rest
+
 
 @pytest.fixture
 def tiny_config(tmp_path):
@@ -153,3 +194,13 @@ def prefect_api(tmp_path_factory):
         server.wait(15)
     except subprocess.TimeoutExpired:
         server.kill()
+
+
+@pytest.fixture(scope="module")
+def prefect_in_process(prefect_api):
+    """Flows called in this process run on the session's Prefect server: one server start per test process,
+    not one per module as with prefect_test_harness (some 11 s of CPU each on these 2 cores)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: prefect_api["PREFECT_API_URL"]}):
+        yield prefect_api

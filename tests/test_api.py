@@ -21,19 +21,20 @@ PER_RUN = ["run_id", "run_time", "flow_run_id", "cached", "samples_cached", "cla
 
 
 @pytest.fixture(scope="module")
-def evaluations(tmp_path_factory):
-    """A tiny config evaluated as a notebook would: from its file, then the same config as a dict, then
-    with the Gaussian redrawn and a model whose file is missing (each call on a temporary Prefect server
-    of its own)."""
+def evaluations(tmp_path_factory, prefect_api):
+    """A tiny config evaluated as a notebook would: from its file (on a temporary Prefect server of its own),
+    then the same config as a dict, then with the Gaussian redrawn and a model whose file is missing (both
+    on a running server, the test session's)."""
     folder = tmp_path_factory.mktemp("notebook")
     path = write_config(folder, MODELS, scores=NO_SCORES)
     first = casflow.evaluate(path)
     config = yaml.safe_load(path.read_text())
-    second = casflow.evaluate(config)
-    config["models"][0]["seed"] = 1
-    config["models"].append({"name": "broken", "generator": {"kind": "npz", "path": str(folder / "absent.npz")}})
-    with pytest.warns(UserWarning, match="1 of 3 models failed: model 'broken'.*absent.npz"):
-        redrawn = casflow.evaluate(config)
+    with temporary_settings({PREFECT_API_URL: prefect_api["PREFECT_API_URL"]}):
+        second = casflow.evaluate(config)
+        config["models"][0]["seed"] = 1
+        config["models"].append({"name": "broken", "generator": {"kind": "npz", "path": str(folder / "absent.npz")}})
+        with pytest.warns(UserWarning, match="1 of 3 models failed: model 'broken'.*absent.npz"):
+            redrawn = casflow.evaluate(config)
     return folder / "store", first, second, redrawn
 
 

@@ -1,4 +1,4 @@
-"""The Prefect flow itself, under one temporary Prefect server for the module."""
+"""The Prefect flow itself, on the test session's Prefect server."""
 
 import re
 import textwrap
@@ -16,12 +16,7 @@ MODELS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
+pytestmark = pytest.mark.usefixtures("prefect_in_process")
 
 
 @pytest.fixture
@@ -99,11 +94,12 @@ def test_failing_model_is_isolated_and_the_run_fails(tiny_config, tmp_path, monk
 def test_artifacts_are_published(tiny_config):
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
     cas_evaluation(str(tiny_config(MODELS[:1])))
-    with get_client(sync_client=True) as client:
-        table = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["cas-summary"])))
-        note = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["cas-worst-classes"])))
+    with get_client(sync_client=True) as client:  # the latest of each key: this test's run
+        table, note = (client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                             sort=ArtifactSort.CREATED_DESC, limit=1) for key in ("cas-summary", "cas-worst-classes"))
     assert table and "gauss" in str(table[0].data)
     assert note and "per_class" in note[0].data and "## gauss" in note[0].data
 

@@ -25,13 +25,11 @@ def test_lanes_deal_models_round_robin_in_config_order():
 # ---------------------------------------------------------------- the flow's lanes
 
 @pytest.mark.slow
-def test_flow_trains_one_model_at_a_time_per_device(tiny_config, monkeypatch):
+def test_flow_trains_one_model_at_a_time_per_device(tiny_config, monkeypatch, prefect_in_process):
     """Two simulated GPUs, four models: each lane's trainings never overlap, and both lanes are used.
 
     `torch_device` hands out the CPU for any name and remembers, per thread, which lane asked;
     the wrapped `training.train` runs in that same task thread and records (lane, start, end)."""
-    from prefect.testing.utilities import prefect_test_harness
-
     lane = threading.local()
     spans: list[tuple[str, float, float]] = []
     original_train = training.train
@@ -57,8 +55,7 @@ def test_flow_trains_one_model_at_a_time_per_device(tiny_config, monkeypatch):
         {"name": "gauss8", "generator": {"kind": "gaussian", "components": 8}},
     ]
     path = tiny_config(models, classifier=TINY_CLASSIFIER | {"device": "auto"})
-    with prefect_test_harness(server_startup_timeout=90):
-        state = pipeline.cas_evaluation(str(path), return_state=True)
+    state = pipeline.cas_evaluation(str(path), return_state=True)
     assert state.is_completed(), state.message
     assert state.result()["models"] == dict.fromkeys(["real", "gauss16", "shuffled", "gauss8"], "ok")
 
