@@ -31,7 +31,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,6 +41,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from provenance import git_commit  # noqa: E402  (benchmarks/, beside this script)
+from workspace import working_folder  # noqa: E402
 
 from casflow.flows import steps  # noqa: E402
 from casflow.flows.pipeline import DEMO_CONFIG  # noqa: E402
@@ -264,9 +264,7 @@ def markdown(header: dict, validation: dict, size: dict, pool: dict, tuning: dic
 def main() -> None:
     when = datetime.now(timezone.utc)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="casflow-adaptive-") as tmp:
-        work = args.work or Path(tmp)
-        os.environ["CASFLOW_CACHE_DIR"] = str(work / "cache")
+    with working_folder(args.work, "casflow-adaptive-") as work:
         config = pool_config(work)
         pool, timing = train_pool(config)
     if args.pool_only:

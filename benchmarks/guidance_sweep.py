@@ -37,7 +37,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -53,6 +52,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from provenance import git_commit  # noqa: E402  (benchmarks/, beside this script)
+from workspace import working_folder  # noqa: E402
 
 from casflow.flows import shard_data, steps  # noqa: E402
 from casflow.storage import artifacts  # noqa: E402
@@ -239,9 +239,7 @@ def plot(summary: dict, guidance: dict[str, float | None], controls: dict[str, f
 def main() -> None:
     when = datetime.now(timezone.utc)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="casflow-guidance-") as tmp:
-        work = args.work or Path(tmp)
-        os.environ["CASFLOW_CACHE_DIR"] = str(work / "cache")
+    with working_folder(args.work, "casflow-guidance-") as work:
         checkpoint, model_info = reference_model(work)
         model_info["sha256"] = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
         raw, configs = {}, {}

@@ -29,7 +29,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,6 +39,7 @@ sys.path.insert(0, str(REPO))  # examples/
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from provenance import git_commit  # noqa: E402  (benchmarks/, beside this script)
+from workspace import working_folder  # noqa: E402
 
 from casflow.flows import steps  # noqa: E402
 from casflow.tasks import compare  # noqa: E402
@@ -156,9 +156,7 @@ def markdown(series_rows: list[dict], reps: list[dict], header: dict) -> str:
 def main() -> None:
     when = datetime.now(timezone.utc)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="casflow-race-") as tmp:
-        work = args.work or Path(tmp)
-        os.environ["CASFLOW_CACHE_DIR"] = str(work / "cache")
+    with working_folder(args.work, "casflow-race-") as work:
         series = smoke_series(work / "series") if args.smoke else args.series
         if series is None or not any(series.glob("ckpt-*.pt")):
             parser.error(f"--series {series}: no ckpt-<step>.pt there; write them with python -m examples.cfg_flow_series")
