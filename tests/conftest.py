@@ -97,6 +97,17 @@ def tiny_config(tmp_path):
     return make
 
 
+@pytest.fixture
+def train_calls(monkeypatch):
+    """A list that grows by one for every classifier training in this process."""
+    from casflow.tasks.classifiers import training
+
+    calls = []
+    original = training.train
+    monkeypatch.setattr(training, "train", lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls
+
+
 @pytest.fixture(scope="session")
 def cifar10_dir():
     """The real CIFAR-10 copy beside the project; tests that need it skip where it is absent."""

@@ -63,6 +63,22 @@ def run_steps(config_path: Path, evaluate: bool = True, every_classifier: bool =
     return config, store, dataset, done
 
 
+def run_night(config_path: Path, night: int, start):
+    """Night `night` after `start` (a datetime): every model of a config through the steps (run_steps, every
+    classifier seed), its results written as the flow's last step writes them. Returns the ResultsRecord."""
+    from datetime import timedelta
+
+    from casflow.flows import steps
+    from casflow.tasks.results import RunInfo
+
+    config, store, dataset, chains = run_steps(config_path, every_classifier=True)
+    outcomes = [steps.outcome(model, chains[model.name], error=None) for model in config.all_models]
+    recipe, when = config.classifier.resolved, start + timedelta(days=night)
+    run = RunInfo(f"{when:%Y%m%dT%H%M%SZ}-night{night}", when, None, dataset.name, dataset.fingerprint, dataset.class_names,
+                  recipe.name, recipe.fingerprint, config.seed, config.classifier_seeds)
+    return steps.write_results(store, run, outcomes, config.baseline.name)
+
+
 def class_folders(root, splits: dict[str, dict[str, int]]) -> dict:
     """An imagefolder dataset of plain grey 8x8 PNGs: split -> class name -> image count."""
     import numpy as np

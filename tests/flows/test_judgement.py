@@ -12,7 +12,7 @@ import itertools
 import json
 import re
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -26,28 +26,9 @@ from casflow.storage import artifacts, results
 from casflow.storage.shards import iter_shard_set
 from casflow.tasks.compare import compare
 from casflow.tasks.datasets import digits_splits
-from casflow.tasks.results import RunInfo
-from helpers import TINY_CLASSIFIER, write_config
+from helpers import NO_SCORES, TINY_CLASSIFIER, run_night, write_config
 
 START = datetime(2026, 11, 20, 2, 0, tzinfo=timezone.utc)
-
-
-def run_night(config_path: Path, night: int) -> records.ResultsRecord:
-    """Every model of the config through the steps, results written as the flow writes them."""
-    config = steps.read_config(str(config_path))
-    store = steps.open_store(config.store)
-    dataset = steps.prepare_dataset(config, store)
-    outcomes = []
-    for model in config.all_models:
-        samples = steps.draw_samples(config, store, model, dataset, "cpu")
-        classifiers = [steps.train_classifier(config, store, samples, dataset, "cpu", s) for s in config.classifier_seeds]
-        evaluations = [steps.evaluate_classifier(config, store, c, dataset, "cpu") for c in classifiers]
-        outcomes.append(steps.outcome(model, records.ModelChain(samples, tuple(zip(classifiers, evaluations))), error=None))
-    recipe = config.classifier.resolved
-    when = START + timedelta(days=night)
-    run = RunInfo(f"{when:%Y%m%dT%H%M%SZ}-night{night}", when, None, dataset.name, dataset.fingerprint, dataset.class_names,
-                  recipe.name, recipe.fingerprint, config.seed, config.classifier_seeds)
-    return steps.write_results(store, run, outcomes, config.baseline.name)
 
 
 def npz_model(directory: Path, name: str, images: np.ndarray, labels: np.ndarray) -> dict:
@@ -78,8 +59,8 @@ def two_nights(tmp_path_factory):
     night2 = [{"name": "candidate", "generator": npz_model(root / "in", "broken", broken, train.labels)},
               {"name": "redrawn", "seed": 1, "generator": {"kind": "gaussian", "components": 32}}, steady]
     classifier = TINY_CLASSIFIER | {"seeds": [0, 1, 2]}  # three seeds: retraining noise is measured, and judged
-    first = run_night(write_config(root, night1, name="night1.yaml", classifier=classifier), 1)
-    second = run_night(write_config(root, night2, name="night2.yaml", classifier=classifier), 2)
+    first = run_night(write_config(root, night1, name="night1.yaml", classifier=classifier), 1, START)
+    second = run_night(write_config(root, night2, name="night2.yaml", classifier=classifier), 2, START)
     return root, first, second
 
 
@@ -231,7 +212,7 @@ def test_an_old_store_keeps_working(two_nights, tmp_path, capsys):
     # a new night on the old store: nothing to compare with (old rows lack the recipe fingerprint), nothing fails
     config = write_config(tmp_path, [{"name": "steady", "generator": {"kind": "gaussian", "components": 8}}],
                           store_url=str(copy), name="new.yaml")
-    record = run_night(config, 3)
+    record = run_night(config, 3, START)
     assert record.changes == [] and {r["status"] for r in record.summary} == {"ok"}
 
 
@@ -253,7 +234,7 @@ def night2_again(two_nights, tmp_path: Path, damage) -> tuple[Path, records.Resu
     config = yaml.safe_load((root / "night2.yaml").read_text())
     config["store"]["url"] = str(copy)
     (tmp_path / "night2.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    return copy, run_night(tmp_path / "night2.yaml", 2)
+    return copy, run_night(tmp_path / "night2.yaml", 2, START)
 
 
 def flip(path: Path, offset: int = 200) -> None:
@@ -546,8 +527,7 @@ def test_a_series_report_renders_its_chart_and_best_set_in_chromium(tmp_path, mo
     checkpoint_series.main()
     (tmp_path / "samples-4000.npz").unlink()  # three checkpoints: a leader and weaker ones
     series = {"name": "ddpm", "generator": {"kind": "npz", "path": f"{tmp_path}/samples-{{step}}.npz"}, "series": {}}
-    record = run_night(write_config(tmp_path, [series], name="tiny-series.yaml",
-                                    scores={"gan_test": False, "features": False, "memorization": False, "augmentation": []}), 1)
+    record = run_night(write_config(tmp_path, [series], name="tiny-series.yaml", scores=NO_SCORES), 1, START)
     in_best_set = {r["step"] for r in record.best if r["in_best_set"]}
     assert in_best_set and 1000 not in in_best_set  # 2 PCA dimensions lose CAS
     text = reporting.build_report(Store(str(tmp_path / "store")), record.run_id)

@@ -19,14 +19,6 @@ MODELS = [
 pytestmark = pytest.mark.usefixtures("prefect_in_process")
 
 
-@pytest.fixture
-def train_calls(monkeypatch):
-    calls = []
-    original = training.train
-    monkeypatch.setattr(training, "train", lambda *a, **k: calls.append(1) or original(*a, **k))
-    return calls
-
-
 def summary(store_dir, run_id):
     relation = duckdb.sql(f"SELECT * FROM read_parquet('{store_dir}/results/summary/**/*.parquet', hive_partitioning=true) "
                           f"WHERE run_id = '{run_id}'")
@@ -261,7 +253,6 @@ def test_scores_beside_cas_in_the_flow_their_opt_outs_and_a_failed_baseline(tiny
     gauss = summary(tmp_path / "store", report["run_id"])["gauss"]
     assert gauss["gan_test_top1"] is None and gauss["fd"] is None and gauss["nas_ratios"] is None and gauss["cas_top1"] > 0.5
 
-    from casflow.tasks.classifiers import training
 
     original = training.train
     monkeypatch.setattr(training, "train", lambda recipe, data, **kw: (_ for _ in ()).throw(RuntimeError("GPU on fire"))

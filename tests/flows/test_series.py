@@ -7,46 +7,17 @@ import base64
 import json
 import re
 import xml.etree.ElementTree as ET
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from datetime import datetime, timezone
 
 import duckdb
 import pytest
 
-from casflow.flows import records, reporting, steps
+from casflow.flows import reporting, steps
 from casflow.flows.cli import main
 from casflow.storage.store import Store
-from casflow.tasks.classifiers import training
-from casflow.tasks.results import RunInfo
-from helpers import NO_SCORES, checkpoint, write_config
+from helpers import NO_SCORES, checkpoint, run_night, write_config
 
 START = datetime(2026, 12, 1, 2, 0, tzinfo=timezone.utc)
-
-
-def run_night(config_path: Path, night: int) -> records.ResultsRecord:
-    """Every model of the config through the steps, results written as the flow writes them."""
-    config = steps.read_config(str(config_path))
-    store = steps.open_store(config.store)
-    dataset = steps.prepare_dataset(config, store)
-    outcomes = []
-    for model in config.all_models:
-        samples = steps.draw_samples(config, store, model, dataset, "cpu")
-        classifier = steps.train_classifier(config, store, samples, dataset, "cpu", config.seed)
-        evaluation = steps.evaluate_classifier(config, store, classifier, dataset, "cpu")
-        outcomes.append(steps.outcome(model, records.ModelChain(samples, ((classifier, evaluation),)), error=None))
-    recipe = config.classifier.resolved
-    when = START + timedelta(days=night)
-    run = RunInfo(f"{when:%Y%m%dT%H%M%SZ}-night{night}", when, None, dataset.name, dataset.fingerprint, dataset.class_names,
-                  recipe.name, recipe.fingerprint, config.seed, config.classifier_seeds)
-    return steps.write_results(store, run, outcomes, config.baseline.name)
-
-
-@pytest.fixture
-def train_calls(monkeypatch):
-    calls = []
-    original = training.train
-    monkeypatch.setattr(training, "train", lambda *a, **k: calls.append(1) or original(*a, **k))
-    return calls
 
 
 @pytest.mark.slow
@@ -59,7 +30,7 @@ def test_a_series_is_evaluated_per_checkpoint_cached_by_content_and_judged(tmp_p
     series = {"name": "ddpm", "generator": {"kind": "npz", "path": f"{ckpts}/samples-{{step}}.npz"}, "series": {}}
     config = write_config(tmp_path, [series], scores=NO_SCORES)
 
-    first = run_night(config, 1)
+    first = run_night(config, 1, START)
     assert [(r["model"], r["series"], r["step"]) for r in first.summary] == [
         ("real", None, None), ("ddpm@100", "ddpm", 100), ("ddpm@200", "ddpm", 200), ("ddpm@300", "ddpm", 300)]
     assert len(train_calls) == 4
@@ -70,7 +41,7 @@ def test_a_series_is_evaluated_per_checkpoint_cached_by_content_and_judged(tmp_p
 
     # a new checkpoint: only it computes; the others are cache hits
     checkpoint(ckpts, 400, broken_classes=0, touched=1)
-    second = run_night(config, 2)
+    second = run_night(config, 2, START)
     assert len(train_calls) == 5
     cached = {r["model"]: r["cached"] for r in second.summary}
     assert cached == {"real": True, "ddpm@100": True, "ddpm@200": True, "ddpm@300": True, "ddpm@400": False}
@@ -147,7 +118,7 @@ def test_a_race_that_cannot_be_replayed_still_gets_its_best_table(tmp_path, capl
     checkpoint(ckpts, 200, broken_classes=0)
     checkpoint(ckpts, 300, broken_classes=0, touched=1)
     series = {"name": "ddpm", "generator": {"kind": "npz", "path": f"{ckpts}/samples-{{step}}.npz"}, "series": {}}
-    night = run_night(write_config(tmp_path, [series], scores=NO_SCORES), 1)
+    night = run_night(write_config(tmp_path, [series], scores=NO_SCORES), 1, START)
     rows = [r for r in night.summary if r["series"] == "ddpm"]
     raced = steps.judge_series(Store(str(tmp_path / "store")), rows, race_max_seeds=3)
     assert [(r["step"], r["in_best_set"], r["selection"]) for r in raced] == [
