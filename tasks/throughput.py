@@ -151,3 +151,14 @@ def shard_bytes_per_sample(image_shape: tuple[int, int, int]) -> int:
 
 # predictions.parquet per eval image (key, label, top-5, p_true, p_top1; zstd) when no evaluation on the store says
 PREDICTION_BYTES_PER_IMAGE = 13  # the demo: 4,574 bytes for 359 eval images
+
+
+# ---------------------------------------------------------------- races
+
+# A racing series (selection: race) gives every checkpoint its first classifier seed, and further seeds only to
+# the contenders: a plan counts the worst case, every checkpoint with max_seeds, and beside it this measured share
+# of the further seeds. benchmarks/results/race-2026-12-04.md: 20 races of examples/cfg_flow_series.py's
+# 8 checkpoints with at most 5 seeds used 18.2 trainings on average (13 to 26) of the full protocol's 40, so
+# 10.2 of the 32 further trainings. One series on digits: a series of closer checkpoints takes more.
+RACE_SOURCE = "benchmarks/results/race-2026-12-04.md: 8 checkpoints, max 5 seeds, 18.2 of 40 trainings on average"
+RACE_FURTHER_SEEDS_SHARE = (18.2 - 8) / (40 - 8)

@@ -179,16 +179,17 @@ def test_json_shape(warm, capsys):
     path = write_config(directory, CHANGED, name="changed-json.yaml", **SECTIONS)
     assert planning.plan_command(str(path), None, as_json=True) == 0
     shape = json.loads(capsys.readouterr().out)
-    assert set(shape) == {"version", "config", "store", "dataset", "recipe", "models", "total", "assumed"}
+    assert set(shape) == {"version", "config", "store", "dataset", "recipe", "models", "total", "assumed", "races"}
     assert shape["assumed"] == {"dataset": None, "sample_bytes": None, "gpus": None, "notes": []}  # all from the store
     assert shape["version"] == 1 and shape["dataset"]["status"] == "cached"
     assert set(shape["total"]) == {"models", "models_computing", "steps", "steps_computing", "seconds", "device_hours",
-                                   "wall_seconds", "bytes", "devices"}
+                                   "wall_seconds", "bytes", "devices", "seconds_expected"}
+    assert shape["races"] == {} and shape["total"]["seconds_expected"] == shape["total"]["seconds"]
     assert shape["total"]["models_computing"] == 1 and shape["total"]["devices"] == ["cpu"]
     gauss = next(m for m in shape["models"] if m["name"] == "gauss")
     assert set(gauss) == {"name", "lane", "computes", "steps"} and gauss["computes"]
     assert set(gauss["steps"][0]) == {"step", "seed", "ratio", "status", "fingerprint", "after", "device", "units",
-                                      "seconds", "rate_source", "bytes", "assumed"}
+                                      "seconds", "rate_source", "bytes", "assumed", "race"}
     assert [s["step"] for s in gauss["steps"]] == ["samples", "train", "evaluate", "train", "evaluate", "scores"]
     assert planning.plan_command(str(path), None, as_json=False) == 0
     text = capsys.readouterr().out
@@ -328,3 +329,59 @@ def test_the_imagenet_config_plans_a_night_without_imagenet(tmp_path, capsys):
     eight_gpus = defaults_row.split("|")[5].strip().strip("*")
     assert eight_gpus == f"{shape['total']['wall_seconds'] / 3600:.2f}", (
         f"docs/imagenet.md quotes {eight_gpus} h on 8 GPUs; run docs/imagenet_budget.py and paste its table")
+
+
+def test_a_race_is_planned_at_its_worst_case_with_the_measured_share_beside_it(tmp_path, capsys):
+    """A racing series was planned at one seed per checkpoint: a third of what a race may train with up to 3 seeds."""
+    from types import SimpleNamespace
+
+    from casflow.flows.records import ModelChain
+    from helpers import checkpoint
+
+    for step, broken in ((100, 6), (200, 0), (300, 0)):
+        checkpoint(tmp_path / "ckpts", step, broken_classes=broken)
+    pattern = f"{tmp_path}/ckpts/samples-{{step}}.npz"
+    no_scores = {"augmentation": [], "gan_test": False, "features": False, "memorization": False}
+    paths = {selection: write_config(tmp_path, [{"name": "ddpm", "generator": {"kind": "npz", "path": pattern},
+                                                 "series": series}], name=f"{selection}.yaml", scores=no_scores,
+                                     classifier=classifier)
+             for selection, series, classifier in (("all", {}, TINY_CLASSIFIER),
+                                                   ("race", {"selection": "race"}, TINY_CLASSIFIER | {"seeds": {"min": 1, "max": 3}}))}
+    steps.prepare_dataset(steps.read_config(str(paths["all"])), steps.open_store(steps.read_config(str(paths["all"])).store))
+    every, raced = plan_of(paths["all"]), plan_of(paths["race"])
+
+    trains = lambda plan: [(s.model, s.seed, s.race) for s in plan.computing() if s.step == "train"]  # noqa: E731
+    assert trains(every) == [("real", 0, False), ("ddpm@100", 0, False), ("ddpm@200", 0, False), ("ddpm@300", 0, False)]
+    assert trains(raced) == [("real", 0, False)] + [(f"ddpm@{step}", seed, seed > 0) for step in (100, 200, 300)
+                                                    for seed in range(3)]
+    further = [s for s in raced.computing() if s.race]
+    assert len(further) == 2 * 2 * 3  # a training and an evaluation, seeds 1 and 2, three checkpoints
+    assert raced.total_seconds() == pytest.approx(every.total_seconds() + sum(s.seconds for s in further))
+    share = throughput.RACE_FURTHER_SEEDS_SHARE
+    assert share == pytest.approx(10.2 / 32)  # benchmarks/results/race-2026-12-04.md: 18.2 of 40, 8 checkpoints
+    assert raced.expected_seconds() == pytest.approx(raced.total_seconds() - (1 - share) * sum(s.seconds for s in further))
+    assert every.expected_seconds() == every.total_seconds() and not every.races_computing()
+
+    assert planning.plan_command(str(paths["race"]), None, as_json=False) == 0
+    text = capsys.readouterr().out
+    assert "assumed: series ddpm races (up to 3 seeds, classifier.seeds' max; 3 checkpoints): counted at its worst " \
+           "case, every checkpoint " \
+           "with 3 seeds; 6 of its trainings to compute are further seeds that only contenders get. Expected: 32%" in text
+    assert "train seed 2" in text and "compute after samples if a contender" in text
+    assert "races: those totals are their worst case; with 32% of the further seeds (as in " \
+           "benchmarks/results/race-2026-12-04.md)" in text
+    assert "(races at their worst case; expected ~" in planning.one_line_total(raced)
+    assert planning.plan_command(str(paths["race"]), None, as_json=True) == 0
+    shape = json.loads(capsys.readouterr().out)
+    assert shape["races"] == {"ddpm": {"max_seeds": 3, "checkpoints": 3, "further_seeds_share": share,
+                                       "source": throughput.RACE_SOURCE}}
+    assert shape["total"]["seconds_expected"] < shape["total"]["seconds"]
+    assert [st["race"] for m in shape["models"] if m["name"] == "ddpm@100" for st in m["steps"]] == [
+        False, False, False, True, True, True, True]  # samples, then seeds 0, 1, 2 (train, evaluate)
+
+    # after the run: a checkpoint dropped after its first seed has no second or third
+    record = SimpleNamespace(cached=False, train_seconds=1.0, seconds=1.0)
+    chains = {"ddpm@100": ModelChain(record, ((record, record),))}
+    lines = [line for line in planning.compare_with_plan(raced, chains, {}) if line.startswith("model ddpm@100")]
+    assert len(lines) == 7 and all("measured 1.0 s" in line for line in lines[:3]) and "train seed 0" in lines[1]
+    assert all(line.endswith("not run (its checkpoint left the race first, or failed)") for line in lines[3:])
