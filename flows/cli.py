@@ -110,13 +110,15 @@ def render_series(rows: list[dict[str, Any]]) -> str:
     blocks = []
     for series in dict.fromkeys(r["series"] for r in rows):
         checkpoints = sorted((r for r in rows if r["series"] == series), key=lambda r: r["step"])
-        best = ", ".join(str(r["step"]) for r in checkpoints if r["in_best_set"])
+        best = "steps " + ", ".join(str(r["step"]) for r in checkpoints if r["in_best_set"])
+        if checkpoints[0].get("reason"):  # a checkpoint's predictions unreadable: nothing was judged
+            best = f"unknown: {checkpoints[0]['reason']}"
         raced = ""
         if checkpoints[0].get("selection") == "race":
             every = len(checkpoints) * checkpoints[0]["max_seeds"]
             raced = (f" (race: {sum(r['seeds'] for r in checkpoints)} classifier trainings, against {every} for every "
                      f"checkpoint with {checkpoints[0]['max_seeds']} seeds)")
-        blocks.append(f"series {series}: best set steps {best}{raced}\n" + table([best_cells(r) for r in checkpoints]))
+        blocks.append(f"series {series}: best set {best}{raced}\n" + table([best_cells(r) for r in checkpoints]))
     return "\n\n".join(blocks)
 
 

@@ -352,14 +352,18 @@ def _rounds(config: Config, store: Any, dataset: Any, run: RunInfo, lanes: dict[
 
 def _correctness(store: Any, chain: ModelChain[PrefectFuture]) -> Any:
     """A checkpoint's seeds x eval images top-1 correctness so far, from its stored predictions; None when
-    one of its steps failed."""
+    one of its steps failed or its predictions cannot be read (the best table then says why: `judge_series`)."""
     for future in chain.steps():
         future.wait()
         if not future.state.is_completed():
             return None
     fingerprints = [evaluation.result().fingerprint for evaluation in chain.evaluations]
-    return steps.correctness(store, {"model": chain.samples.result().model, "run_id": "this run",
-                                     "evaluation_fingerprints": fingerprints})[0]
+    try:
+        return steps.correctness(store, {"model": chain.samples.result().model, "run_id": "this run",
+                                         "evaluation_fingerprints": fingerprints})[0]
+    except steps.PredictionsUnavailable as exc:
+        log.warning("%s; it gets no further classifier seeds", exc)
+        return None
 
 
 def _fan_out(deployment: str, config_text: str, source: str, store_url: str | None,

@@ -41,7 +41,7 @@ from casflow.flows.shard_data import MixedSamples, StoredSamples, decoded_set, l
 from casflow.storage import artifacts, results, verify
 from casflow.storage.shards import ShardSet, load_shard_set, sample_key, write_shard_set
 from casflow.storage.sources import Files, FileTooLarge, NotRegularFile, read_local_file
-from casflow.storage.store import IntegrityError, Store, s3_options, store_url_problem
+from casflow.storage.store import IntegrityError, Store, is_transient, s3_options, store_url_problem
 from casflow.tasks import compare, datasets, devices, generators, scores, seeds
 from casflow.tasks.classifiers import data_path
 from casflow.tasks.config import (
@@ -56,6 +56,7 @@ from casflow.tasks.config import (
     series_glob,
 )
 from casflow.tasks.errors import InputError
+from casflow.tasks.exits import FAILED
 from casflow.tasks.fingerprint import fingerprint
 from casflow.tasks.metrics import ClassCounts, count_correct, top_predictions
 from casflow.tasks.results import (
@@ -67,6 +68,7 @@ from casflow.tasks.results import (
     not_compared_row,
     per_class_rows,
     summary_row,
+    unknown_best_rows,
 )
 
 Record = SamplesRecord | ClassifierRecord | EvaluationRecord
@@ -421,8 +423,20 @@ def series_of(summary: list[dict]) -> dict[str, list[dict]]:
 def judge_series(store: Store, checkpoints: list[dict], race_max_seeds: int | None = None) -> list[dict]:
     """A series' best set (the `best` table's rows), from its checkpoints' stored per-image predictions (one
     run's checkpoints were all scored on its eval split, in key order); a racing series' from its race. A race
-    that a checkpoint left by failing cannot be replayed: its table is the best set of what was evaluated."""
-    correct = {row["step"]: correctness(store, row)[0] for row in checkpoints}
+    that a checkpoint left by failing cannot be replayed: its table is the best set of what was evaluated.
+
+    A checkpoint whose predictions cannot be read could be the leader, or the best earlier step: the series'
+    best set and its newest-vs-best verdict are then `unknown`, with the reason (`unknown_best_rows`)."""
+    correct, unreadable = {}, []
+    for row in checkpoints:
+        try:
+            correct[row["step"]] = correctness(store, row)[0]
+        except PredictionsUnavailable as exc:
+            unreadable.append(str(exc))
+    if unreadable:
+        reason = "; ".join(unreadable)
+        log.warning("series %s: best set %s: %s", checkpoints[0]["series"], UNKNOWN, reason)
+        return unknown_best_rows(checkpoints, reason, race_max_seeds)
     try:
         return best_rows(checkpoints, correct, race_max_seeds)
     except ValueError as exc:
@@ -454,7 +468,7 @@ def judge(store: Store, history: list[dict], unreadable: dict[str, str], row: di
         return []
     try:
         model_changes = compare_runs(store, previous, row, class_names)
-    except (compare.ComparisonError, IntegrityError) as exc:  # predictions deleted or damaged: no verdict, and why
+    except compare.ComparisonError as exc:  # predictions deleted or damaged (PredictionsUnavailable): no verdict, and why
         return _not_compared(previous, row, f"not compared with run {previous['run_id']}: {exc}")
     if adaptive and seed_range is not None:
         decision = seeds.decide(correctness(store, previous)[0], correctness(store, row)[0], *seed_range,
@@ -513,14 +527,38 @@ def compare_runs(store: Store, before: dict, after: dict, class_names: tuple[str
     return compare.compare(b, a, labels_after, len(class_names))
 
 
+class PredictionsUnavailable(compare.ComparisonError):
+    """A model's stored per-image predictions that are missing or cannot be read: the message names the model,
+    its run, the object and the problem. A verdict that needs them is `unknown`, never an error of the run."""
+
+    exit_code = FAILED
+
+
 def correctness(store: Store, row: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(seeds x images top-1 correctness, labels) of one model's run, from its stored predictions, by key order."""
+    """(seeds x images top-1 correctness, labels) of one model's run, from its stored predictions, by key order.
+    PredictionsUnavailable when one of them is missing, damaged or unreadable; a store error worth a retry
+    (`is_transient`) is raised as it is, for the step's retries."""
     fingerprints = row.get("evaluation_fingerprints") or []
-    tables = [artifacts.read_predictions(store, fp) for fp in fingerprints]
-    if not tables or any(t is None for t in tables):
-        raise compare.ComparisonError(
-            f"model '{row['model']}' in run {row['run_id']}: no per-image predictions stored (the run is older than "
-            "casflow's predictions, or its evaluations were deleted); rerun it to compare")
+    whose = f"model '{row['model']}' in run {row['run_id']}"
+    if not fingerprints:
+        raise PredictionsUnavailable(f"{whose}: no evaluations recorded (the run is older than casflow's "
+                                     "predictions); rerun it to compare")
+    tables = []
+    for fp in fingerprints:
+        try:
+            table = artifacts.read_predictions(store, fp)
+        except IntegrityError as exc:  # names the object and what is wrong with it
+            raise PredictionsUnavailable(f"{whose}: {exc}") from None
+        except OSError as exc:
+            if is_transient(exc):
+                raise
+            raise PredictionsUnavailable(f"{whose}: {artifacts.predictions_uri(store, fp)}: unreadable "
+                                         f"({type(exc).__name__}: {exc})") from None
+        if table is None:
+            raise PredictionsUnavailable(f"{whose}: no per-image predictions stored at {artifacts.predictions_uri(store, fp)} "
+                                         "(the run is older than casflow's predictions, or its evaluations were "
+                                         "deleted); rerun it to compare")
+        tables.append(table)
     labels = tables[0].column("label").to_numpy()
     top1 = [pc.list_element(t.column("top5"), 0).to_numpy() for t in tables]
     return np.stack([t == labels for t in top1]).astype(np.float64), labels

@@ -99,6 +99,11 @@ def read_evaluation(store: Store, fingerprint: str) -> dict[str, Any] | None:
     return _read_marker(store, metrics_at)
 
 
+def predictions_uri(store: Store, fingerprint: str) -> str:
+    """Where an evaluation's per-image predictions are (or were), for messages that name them."""
+    return store.uri(store.location("evaluations", fingerprint, PREDICTIONS))
+
+
 def read_predictions(store: Store, fingerprint: str) -> pa.Table | None:
     """The evaluation's per-image predictions, sorted by key; None for evaluations stored before they were kept.
     Predictions stored before `p_top1` was kept read with it null."""

@@ -176,14 +176,18 @@ BEST_SCHEMA = pa.schema([  # one row per checkpoint of each series in the run (t
     pa.field("p_value", pa.float64()),  # exact McNemar (sign) test against the leader
     pa.field("p_adjusted", pa.float64()),  # Holm across the series' checkpoints
     pa.field("seed_noise", pa.float64()),  # the change retraining alone makes likely; null with one seed
-    pa.field("in_best_set", pa.bool_(), nullable=False),  # the leader, or not significantly worse than it
+    # the leader, or not significantly worse than it; null when the series' best set is unknown (`reason`)
+    pa.field("in_best_set", pa.bool_()),
     # on the newest checkpoint's row (highest step) only: it against the best of the earlier steps
-    pa.field("vs_best_so_far", pa.string()),  # better | worse | same; null on other rows and in a series of one
+    pa.field("vs_best_so_far", pa.string()),  # better | worse | same | unknown; null on other rows and in a series of one
     pa.field("best_so_far_model", pa.string()),
     pa.field("seeds", pa.int64()),  # classifier seeds this checkpoint got (null in tables written before races)
     pa.field("selection", pa.string()),  # all | race (the series' selection)
     pa.field("max_seeds", pa.int64()),  # a race's seeds per checkpoint at most; null unless it raced
     pa.field("race_round", pa.int64()),  # the round of the race that dropped this checkpoint; null if it was not
+    # why the series' best set is unknown (a checkpoint's predictions missing or unreadable: model, object,
+    # problem), on each of its rows; null in a judged series
+    pa.field("reason", pa.string()),
 ])
 
 TABLES = {"per_class": PER_CLASS_SCHEMA, "changes": CHANGES_SCHEMA, "summary": SUMMARY_SCHEMA, "best": BEST_SCHEMA}

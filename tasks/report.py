@@ -26,6 +26,7 @@ from PIL import Image
 
 from casflow.tasks.compare import run_order
 from casflow.tasks.results import (
+    UNKNOWN,
     adaptive_seeds,
     best_cells,
     best_so_far_verdicts,
@@ -168,6 +169,8 @@ def _series_section(best: list[dict[str, Any]]) -> str:
                                f"{series} ({len(rows)} checkpoints)", "top-1", f"{series}: CAS top-1 per step")
         parts.append(f"<figure>{chart}<figcaption>{_e(series)}: CAS top-1 per step, band: Wilson 95% interval"
                      "</figcaption></figure>")
+        if rows[0].get("reason"):
+            parts.append(f"<p>Best set {UNKNOWN}: {_e(rows[0]['reason'])}</p>")
         parts.append(_table([{"series": series} | best_cells(r) for r in rows],
                             ["better" if r["in_best_set"] else "" for r in rows]))
     return "".join(parts)

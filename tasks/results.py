@@ -240,12 +240,32 @@ def best_rows(checkpoints: list[dict[str, Any]], correct: dict[int, np.ndarray],
             "vs_best_so_far": newest[1] if newest and standing.step == max(correct) else None,
             "best_so_far_model": by_step[newest[0]]["model"] if newest and standing.step == max(correct) else None,
             "seeds": int(correct[standing.step].shape[0]), "selection": "all" if race_max_seeds is None else "race",
-            "max_seeds": race_max_seeds, "race_round": dropped_in.get(standing.step),
+            "max_seeds": race_max_seeds, "race_round": dropped_in.get(standing.step), "reason": None,
         })
     return rows
 
 
 UNKNOWN = "unknown"  # the verdict of a comparison that could not be made: not `same`, which would say it was
+
+
+def unknown_best_rows(checkpoints: list[dict[str, Any]], reason: str,
+                      race_max_seeds: int | None = None) -> list[dict[str, Any]]:
+    """The `best` table's rows of a series whose best set could not be decided (a checkpoint's predictions
+    unreadable): each checkpoint's CAS from its summary row, no leader, `in_best_set` null, the newest
+    checkpoint's verdict against the best so far `unknown`, and the reason on every row."""
+    newest = max(row["step"] for row in checkpoints)
+    return [{
+        "run_id": row["run_id"], "run_time": row["run_time"], "dataset": row["dataset"],
+        "dataset_fingerprint": row["dataset_fingerprint"], "recipe": row["recipe"], "series": row["series"],
+        "step": row["step"], "model": row["model"], "samples_fingerprint": row["samples_fingerprint"],
+        "n_eval": row["n_eval"], "cas_top1": row["cas_top1"], "cas_top1_ci_low": row["cas_top1_ci_low"],
+        "cas_top1_ci_high": row["cas_top1_ci_high"], "is_leader": False, "delta": None, "n_better": None,
+        "n_worse": None, "p_value": None, "p_adjusted": None, "seed_noise": None, "in_best_set": None,
+        "vs_best_so_far": UNKNOWN if row["step"] == newest and len(checkpoints) > 1 else None,
+        "best_so_far_model": None, "seeds": len(row["classifier_seeds"] or []) or None,
+        "selection": "all" if race_max_seeds is None else "race", "max_seeds": race_max_seeds, "race_round": None,
+        "reason": reason,
+    } for row in checkpoints]
 
 
 def not_compared_row(previous: dict[str, Any] | None, current: dict[str, Any], reason: str) -> dict[str, Any]:
@@ -316,7 +336,8 @@ def adaptive_seeds(rows: list[dict[str, Any]]) -> bool:
 
 def best_so_far_verdicts(best: list[dict[str, Any]]) -> dict[str, str]:
     """Model -> its verdict against the best earlier step of its series, for each series' newest checkpoint."""
-    return {r["model"]: f"{r['vs_best_so_far']} (vs {r['best_so_far_model']})" for r in best if r["vs_best_so_far"]}
+    return {r["model"]: r["vs_best_so_far"] + (f" (vs {r['best_so_far_model']})" if r["best_so_far_model"] else "")
+            for r in best if r["vs_best_so_far"]}
 
 
 SCORE_COLUMNS = ("gan_test_top1", "fd", "precision", "recall", "density", "coverage", "memorized_fraction",
@@ -364,20 +385,23 @@ def change_cells(row: dict[str, Any]) -> dict[str, str]:
 
 
 def best_cells(row: dict[str, Any]) -> dict[str, str]:
-    """A row of the best table: one checkpoint's CAS with its interval, against its series' leader."""
+    """A row of the best table: one checkpoint's CAS with its interval, against its series' leader; a series
+    whose best set is unknown (`unknown_best_rows`) shows its CAS and `unknown`."""
     interval = "-" if row["cas_top1_ci_low"] is None else \
         f"{100 * row['cas_top1_ci_low']:.2f} .. {100 * row['cas_top1_ci_high']:.2f}"
+    judged = row["in_best_set"] is not None
     return {
         "step": str(row["step"]),
         "top-1": _pct(row["cas_top1"]),
         "95% interval": interval,
-        "vs leader": "leader" if row["is_leader"] else f"{100 * row['delta']:+.2f}",
-        "images +/-": "-" if row["is_leader"] else f"+{row['n_better']}/-{row['n_worse']}",
+        "vs leader": "leader" if row["is_leader"] else "-" if row["delta"] is None else f"{100 * row['delta']:+.2f}",
+        "images +/-": "-" if row["is_leader"] or not judged else f"+{row['n_better']}/-{row['n_worse']}",
         "p (Holm)": "-" if row["p_adjusted"] is None else f"{row['p_adjusted']:.2g}",
         "seeds": "-" if row.get("seeds") is None else str(row["seeds"]),
-        "best set": "yes" if row["in_best_set"] else "no" if row.get("race_round") is None else
-        f"no (round {row['race_round']})",
-        "newest vs best so far": "-" if row["vs_best_so_far"] is None else
+        "best set": UNKNOWN if not judged else "yes" if row["in_best_set"] else "no" if row.get("race_round") is None
+        else f"no (round {row['race_round']})",
+        "newest vs best so far": "-" if row["vs_best_so_far"] is None else row["vs_best_so_far"]
+        if row["best_so_far_model"] is None else
         f"{row['vs_best_so_far']} (vs step {row['best_so_far_model'].rsplit('@', 1)[1]})",
     }
 

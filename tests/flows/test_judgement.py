@@ -263,11 +263,11 @@ def test_a_flipped_byte_in_past_predictions_is_unknown_and_tonight_is_written(tw
     (unknown,) = [r for r in changes if r["model"] == "candidate"]
     assert unknown["direction"] == "unknown" and unknown["class_index"] is None and not unknown["significant"]
     assert unknown["previous_run_id"] == first.run_id and unknown["delta"] is None and unknown["p_value"] is None
-    assert f"not compared with run {first.run_id}: {damaged}: sha256" in unknown["reason"]
+    assert f"not compared with run {first.run_id}: model 'candidate' in run {first.run_id}: {damaged}: sha256" in unknown["reason"]
     assert all(r["reason"] is None for r in changes if r["model"] == "redrawn")
     printed = render_changes(changes)  # as `cas run` prints it
     (line,) = [line for line in printed.splitlines() if line.startswith("candidate")]
-    assert f"unknown: not compared with run {first.run_id}: {damaged}" in line
+    assert f"unknown: not compared with run {first.run_id}: model 'candidate' in run {first.run_id}: {damaged}" in line
     assert main(["results", "--store", str(copy)]) == 0
     (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("candidate")]
     assert " unknown " in line
@@ -313,13 +313,40 @@ def test_a_deleted_past_is_unknown_not_skipped(two_nights, tmp_path):
         for fp in fingerprints:
             (store / "evaluations" / fp / "predictions.parquet").unlink()
 
-    _, record = night2_again(two_nights, tmp_path, delete)
+    copy, record = night2_again(two_nights, tmp_path, delete)
     candidate = by_model(record.summary)["candidate"]
     assert candidate["change"] == "unknown" and summary_cells(candidate)["vs last"] == "unknown"
     (row,) = unknowns(record.changes)
     assert row["model"] == "candidate" and row["previous_run_id"] == first.run_id
-    assert f"model 'candidate' in run {first.run_id}: no per-image predictions stored" in row["reason"]
+    assert f"model 'candidate' in run {first.run_id}: no per-image predictions stored at {copy}/evaluations/" in row["reason"]
     assert by_model(record.summary)["redrawn"]["change"] == "same"
+
+
+@pytest.mark.parametrize("digest", ["kept", "absent"])
+def test_truncated_past_predictions_are_unknown_naming_model_object_and_problem(two_nights, tmp_path, digest):
+    """With the marker's digest the truncation is a sha256 mismatch; without one (a marker written before digests
+    were kept) it reaches the Parquet reader. Either way: `unknown`, and tonight's results for every model."""
+    _, first, second = two_nights
+    fp = by_model(first.summary)["candidate"]["evaluation_fingerprints"][0]
+
+    def truncate(store: Path) -> None:
+        predictions = store / "evaluations" / fp / "predictions.parquet"
+        predictions.write_bytes(predictions.read_bytes()[:100])
+        if digest == "absent":
+            marker = json.loads((store / "evaluations" / fp / "metrics.json").read_text())
+            del marker["predictions_sha256"]
+            (store / "evaluations" / fp / "metrics.json").write_text(json.dumps(marker))
+
+    copy, record = night2_again(two_nights, tmp_path, truncate)
+    summary = by_model(record.summary)
+    assert {r["status"] for r in summary.values()} == {"ok"} and len(summary) == 4
+    assert summary["candidate"]["change"] == "unknown" and summary["redrawn"]["change"] == "same"
+    (row,) = [r for r in record.changes if r["model"] == "candidate"]
+    problem = "sha256" if digest == "kept" else "unreadable predictions"
+    assert f"model 'candidate' in run {first.run_id}: {copy}/evaluations/{fp}/predictions.parquet: {problem}" in row["reason"]
+    stored = results.read_run(steps.open_store(steps.read_config(str(tmp_path / "night2.yaml")).store), "summary",
+                              second.run_id)
+    assert stored.num_rows == 4
 
 
 # ---------------------------------------------------------------- the false-alarm rate, simulated

@@ -124,3 +124,64 @@ def test_a_race_that_cannot_be_replayed_still_gets_its_best_table(tmp_path, capl
     assert [(r["step"], r["in_best_set"], r["selection"]) for r in raced] == [
         (r["step"], r["in_best_set"], "all") for r in night.best]
     assert "series ddpm: its race cannot be replayed (step 200 has 1 classifier seeds" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def judged_series(tmp_path_factory):
+    """One night of a series of three checkpoints (step 200 the leader), on a store the tests copy and damage."""
+    root = tmp_path_factory.mktemp("series")
+    ckpts = root / "ckpts"
+    checkpoint(ckpts, 100, broken_classes=5)
+    checkpoint(ckpts, 200, broken_classes=0)
+    checkpoint(ckpts, 300, broken_classes=1)
+    series = {"name": "ddpm", "generator": {"kind": "npz", "path": f"{ckpts}/samples-{{step}}.npz"}, "series": {}}
+    return root, run_night(write_config(root, [series], scores=NO_SCORES), 1)
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:100])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage, problem", [(_truncate, ": sha256 "), (Path.unlink, "no per-image predictions stored at ")])
+@pytest.mark.parametrize("step", [200, 300])  # the leader; the newest, judged against the best so far
+def test_unreadable_predictions_of_a_checkpoint_make_its_series_unknown(judged_series, tmp_path, capsys, damage, problem, step):
+    """A truncated or deleted predictions object of a checkpoint evaluated on an earlier night raised in
+    write-results: no model's results were written. Now the series' best set and newest-vs-best verdict are
+    `unknown`, naming the model, the object and the problem, and tonight's rows are written for every model."""
+    import shutil
+
+    import yaml
+
+    root, first = judged_series
+    shutil.copytree(root / "store", tmp_path / "store")
+    config = yaml.safe_load((root / "config.yaml").read_text()) | {"store": {"url": str(tmp_path / "store")}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (fp,) = next(r for r in first.summary if r["step"] == step)["evaluation_fingerprints"]
+    damaged = tmp_path / "store" / "evaluations" / fp / "predictions.parquet"
+    damage(damaged)
+
+    second = run_night(tmp_path / "config.yaml", 2)  # every step a cache hit: only the judgement reads predictions
+    assert [(r["model"], r["status"], r["cached"]) for r in second.summary] == [
+        ("real", "ok", True), ("ddpm@100", "ok", True), ("ddpm@200", "ok", True), ("ddpm@300", "ok", True)]
+    assert [r["step"] for r in second.best] == [100, 200, 300]
+    assert all(r["in_best_set"] is None and not r["is_leader"] for r in second.best)
+    assert [r["vs_best_so_far"] for r in second.best] == [None, None, "unknown"]
+    reason = second.best[0]["reason"]
+    assert reason.startswith(f"model 'ddpm@{step}' in run {second.run_id}: ") and f"{damaged}" in reason and problem in reason
+    assert [r["cas_top1"] for r in second.best] == [r["cas_top1"] for r in first.best]  # CAS per step, from the counts
+
+    store = tmp_path / "store"
+    rows = duckdb.sql(f"SELECT run_id, step, in_best_set, reason FROM read_parquet('{store}/results/best/**/*.parquet', "
+                      "hive_partitioning=true, union_by_name=true) ORDER BY run_id, step").fetchall()
+    assert [(r[1], r[2], r[3] is None) for r in rows] == [(100, False, True), (200, True, True), (300, False, True),
+                                                          (100, None, False), (200, None, False), (300, None, False)]
+    capsys.readouterr()
+    assert main(["best", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert f"series ddpm: best set unknown: model 'ddpm@{step}'" in out and str(damaged) in out
+    assert main(["results", "--store", str(store)]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("ddpm@300")]
+    assert " unknown " in line  # vs best so far
+    page = reporting.build_report(Store(str(store)), second.run_id)
+    assert "Best set unknown: model &#x27;ddpm@" in page or "Best set unknown: model 'ddpm@" in page
