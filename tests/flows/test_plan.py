@@ -136,6 +136,20 @@ def test_markers_record_what_plans_estimate_from(warm):
     assert weights and predictions
 
 
+def test_the_default_prediction_bytes_are_those_of_stored_predictions(warm):
+    """The default stayed at 13 bytes per eval image after p_top1 joined the predictions: tied here to the objects
+    the evaluations wrote (every column, as stored), so a new column or codec shows."""
+    from pathlib import Path
+
+    _, _, (config, store, chains, _) = warm
+    evaluations = [e for chain in chains.values() for e in chain.evaluations + chain.augmented_evaluations]
+    per_image = [Path(artifacts.predictions_uri(store, e.fingerprint)).stat().st_size / 359 for e in evaluations]
+    assert len(per_image) == 3  # real, gauss, gauss NAS
+    assert artifacts.read_predictions(store, evaluations[0].fingerprint).column_names == artifacts.PREDICTIONS_SCHEMA.names
+    for measured in per_image:
+        assert measured == pytest.approx(throughput.PREDICTION_BYTES_PER_IMAGE, rel=0.1), per_image
+
+
 def test_defaults_without_history(tmp_path):
     path = write_config(tmp_path, MODELS, **SECTIONS)
     config = steps.read_config(str(path))
