@@ -64,6 +64,7 @@ def worst_classes_markdown(record: ResultsRecord, outcomes: list[ModelOutcome], 
     and are not worst classes."""
     lines = [f"# CAS run {markdown_text(record.run_id)}", "", f"- summary: {markdown_code(record.summary_uri)}",
              f"- per class: {markdown_code(record.per_class_uri)}", f"- changes: {markdown_code(record.changes_uri)}"]
+    lines += [f"- best: {markdown_code(record.best_uri)}"] if record.best_uri else []
     lines += [f"- report: [{markdown_text(report_uri)}](<{_link(report_uri)}>)", ""] if report_uri else [""]
     for outcome in outcomes:
         model = markdown_text(outcome.model)

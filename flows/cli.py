@@ -252,7 +252,8 @@ def _evaluate(live: lifecycle.Live, config, config_path: str, store_url: str | N
         say("\nCAS against step per series (vs leader: points, paired on the same eval images; best set: not "
             "significantly worse than the leader):")
         say(render_series(best))
-    say(f"\nresults: {report['summary']}\n         {report['per_class']}\n         {report['changes']}")
+    written = [report[table] for table in ("summary", "per_class", "changes", "best") if report.get(table)]
+    say("\nresults: " + "\n         ".join(written))
     if report.get("report"):
         say(f"report:  {report['report']}")
     if not state.is_completed():

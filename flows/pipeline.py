@@ -220,7 +220,7 @@ def cas_evaluation(config_path: str = DEMO_CONFIG, store_url: str | None = None,
     report_uri = report_state.result()[0] if report_state.is_completed() else None
     artifacts.publish(record, outcomes, dataset.class_names, report_uri)
     report = {"run_id": run_id, "store": store.url, "summary": record.summary_uri, "per_class": record.per_class_uri,
-              "changes": record.changes_uri, "report": report_uri,
+              "changes": record.changes_uri, "best": record.best_uri, "report": report_uri,
               "models": {o.model: ("ok" if o.ok else o.error) for o in outcomes},
               "regressions": [f"{r['model']}" + ("" if r["class_index"] is None else f" class {r['class_name']}")
                               for r in regressions(record.changes)],

@@ -71,6 +71,7 @@ class ResultsRecord:
     summary: list[dict]
     changes: list[dict]
     best: tuple[dict, ...] = ()  # the best table's rows: the run's series of checkpoints
+    best_uri: str | None = None  # written only by a run with a series
 
 
 @dataclasses.dataclass(frozen=True)

@@ -405,10 +405,9 @@ def write_results(store: Store, run: RunInfo, outcomes: list[ModelOutcome], base
                                               for series, rows in series_of(summary).items()))
     per_class_uri = results.write_table(store, "per_class", per_class, run.run_id, run.run_time)
     changes_uri = results.write_table(store, "changes", changes, run.run_id, run.run_time)
-    if best:
-        results.write_table(store, "best", best, run.run_id, run.run_time)
+    best_uri = results.write_table(store, "best", best, run.run_id, run.run_time) if best else None
     summary_uri = results.write_table(store, "summary", summary, run.run_id, run.run_time)  # last: a run with a summary is whole
-    return ResultsRecord(run.run_id, per_class_uri, changes_uri, summary_uri, summary, changes, tuple(best))
+    return ResultsRecord(run.run_id, per_class_uri, changes_uri, summary_uri, summary, changes, tuple(best), best_uri)
 
 
 def series_of(summary: list[dict]) -> dict[str, list[dict]]:

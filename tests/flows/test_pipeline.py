@@ -395,3 +395,64 @@ def test_later_rounds_go_to_the_model_deployment_like_the_first(tiny_config, tmp
     state = cas_evaluation(str(redraw), model_deployment="cas-model/gpu", return_state=True)
     assert dispatched == [[("candidate", 1)]]  # its second seed, sent to the deployment, not trained here
     assert state.is_failed() and "model 'candidate': its flow run ended Crashed" in state.message
+
+
+@pytest.mark.slow
+def test_cas_run_prints_the_path_of_every_results_table_it_wrote(tmp_path, capsys):
+    """The results lines named summary, per_class and changes, and not the best table of a run with a series."""
+    from casflow.flows.cli import main
+    from helpers import NO_SCORES, checkpoint, write_config
+
+    ckpts = tmp_path / "ckpts"
+    checkpoint(ckpts, 100, broken_classes=6)
+    checkpoint(ckpts, 200, broken_classes=0)
+    series = {"name": "ddpm", "generator": {"kind": "npz", "path": f"{ckpts}/samples-{{step}}.npz"}, "series": {}}
+    plain = {"name": "gauss", "generator": {"kind": "gaussian", "components": 16}}
+    for name, models, tables in (("plain.yaml", [plain], ("summary", "per_class", "changes")),
+                                 ("series.yaml", [series], ("summary", "per_class", "changes", "best"))):
+        assert main(["run", str(write_config(tmp_path, models, name=name, scores=NO_SCORES))]) == 0
+        out = capsys.readouterr().out
+        block = out[out.index("\nresults: "):].splitlines()[1:]
+        paths = [line.removeprefix("results: ").strip() for line in block if not line.startswith("report:")]
+        assert [path.split("/results/")[1].split("/")[0] for path in paths] == list(tables), block
+        run_id = re.search(r"^run (\S+)  dataset ", out, re.M).group(1)
+        for path in paths:  # each a Parquet file of this run's rows (none in changes on the first night)
+            assert f"/run={run_id}/" in path
+            assert duckdb.sql(f"SELECT DISTINCT run_id FROM read_parquet('{path}')").fetchall() in ([(run_id,)], [])
+        models = duckdb.sql(f"SELECT model FROM read_parquet('{paths[0]}') ORDER BY model").fetchall()
+        assert models == ([("gauss",), ("real",)] if name == "plain.yaml" else [("ddpm@100",), ("ddpm@200",), ("real",)])
+        if "best" in tables:
+            steps = duckdb.sql(f"SELECT step, in_best_set FROM read_parquet('{paths[-1]}') ORDER BY step").fetchall()
+            assert steps == [(100, False), (200, True)]
+
+
+@pytest.mark.slow
+def test_a_racing_checkpoint_with_unreadable_predictions_leaves_the_race_and_its_series_is_unknown(tmp_path, capsys):
+    """The race read each round's predictions in the flow itself: a damaged stored one of a cached checkpoint
+    failed the whole run, and no model's results were written."""
+    from casflow.flows.cli import main
+    from helpers import NO_SCORES, checkpoint, write_config
+
+    ckpts = tmp_path / "ckpts"
+    checkpoint(ckpts, 100, broken_classes=6)
+    checkpoint(ckpts, 200, broken_classes=0)
+    series = {"name": "ddpm", "generator": {"kind": "npz", "path": f"{ckpts}/samples-{{step}}.npz"},
+              "series": {"selection": "race"}}
+    path = write_config(tmp_path, [series], scores=NO_SCORES, classifier=TINY_CLASSIFIER | {"seeds": {"min": 1, "max": 2}})
+    first = cas_evaluation(str(path))
+    (fp,) = summary(tmp_path / "store", first["run_id"])["ddpm@200"]["evaluation_fingerprints"]
+    damaged = tmp_path / "store" / "evaluations" / fp / "predictions.parquet"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+
+    capsys.readouterr()
+    assert main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    run_id = re.search(r"^run (\S+)  dataset ", out, re.M).group(1)
+    rows = summary(tmp_path / "store", run_id)
+    assert {m: r["status"] for m, r in rows.items()} == {"real": "ok", "ddpm@100": "ok", "ddpm@200": "ok"}
+    best = duckdb.sql(f"SELECT step, in_best_set, vs_best_so_far, reason FROM read_parquet('{tmp_path}/store/results/best/"
+                      f"**/*.parquet', hive_partitioning=true, union_by_name=true) WHERE run_id = '{run_id}' ORDER BY step").fetchall()
+    assert [(step, in_set, verdict) for step, in_set, verdict, _ in best] == [(100, None, None), (200, None, "unknown")]
+    assert all("model 'ddpm@200' in run " in reason and str(damaged) in reason and "sha256" in reason
+               for *_, reason in best)
+    assert "series ddpm: best set unknown: model 'ddpm@200'" in out
