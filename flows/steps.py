@@ -528,9 +528,12 @@ def compare_runs(store: Store, before: dict, after: dict, class_names: tuple[str
 
 class PredictionsUnavailable(compare.ComparisonError):
     """A model's stored per-image predictions that are missing or cannot be read: the message names the model,
-    its run, the object and the problem. A verdict that needs them is `unknown`, never an error of the run."""
+    its run, the object and the problem. A verdict that needs them is `unknown`, never an error of the run.
+    `cas compare` exits 2 for missing ones (a run to redo) and 1 for damaged ones (a file that cannot be read)."""
 
-    exit_code = FAILED
+    def __init__(self, message: str, damaged: bool = False):
+        super().__init__(message)
+        self.exit_code = FAILED if damaged else compare.ComparisonError.exit_code
 
 
 def correctness(store: Store, row: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -540,19 +543,19 @@ def correctness(store: Store, row: dict) -> tuple[np.ndarray, np.ndarray]:
     fingerprints = row.get("evaluation_fingerprints") or []
     whose = f"model '{row['model']}' in run {row['run_id']}"
     if not fingerprints:
-        raise PredictionsUnavailable(f"{whose}: no evaluations recorded (the run is older than casflow's "
-                                     "predictions); rerun it to compare")
+        raise PredictionsUnavailable(f"{whose}: no per-image predictions stored (its summary names no evaluations: "
+                                     "the run is older than casflow's predictions); rerun it to compare")
     tables = []
     for fp in fingerprints:
         try:
             table = artifacts.read_predictions(store, fp)
         except IntegrityError as exc:  # names the object and what is wrong with it
-            raise PredictionsUnavailable(f"{whose}: {exc}") from None
+            raise PredictionsUnavailable(f"{whose}: {exc}", damaged=True) from None
         except OSError as exc:
             if is_transient(exc):
                 raise
             raise PredictionsUnavailable(f"{whose}: {artifacts.predictions_uri(store, fp)}: unreadable "
-                                         f"({type(exc).__name__}: {exc})") from None
+                                         f"({type(exc).__name__}: {exc})", damaged=True) from None
         if table is None:
             raise PredictionsUnavailable(f"{whose}: no per-image predictions stored at {artifacts.predictions_uri(store, fp)} "
                                          "(the run is older than casflow's predictions, or its evaluations were "
