@@ -8,6 +8,7 @@ import json
 import re
 import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -135,7 +136,7 @@ def judged_series(tmp_path_factory):
     checkpoint(ckpts, 200, broken_classes=0)
     checkpoint(ckpts, 300, broken_classes=1)
     series = {"name": "ddpm", "generator": {"kind": "npz", "path": f"{ckpts}/samples-{{step}}.npz"}, "series": {}}
-    return root, run_night(write_config(root, [series], scores=NO_SCORES), 1)
+    return root, run_night(write_config(root, [series], scores=NO_SCORES), 1, START)
 
 
 def _truncate(path: Path) -> None:
@@ -161,7 +162,7 @@ def test_unreadable_predictions_of_a_checkpoint_make_its_series_unknown(judged_s
     damaged = tmp_path / "store" / "evaluations" / fp / "predictions.parquet"
     damage(damaged)
 
-    second = run_night(tmp_path / "config.yaml", 2)  # every step a cache hit: only the judgement reads predictions
+    second = run_night(tmp_path / "config.yaml", 2, START)  # every step a cache hit: only the judgement reads predictions
     assert [(r["model"], r["status"], r["cached"]) for r in second.summary] == [
         ("real", "ok", True), ("ddpm@100", "ok", True), ("ddpm@200", "ok", True), ("ddpm@300", "ok", True)]
     assert [r["step"] for r in second.best] == [100, 200, 300]
