@@ -83,7 +83,7 @@ def _step(fn, name: str, retries: int = 3, run_name: str | None = None):
     def body(*args: Any, **kwargs: Any) -> Any:
         config = signature.bind(*args, **kwargs).arguments["config"]
         record = _within_time_limit(config.limits.step_seconds, name, fn, *args, **kwargs)
-        _log_memory(name)
+        _log_memory(name if run_name is None else task_run.name)  # Prefect's default run names end in a random tag
         return _cached_state(record)
 
     return task(name=name, task_run_name=run_name, retries=retries, retry_delay_seconds=RETRY_DELAYS,
@@ -98,7 +98,7 @@ def _log_memory(step: str) -> None:
     after = lifecycle.memory_mb()
     if before is not None and after is not None:
         log.info("%s: done; process memory peak %.0f MB, now %.0f MB (%.0f MB after handing back freed memory)",
-                 task_run.name or step, before[0], before[1], after[1])
+                 step, before[0], before[1], after[1])
 
 
 verify_store = task(name="verify-store", retries=3, retry_delay_seconds=RETRY_DELAYS,
