@@ -125,7 +125,7 @@ def seed_fingerprints(row: dict[str, Any], kind: str) -> list[str]:
 
 
 def real_features(store: Store, real: dict[str, Any], image_shape: tuple[int, int, int], num_classes: int):
-    """A function from a decoded set and sorted rows of it to their penultimate features in the real baseline's
+    """A function from a decoded set and rows of it to their penultimate features in the real baseline's
     classifier (its first seed, as the scores beside CAS use), rebuilt from the recipe its training log recorded."""
     from casflow.tasks.classifiers import resolve, training
 

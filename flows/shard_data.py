@@ -110,7 +110,7 @@ def decoded_set(store: Store, shard_set: ShardSet, what: str) -> decoded_cache.D
 
 def in_batches(decoded: decoded_cache.Decoded, compute: Callable[[np.ndarray], np.ndarray], rows: np.ndarray | None = None,
                *, size: int) -> np.ndarray:
-    """compute(images) over a decoded set's images (or those at sorted `rows`), `size` at a time, the outputs
+    """compute(images) over a decoded set's images (or those at `rows`, in that order), `size` at a time, the outputs
     concatenated. Each batch is read from the local cache's file as it is needed, so a pass over any set holds
     one batch of images; batches of the same size as compute's own give the outputs one call would."""
     count = len(decoded) if rows is None else len(rows)
