@@ -14,7 +14,9 @@ inputs on any machine.
 For each N it prints the wall time of the `cas run` process and its peak
 resident memory (VmHWM, polled from /proc; the temporary Prefect server is a
 separate process and not counted), against the anchor (the smallest N,
-measured in the same run). Goal (issue 18): at 10x the data, peak RSS within
+measured in the same run), and the process's peak after each step as the
+run's log gives it (`<task run>: done; process memory peak ...`), which says
+where the peak was reached. Goal (issue 18): at 10x the data, peak RSS within
 +100 MB of the anchor's and wall time at most 15x. Writes the table and the
 raw numbers to benchmarks/results/whole_run-<date>.{md,json}.
 
@@ -27,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -107,6 +110,16 @@ def peak_rss_mb(pid: int, stop: threading.Event, seen: list[float]) -> None:
         time.sleep(0.1)
 
 
+STEP_MEMORY = re.compile(r"casflow\.pipeline - (\S+): done; process memory peak (\d+) MB, now (\d+) MB")
+
+
+def step_memory(run_log: Path) -> list[dict]:
+    """Each step's line of memory from a run's log, in log order: its task run, the process's peak so far, and its
+    resident memory when the step ended."""
+    return [{"step": m[1], "peak_mb": int(m[2]), "now_mb": int(m[3])}
+            for m in STEP_MEMORY.finditer(run_log.read_text(errors="replace"))]
+
+
 def measure(config: Path) -> dict:
     env = dict(os.environ, CASFLOW_PREFECT_SERVER="temporary", CASFLOW_CACHE_DIR=str(config.parent / "cache"))
     started = time.perf_counter()
@@ -121,7 +134,25 @@ def measure(config: Path) -> dict:
     poller.join()
     if code != 0:
         sys.exit(f"cas run exited {code}: see {config.parent / 'run.log'}")
-    return {"seconds": round(seconds, 1), "peak_rss_mb": round(max(seen), 1)}
+    return {"seconds": round(seconds, 1), "peak_rss_mb": round(max(seen), 1), "steps": step_memory(config.parent / "run.log")}
+
+
+def steps_table(rows: list[dict]) -> str:
+    """The process's peak (MB) after each step, one column per N: the step that raised it most is the one to read."""
+    def keyed(steps: list[dict]) -> dict[str, int]:  # a task run name seen again (a NAS training's) gets its count
+        seen: dict[str, int] = {}
+        out = {}
+        for step in steps:
+            seen[step["step"]] = seen.get(step["step"], 0) + 1
+            out[step["step"] + (f" ({seen[step['step']]})" if seen[step["step"]] > 1 else "")] = step["peak_mb"]
+        return out
+
+    peaks = [keyed(row["steps"]) for row in rows]
+    names = list(dict.fromkeys(name for p in peaks for name in p))
+    lines = ["| step (in log order) | " + " | ".join(f"peak MB after it, N = {row['n']}" for row in rows) + " |",
+             "| --- |" + " --- |" * len(rows)]
+    lines += [f"| {name} | " + " | ".join(str(p.get(name, "-")) for p in peaks) + " |" for name in names]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -147,7 +178,7 @@ def main() -> None:
         row |= {"time_factor": round(factor, 2), "rss_delta_mb": round(extra, 1), "within_bound": ok}
         lines.append(f"| {row['n']} | {row['seconds']} | {factor:.2f} | {row['peak_rss_mb']} | {extra:+.1f} | "
                      f"{'anchor' if row is anchor else 'yes' if ok else 'NO'} |")
-    table = "\n".join(lines)
+    table = "\n".join(lines) + "\n\n" + steps_table(rows)
     print(table)
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"

@@ -6,6 +6,8 @@
 - `guarded`: any other command stopped by Ctrl-C exits 130, and one whose reader went away (`| head`) 141,
   without a traceback.
 - `end`: the `cas` command's last act, its output flushed and the process ended without interpreter shutdown.
+- `memory_mb`: the process's peak and current resident memory, which each step's last log line shows;
+  `release_freed_memory`: what a finished step freed, handed back to the system.
 
 Nothing here imports Prefect at module level (only `stop` and `drain_prefect` use it, when a run is there).
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import ctypes
 import dataclasses
 import glob
 import os
@@ -190,6 +193,29 @@ def end_children() -> None:
             for pid in open(path).read().split():
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(int(pid), signal.SIGKILL)
+
+
+def memory_mb() -> tuple[float, float] | None:
+    """(peak, current) resident memory of this process in MB (VmHWM, VmRSS); None where /proc has no
+    status for it (not Linux). The peak is the whole process's since it started, whichever thread grew it."""
+    try:
+        text = open("/proc/self/status").read()
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    try:
+        return tuple(int(fields[key].split()[0]) / 1024 for key in ("VmHWM", "VmRSS"))  # type: ignore[return-value]
+    except (KeyError, ValueError, IndexError):
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hands the C heap's free pages back to the system (glibc's malloc_trim; nothing elsewhere). Steps run in
+    threads of their own, and what one step freed in its thread's malloc arena otherwise stays resident."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def drain_prefect() -> None:

@@ -30,7 +30,7 @@ from typing import Any, Literal
 from prefect import allow_failure, flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
-from prefect.runtime import flow_run
+from prefect.runtime import flow_run, task_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -82,10 +82,23 @@ def _step(fn, name: str, retries: int = 3, run_name: str | None = None):
     @functools.wraps(fn)  # keeps the signature: Prefect binds parameters by name
     def body(*args: Any, **kwargs: Any) -> Any:
         config = signature.bind(*args, **kwargs).arguments["config"]
-        return _cached_state(_within_time_limit(config.limits.step_seconds, name, fn, *args, **kwargs))
+        record = _within_time_limit(config.limits.step_seconds, name, fn, *args, **kwargs)
+        _log_memory(name if run_name is None else task_run.name)  # Prefect's default run names end in a random tag
+        return _cached_state(record)
 
     return task(name=name, task_run_name=run_name, retries=retries, retry_delay_seconds=RETRY_DELAYS,
                 retry_condition_fn=_retry_if_transient, cache_policy=NO_CACHE, tags=[f"step:{name}"])(body)
+
+
+def _log_memory(step: str) -> None:
+    """The process's peak and current resident memory after a step (which step raised the peak shows in the
+    log), before and after handing back what the step freed."""
+    before = lifecycle.memory_mb()
+    lifecycle.release_freed_memory()
+    after = lifecycle.memory_mb()
+    if before is not None and after is not None:
+        log.info("%s: done; process memory peak %.0f MB, now %.0f MB (%.0f MB after handing back freed memory)",
+                 step, before[0], before[1], after[1])
 
 
 verify_store = task(name="verify-store", retries=3, retry_delay_seconds=RETRY_DELAYS,
@@ -136,8 +149,12 @@ def _score(config: Config, store: Any, dataset: Any, lanes: dict[str, str], sett
         log.warning("no scores beside CAS in this run: the real baseline '%s' failed, and GAN-test and the feature "
                     "scores need its classifier", config.baseline.name)
         return {}
-    futures = {name: score_samples.submit(config, store, chain.samples, real_chain.classifiers[0], dataset, lanes[name])
-               for name, (chain, error) in settled.items() if error is None}
+    futures, lane_tail = {}, {}
+    for name, (chain, error) in settled.items():  # within a lane one model at a time, as the other steps
+        if error is None:
+            after = [allow_failure(lane_tail[lanes[name]])] if lanes[name] in lane_tail else []
+            futures[name] = lane_tail[lanes[name]] = score_samples.submit(
+                config, store, chain.samples, real_chain.classifiers[0], dataset, lanes[name], wait_for=after)
     scored = {}
     for name, future in futures.items():
         future.wait()

@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
-from casflow.flows.shard_data import first_per_class, load_decoded
+from casflow.flows.shard_data import decoded_set, first_per_class, in_batches
 from casflow.storage import artifacts, results
+from casflow.storage.decoded_cache import Decoded
 from casflow.storage.shards import ShardSet, load_shard_set
 from casflow.storage.store import IntegrityError, Store
 from casflow.tasks import devices, gallery, report, scores
@@ -67,9 +68,9 @@ def grid(store: Store, shard_set: ShardSet, num_classes: int) -> report.SampleGr
 
 def galleries(store: Store, summary: list[dict[str, Any]], changes: list[dict[str, Any]], best: list[dict[str, Any]],
               class_names: tuple[str, ...]) -> dict[str, report.Gallery]:
-    """The failure gallery of each model `gallery.gallery_models` picks. Memory stays bounded at any scale: the
-    eval split and the samples are read as the local cache's memory maps, and only the picked eval images and
-    the samples of their classes (at most gallery.SAMPLES_SEARCHED per class, a seeded subset) get features.
+    """The failure gallery of each model `gallery.gallery_models` picks. Memory stays bounded at any scale: only
+    the picked eval images and the samples of their classes (at most gallery.SAMPLES_SEARCHED per class, a seeded
+    subset) are read from the local cache's files, a batch at a time, and get features.
     A model whose gallery cannot be made gets a note naming the problem instead (the report is written all
     the same, as for the rest of the run)."""
     chosen = set(gallery.gallery_models(summary, changes, best))
@@ -93,13 +94,13 @@ def galleries(store: Store, summary: list[dict[str, Any]], changes: list[dict[st
             raise FileNotFoundError(f"{store.uri(store.location('real', real['dataset_fingerprint'], 'eval'))}: "
                                     "the real eval split is not on the store")
         features = real_features(store, real, eval_split.image_shape, len(class_names))
-        eval_images, eval_labels = load_decoded(store, eval_split, "real eval split")
+        eval_images = decoded_set(store, eval_split, "real eval split")
     except (OSError, ValueError, RuntimeError, IntegrityError) as exc:
         log.warning("report: no failure gallery: %s", exc)
         return found | {row["model"]: report.Gallery((), f"no failure gallery: {exc}") for row in rows}
     for row in rows:
         try:
-            found[row["model"]] = model_gallery(store, row, eval_images, eval_labels, features)
+            found[row["model"]] = model_gallery(store, row, eval_images, features)
         except (OSError, ValueError, RuntimeError, IntegrityError) as exc:
             log.warning("report: model %s: no failure gallery: %s", row["model"], exc)
             found[row["model"]] = report.Gallery((), f"no failure gallery: {exc}")
@@ -124,8 +125,8 @@ def seed_fingerprints(row: dict[str, Any], kind: str) -> list[str]:
 
 
 def real_features(store: Store, real: dict[str, Any], image_shape: tuple[int, int, int], num_classes: int):
-    """A function from uint8 images to the penultimate features of the real baseline's classifier (its first
-    seed, as the scores beside CAS use), rebuilt from the recipe its training log recorded."""
+    """A function from a decoded set and rows of it to their penultimate features in the real baseline's
+    classifier (its first seed, as the scores beside CAS use), rebuilt from the recipe its training log recorded."""
     from casflow.tasks.classifiers import resolve, training
 
     classifier = seed_fingerprints(real, "classifier")[0]
@@ -140,11 +141,11 @@ def real_features(store: Store, real: dict[str, Any], image_shape: tuple[int, in
     recipe, device = resolve(inputs["recipe"], inputs["hyperparameters"]), devices.torch_device("auto")
     net = training.load_weights(recipe, artifacts.read_weights(store, classifier), image_shape=image_shape,
                                 num_classes=num_classes, device=device)
-    return lambda images: training.features(recipe, net, np.asarray(images), device)
+    return lambda decoded, rows: in_batches(decoded, lambda x: training.features(recipe, net, x, device), rows,
+                                            size=training.PREDICT_BATCH)
 
 
-def model_gallery(store: Store, row: dict[str, Any], eval_images: np.ndarray, eval_labels: np.ndarray,
-                  features) -> report.Gallery:
+def model_gallery(store: Store, row: dict[str, Any], eval_images: Decoded, features) -> report.Gallery:
     """One model's most confident misses (its first seed's evaluation) and its samples nearest to each."""
     model = row["model"]
     evaluation = seed_fingerprints(row, "evaluation")[0]
@@ -155,7 +156,7 @@ def model_gallery(store: Store, row: dict[str, Any], eval_images: np.ndarray, ev
         return report.Gallery((), "its evaluation was stored before casflow kept the predicted class's probability "
                                   "(a new evaluation of this model has it)")
     labels = predictions.column("label").to_numpy()
-    if not np.array_equal(labels, eval_labels):  # keys are the eval split's positions: both in key order
+    if not np.array_equal(labels, eval_images.labels):  # keys are the eval split's positions: both in key order
         raise ValueError(f"model '{model}': evaluation {evaluation[:12]} was scored on other eval images than the "
                          "run's eval split")
     predicted = pc.list_element(predictions.column("top5"), 0).to_numpy()
@@ -164,23 +165,24 @@ def model_gallery(store: Store, row: dict[str, Any], eval_images: np.ndarray, ev
     if not len(picks):
         return report.Gallery((), "its classifier got every real eval image right")
     samples = sample_set(store, row)
-    images, sample_labels = load_decoded(store, samples, f"model {model}")
+    images = decoded_set(store, samples, f"model {model}")
+    sample_labels = images.labels
     searched, searched_features = [], []
     for c in np.unique(np.concatenate([labels[picks], predicted[picks]])):
         members = np.flatnonzero(sample_labels == c)
         members = members[scores.subset(len(members), gallery.SAMPLES_SEARCHED, scores.SUBSET_SEED, "gallery", int(c))]
         if len(members):  # a class the model drew no samples of has no neighbours
             searched.append(members)
-            searched_features.append(features(images[members]))
-    pick_features = features(eval_images[picks])
+            searched_features.append(features(images, members))
+    pick_features = features(eval_images, picks)
     searched = np.concatenate(searched) if searched else np.empty(0, np.int64)
     reference = np.concatenate(searched_features) if searched_features else np.empty((0, pick_features.shape[1]), np.float32)
     true_side = gallery.nearest_of_class(pick_features, labels[picks], reference, sample_labels[searched])
     predicted_side = gallery.nearest_of_class(pick_features, predicted[picks], reference, sample_labels[searched])
     return report.Gallery(tuple(
-        report.Miss(image=np.asarray(eval_images[i]), true_class=int(labels[i]), predicted_class=int(predicted[i]),
-                    confidence=float(confidence[i]), true_neighbours=np.asarray(images[searched[t]]),
-                    predicted_neighbours=np.asarray(images[searched[p]]))
+        report.Miss(image=eval_images.window(i, i + 1)[0], true_class=int(labels[i]), predicted_class=int(predicted[i]),
+                    confidence=float(confidence[i]), true_neighbours=images.take(searched[t]),
+                    predicted_neighbours=images.take(searched[p]))
         for i, t, p in zip(picks, true_side, predicted_side)))
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -106,6 +106,17 @@ def decoded_set(store: Store, shard_set: ShardSet, what: str) -> decoded_cache.D
             yield images, labels
 
     return decoded_cache.load_or_build(shard_set.manifest_sha256, shard_set.image_shape, chunks)
+
+
+def in_batches(decoded: decoded_cache.Decoded, compute: Callable[[np.ndarray], np.ndarray], rows: np.ndarray | None = None,
+               *, size: int) -> np.ndarray:
+    """compute(images) over a decoded set's images (or those at `rows`, in that order), `size` at a time, the outputs
+    concatenated. Each batch is read from the local cache's file as it is needed, so a pass over any set holds
+    one batch of images; batches of the same size as compute's own give the outputs one call would."""
+    count = len(decoded) if rows is None else len(rows)
+    outputs = [compute(decoded.window(start, start + size) if rows is None else decoded.take(rows[start : start + size]))
+               for start in range(0, count, size)]
+    return np.concatenate(outputs) if outputs else compute(decoded.window(0, 0))
 
 
 def decoded_chunks(store: Store, shard_set: ShardSet, shards: Sequence[ShardInfo]) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -37,7 +37,7 @@ from casflow.flows.records import (
     SamplesRecord,
     ScoresRecord,
 )
-from casflow.flows.shard_data import MixedSamples, StoredSamples, decoded_set, load_decoded
+from casflow.flows.shard_data import MixedSamples, StoredSamples, decoded_set, in_batches, load_decoded
 from casflow.storage import artifacts, results, verify
 from casflow.storage.shards import ShardSet, load_shard_set, sample_key, write_shard_set
 from casflow.storage.sources import Files, FileTooLarge, NotRegularFile, read_local_file
@@ -335,14 +335,18 @@ def score_samples(config: Config, store: Store, samples: SamplesRecord, real: Cl
     recipe, torch_device, num_classes = config.classifier.resolved, devices.torch_device(device), len(dataset.class_names)
     net = training.load_weights(recipe, artifacts.read_weights(store, real.fingerprint), image_shape=dataset.train.image_shape,
                                 num_classes=num_classes, device=torch_device)
-    images, labels = load_decoded(store, samples.shard_set, f"model {samples.model}")
-    features = lambda x: training.features(recipe, net, x, torch_device)  # noqa: E731
+    # every image set is read from the local cache's file a batch or a tile at a time (never mapped whole, never
+    # copied whole): the step's memory is set by batch and tile sizes, not by the number of samples
+    images = decoded_set(store, samples.shard_set, f"model {samples.model}")
+    labels = images.labels
+    features = lambda decoded: in_batches(decoded, lambda x: training.features(recipe, net, x, torch_device),  # noqa: E731
+                                          size=training.PREDICT_BATCH)
     overall: dict[str, float | int | None] = {}
     per_class: dict[str, list[float | int | None]] = {}
     if spec.gan_test:  # on the samples' subsets (scores.set_subsets), as the feature scores
         subsets = scores.set_subsets(labels, num_classes, "samples")
         needed = subsets.union
-        logits = training.predict(recipe, net, images if len(needed) == len(images) else images[needed], torch_device)
+        logits = in_batches(images, lambda x: training.predict(recipe, net, x, torch_device), needed, size=training.PREDICT_BATCH)
         of = lambda rows: logits[np.searchsorted(needed, rows)]  # noqa: E731
         by_class = np.concatenate(subsets.per_class)
         overall["gan_test_top1"] = scores.gan_test(of(subsets.overall), labels[subsets.overall], num_classes).top1
@@ -351,15 +355,14 @@ def score_samples(config: Config, store: Store, samples: SamplesRecord, real: Cl
         per_class["scores_n_samples"] = [len(rows) for rows in subsets.per_class]
     sample_features = features(images) if spec.features or spec.memorization else None
     if spec.features:
-        eval_images, eval_labels = load_decoded(store, dataset.eval, f"{dataset.name} eval split")
-        set_overall, set_per_class = scores.set_scores(features(eval_images), eval_labels, sample_features, labels, num_classes,
-                                                       device=torch_device)
+        eval_images = decoded_set(store, dataset.eval, f"{dataset.name} eval split")
+        set_overall, set_per_class = scores.set_scores(features(eval_images), eval_images.labels, sample_features, labels,
+                                                       num_classes, device=torch_device)
         overall |= set_overall
         per_class |= set_per_class
-    if spec.memorization:  # every sample against the whole train split; pixels stay uint8 until a tile needs them
-        train_images, train_labels = load_decoded(store, dataset.train, f"{dataset.name} train split")
-        flat = lambda x: x.reshape(len(x), -1)  # noqa: E731
-        pixels = scores.near_copies(flat(train_images), flat(images), device=torch_device)
+    if spec.memorization:  # every sample against the whole train split, read a tile at a time as uint8
+        train_images = decoded_set(store, dataset.train, f"{dataset.name} train split")
+        pixels = scores.near_copies(train_images, images, device=torch_device)
         in_features = scores.near_copies(features(train_images), sample_features, device=torch_device)
         overall["memorized_fraction"], overall["memorized_fraction_features"] = pixels.fraction, in_features.fraction
         per_class["memorized_fraction"] = list(scores.fraction_per_class(pixels.flags, labels, num_classes))

@@ -7,8 +7,9 @@ Each set is two files in `decoded/`: `<key>.labels.npy`, then
 `<key>.images.npy` (uint8 N x H x W x C, a plain .npy file), written chunk
 by chunk as the shards are decoded, each atomically; the images file is the
 commit marker. Reading gives a read-only memory map, so neither building
-nor using the cache holds the whole set in memory; `Decoded.window` reads a
-range with plain file reads, which leaves nothing mapped behind.
+nor using the cache holds the whole set in memory; `Decoded.window` (a range)
+and `Decoded.take` (chosen rows) read with plain file reads, which leave
+nothing mapped behind.
 """
 
 from __future__ import annotations
@@ -54,9 +55,29 @@ class Decoded:
         stop = min(stop, len(self))
         if self.path is None:
             return np.array(self.images[start:stop])
-        row = int(np.prod(self.images.shape[1:]))
         with open(self.path, "rb") as f:
-            data = os.pread(f.fileno(), (stop - start) * row, self.offset + start * row)
+            return self._read(f.fileno(), start, stop)
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        """Images at `indices` (any order, repeats allowed) as a new array, read from the file a run of
+        consecutive rows at a time, as `window` reads: nothing of the set stays resident but the rows asked for."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if self.path is None or not len(indices):
+            return np.array(self.images[indices])
+        if indices.min() < 0 or indices.max() >= len(self):
+            raise IndexError(f"{self.path}: rows {indices.min()}..{indices.max()} asked of {len(self)}")
+        wanted, where = np.unique(indices, return_inverse=True)
+        rows = np.empty((len(wanted), *self.images.shape[1:]), dtype=np.uint8)
+        breaks = np.flatnonzero(np.diff(wanted) != 1) + 1  # runs of consecutive rows: one read each
+        with open(self.path, "rb") as f:
+            for run_start, run_stop in zip(np.r_[0, breaks], np.r_[breaks, len(wanted)]):
+                first = int(wanted[run_start])
+                rows[run_start:run_stop] = self._read(f.fileno(), first, first + int(run_stop - run_start))
+        return rows[where.reshape(-1)]
+
+    def _read(self, fd: int, start: int, stop: int) -> np.ndarray:
+        row = int(np.prod(self.images.shape[1:]))
+        data = os.pread(fd, (stop - start) * row, self.offset + start * row)
         if len(data) != (stop - start) * row:
             raise OSError(f"{self.path}: shorter than its header says")
         return np.frombuffer(data, dtype=np.uint8).reshape(stop - start, *self.images.shape[1:])

@@ -16,7 +16,9 @@ Distances and k-NN run in torch on the given device (the scores step passes
 the model's: a GPU when it has one), in float32, one tile of at most
 `block_elements` squared distances at a time (queries x references, both
 streamed), so memory stays bounded for any set size: the references are
-never held as floats whole, only one block of them. Squared distances by
+never held as floats whole, only one block of them. A set given as `Rows`
+(the scores step's decoded images: a file read with plain reads) is read a
+block at a time and never held whole, even as uint8. Squared distances by
 |q|^2 + |r|^2 - 2 q.r after centring both sets on the references' mean
 (distances are unchanged, the cancellation in the expansion smaller);
 round-off below zero is clipped to zero. Float32 on 64-d features or 3072
@@ -50,7 +52,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -85,14 +87,72 @@ def _device(device: Any):
     return torch.device(device)
 
 
-def _as_points(x: Any, what: str, device):
-    """(N, D) points as a tensor on the device, in their own dtype (uint8 pixels stay 1 byte a value)."""
-    import torch
+@runtime_checkable
+class Rows(Protocol):
+    """A set of points too large to hold, read a block at a time: `window(start, stop)` and `take(indices)` give
+    new arrays of those rows (any trailing shape: a row is flattened to one point), so a pass over the set keeps
+    one block in memory (storage's decoded image sets are such: a file read with plain reads)."""
 
-    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
-    if t.ndim != 2:
-        raise ValueError(f"{what}: expected (N, D) features, got shape {tuple(t.shape)}")
-    return t.to(device)
+    def __len__(self) -> int: ...
+
+    def window(self, start: int, stop: int) -> np.ndarray: ...
+
+    def take(self, indices: np.ndarray) -> np.ndarray: ...
+
+
+class _Points:
+    """(N, D) points as the tiles read them, a block at a time, as tensors on the device in their own dtype
+    (uint8 pixels stay 1 byte a value until a tile converts its block): from an array or tensor in memory, or
+    from `Rows` (never whole). `subset`: these points are the source's rows at those sorted indices."""
+
+    def __init__(self, source: Any, what: str, device, subset: np.ndarray | None = None):
+        import torch
+
+        self.device, self.subset = device, subset
+        if isinstance(source, Rows):
+            self.rows, self.tensor = source, None
+            dim = int(np.prod(source.window(0, 0).shape[1:], dtype=np.int64))
+            count = len(source)
+        else:
+            t = source if isinstance(source, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(source))
+            if t.ndim != 2:
+                raise ValueError(f"{what}: expected (N, D) features, got shape {tuple(t.shape)}")
+            self.rows, self.tensor = None, t.to(device)
+            count, dim = t.shape
+        self.dim = dim
+        self.count = count if subset is None else len(subset)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def block(self, start: int, stop: int):
+        """Points [start, stop)."""
+        if self.subset is not None:
+            return self._source_rows(self.subset[start:stop])
+        if self.tensor is not None:
+            return self.tensor[start:stop]
+        return self._on_device(self.rows.window(start, min(stop, self.count)))
+
+    def take(self, indices: np.ndarray):
+        """The points at `indices` (any order)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return self._source_rows(indices if self.subset is None else self.subset[indices])
+
+    def _source_rows(self, indices: np.ndarray):
+        import torch
+
+        if self.tensor is not None:
+            return self.tensor[torch.as_tensor(indices, device=self.device)]
+        return self._on_device(self.rows.take(indices))
+
+    def _on_device(self, array: np.ndarray):
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(array).reshape(len(array), self.dim)).to(self.device)
+
+
+def _as_points(x: Any, what: str, device) -> _Points:
+    return x if isinstance(x, _Points) else _Points(x, what, device)
 
 
 def _block_elements(device, block_elements: int | None) -> int:
@@ -111,21 +171,21 @@ class _Tiles:
 
         self.device = _device(device)
         self.queries, self.references = _as_points(queries, "queries", self.device), _as_points(references, "references", self.device)
-        if self.queries.shape[1] != self.references.shape[1]:
-            raise ValueError(f"queries have {self.queries.shape[1]} dimensions, references {self.references.shape[1]}")
+        if self.queries.dim != self.references.dim:
+            raise ValueError(f"queries have {self.queries.dim} dimensions, references {self.references.dim}")
         elements = _block_elements(self.device, block_elements)
         self.cols = max(1, min(len(self.references), math.isqrt(elements)))
         self.rows = max(1, elements // self.cols)
-        self.cached = self.references.numel() <= self.CACHE_BLOCKS * elements
-        total = torch.zeros(self.references.shape[1], dtype=torch.float64, device=self.device)
+        self.cached = len(self.references) * self.references.dim <= self.CACHE_BLOCKS * elements
+        total = torch.zeros(self.references.dim, dtype=torch.float64, device=self.device)
         for start in range(0, len(self.references), self.cols):  # the mean in float64, a block at a time
-            total += self.references[start : start + self.cols].to(torch.float64).sum(0)
+            total += self.references.block(start, start + self.cols).to(torch.float64).sum(0)
         self.centre = (total / max(1, len(self.references))).to(torch.float32)
 
     def blocks(self, points, size: int) -> Iterator[tuple[int, Any, Any]]:
         """(start, centred float32 block, its squared norms)."""
         for start in range(0, len(points), size):
-            block = points[start : start + size].to(_float32()) - self.centre
+            block = points.block(start, start + size).to(_float32()) - self.centre
             yield start, block, (block * block).sum(1)
 
     def tiles(self, query_columns: Callable, reference_columns: Callable) -> Iterator[tuple[int, Iterator[tuple[int, Any]]]]:
@@ -203,17 +263,19 @@ def kth_neighbour_distances(points, k: int, *, device="cpu", block_elements: int
     return np.sqrt(_kth_squared(points, k, device=device, block_elements=block_elements).astype(np.float64))
 
 
-def _exact_distances(queries, references, indices: np.ndarray, *, device="cpu", rows: int = 4096) -> np.ndarray:
+def _exact_distances(queries, references, indices: np.ndarray, *, device="cpu", block_elements: int | None = None) -> np.ndarray:
     """|q_i - r_indices[i]| by direct differences (float32 on the device, summed in float64): the expansion's
-    round-off, which grows with the norms, gone. An exact copy is at 0, not at a few units of round-off."""
+    round-off, which grows with the norms, gone. An exact copy is at 0, not at a few units of round-off.
+    A block of rows holds about a tile's worth of values; each row's sum is its own, whatever the block."""
     import torch
 
     device = _device(device)
     queries, references = _as_points(queries, "queries", device), _as_points(references, "references", device)
-    index = torch.as_tensor(indices, device=device)
+    rows = max(1, _block_elements(device, block_elements) // max(1, queries.dim))
     out = np.empty(len(queries))
     for start in range(0, len(queries), rows):
-        diff = queries[start : start + rows].to(torch.float32) - references[index[start : start + rows]].to(torch.float32)
+        diff = (queries.block(start, start + rows).to(torch.float32)
+                - references.take(indices[start : start + rows]).to(torch.float32))
         out[start : start + len(diff)] = (diff * diff).sum(1, dtype=torch.float64).sqrt().cpu().numpy()
     return out
 
@@ -224,7 +286,7 @@ def nearest_neighbours(queries, references, *, exclude: np.ndarray | None = None
     The nearest is found in float32 tiles (ties go to the lowest index, within that rounding); its distance is
     then recomputed exactly (`_exact_distances`)."""
     _, nearest = _k_nearest_squared(queries, references, 1, exclude=exclude, device=device, block_elements=block_elements)
-    return _exact_distances(queries, references, nearest[:, 0], device=device), nearest[:, 0]
+    return _exact_distances(queries, references, nearest[:, 0], device=device, block_elements=block_elements), nearest[:, 0]
 
 
 def k_nearest(queries, references, k: int, *, device="cpu", block_elements: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -392,13 +454,11 @@ def near_copies(train, samples, quantile: float = NEAR_COPY_QUANTILE, *, thresho
     queries = subset(len(train), threshold_points, seed, "near-copy threshold")
     if len(queries) < 1 or len(train) < 2:
         raise ValueError(f"near copies need at least 2 train images, got {len(train)}")
-    train_t = _as_points(train, "train", _device(device))
-    import torch
-
-    query_rows = train_t if len(queries) == len(train_t) else train_t[torch.as_tensor(queries, device=train_t.device)]
-    leave_one_out, _ = nearest_neighbours(query_rows, train_t, exclude=queries, device=device, block_elements=block_elements)
+    train_points = _as_points(train, "train", _device(device))
+    query_rows = train_points if len(queries) == len(train_points) else _Points(train, "train", _device(device), queries)
+    leave_one_out, _ = nearest_neighbours(query_rows, train_points, exclude=queries, device=device, block_elements=block_elements)
     threshold = float(np.quantile(leave_one_out, quantile))
-    distances, nearest = nearest_neighbours(samples, train_t, device=device, block_elements=block_elements)
+    distances, nearest = nearest_neighbours(samples, train_points, device=device, block_elements=block_elements)
     return NearCopies(flags=distances < threshold, distances=distances, nearest=nearest, threshold=threshold,
                       threshold_points=len(queries))
 

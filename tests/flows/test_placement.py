@@ -9,7 +9,7 @@ import torch
 
 from casflow.flows import pipeline
 from casflow.flows.placement import assign_lanes
-from casflow.tasks import devices
+from casflow.tasks import devices, scores
 from casflow.tasks.classifiers import training
 from helpers import TINY_CLASSIFIER
 
@@ -26,10 +26,10 @@ def test_lanes_deal_models_round_robin_in_config_order():
 
 @pytest.mark.slow
 def test_flow_trains_one_model_at_a_time_per_device(tiny_config, monkeypatch, prefect_in_process):
-    """Two simulated GPUs, four models: each lane's trainings never overlap, and both lanes are used.
+    """Two simulated GPUs, four models: each lane's trainings, and its scores, never overlap, and both lanes are used.
 
     `torch_device` hands out the CPU for any name and remembers, per thread, which lane asked;
-    the wrapped `training.train` runs in that same task thread and records (lane, start, end)."""
+    the wrapped `training.train` and `scores.set_scores` run in that same task thread and record (lane, start, end)."""
     lane = threading.local()
     spans: list[tuple[str, float, float]] = []
     original_train = training.train
@@ -38,16 +38,20 @@ def test_flow_trains_one_model_at_a_time_per_device(tiny_config, monkeypatch, pr
         lane.name = name
         return torch.device("cpu")
 
-    def recording_train(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return original_train(*args, **kwargs)
-        finally:
-            spans.append((lane.name, start, time.perf_counter()))
+    def recording(original, spans):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                spans.append((lane.name, start, time.perf_counter()))
+        return call
 
+    score_spans: list[tuple[str, float, float]] = []
     monkeypatch.setattr(pipeline, "_cuda_count", lambda spec: 2)
     monkeypatch.setattr(devices, "torch_device", torch_device)
-    monkeypatch.setattr(training, "train", recording_train)
+    monkeypatch.setattr(training, "train", recording(original_train, spans))
+    monkeypatch.setattr(scores, "set_scores", recording(scores.set_scores, score_spans))  # once per model's scores
     models = [
         {"name": "real", "generator": {"kind": "real"}},
         {"name": "gauss16", "generator": {"kind": "gaussian", "components": 16}},
@@ -59,11 +63,12 @@ def test_flow_trains_one_model_at_a_time_per_device(tiny_config, monkeypatch, pr
     assert state.is_completed(), state.message
     assert state.result()["models"] == dict.fromkeys(["real", "gauss16", "shuffled", "gauss8"], "ok")
 
-    assert len(spans) == 4
-    by_lane: dict[str, list[tuple[float, float]]] = {}
-    for name, start, end in spans:
-        by_lane.setdefault(name, []).append((start, end))
-    assert sorted(by_lane) == ["cuda:0", "cuda:1"] and all(len(s) == 2 for s in by_lane.values())
-    for name, lane_spans in by_lane.items():
-        (_, first_end), (second_start, _) = sorted(lane_spans)
-        assert first_end <= second_start, f"two trainings overlapped on {name}: {sorted(lane_spans)}"
+    for what, recorded in (("trainings", spans), ("scores", score_spans)):  # the scores too: one model's at a time
+        assert len(recorded) == 4, what
+        by_lane: dict[str, list[tuple[float, float]]] = {}
+        for name, start, end in recorded:
+            by_lane.setdefault(name, []).append((start, end))
+        assert sorted(by_lane) == ["cuda:0", "cuda:1"] and all(len(s) == 2 for s in by_lane.values())
+        for name, lane_spans in by_lane.items():
+            (_, first_end), (second_start, _) = sorted(lane_spans)
+            assert first_end <= second_start, f"two {what} overlapped on {name}: {sorted(lane_spans)}"

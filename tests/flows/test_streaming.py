@@ -17,7 +17,7 @@ import pytest
 import torch
 import webdataset
 
-from casflow.flows import steps
+from casflow.flows import shard_data, steps
 from casflow.storage import decoded_cache
 from casflow.storage.shards import write_shard_set
 from casflow.storage.store import Store
@@ -208,6 +208,40 @@ def test_the_decoded_cache_is_written_chunk_by_chunk_and_read_in_windows(tmp_pat
     with pytest.raises(FileNotFoundError, match="a shard went missing"):  # the source's error, not a cache problem
         decoded_cache.load_or_build("other", (4, 4, 3), failing)
     assert not (tmp_path / "cache" / "decoded" / "other.images.npy").exists()
+
+
+@pytest.mark.parametrize("writable", [True, False])  # the cache file, and the in-memory set of an unwritable cache
+def test_chosen_rows_of_the_decoded_cache_are_read_as_indexing_gives_them(writable, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    if not writable:
+        cache.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("CASFLOW_CACHE_DIR", str(cache))
+    images = np.random.default_rng(2).integers(0, 256, (40, 4, 4, 3), dtype=np.uint8)
+    decoded = decoded_cache.load_or_build("rows", (4, 4, 3), lambda: iter([(images[:25], np.zeros(25, np.int64)),
+                                                                           (images[25:], np.zeros(15, np.int64))]))
+    assert (decoded.path is not None) == writable
+    for rows in ([3], [0, 1, 2, 9, 10, 39], [39, 2, 2, 17, 0], np.arange(40), []):  # runs, any order, repeats
+        taken = decoded.take(np.array(rows, dtype=np.int64))
+        assert taken.shape == (len(rows), 4, 4, 3) and np.array_equal(taken, images[np.array(rows, dtype=np.int64)])
+    with pytest.raises(IndexError):
+        decoded.take(np.array([40]))
+
+
+def test_features_and_logits_batch_by_batch_from_the_cache_equal_one_call(tmp_path, monkeypatch):
+    monkeypatch.setenv("CASFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    recipe = ClassifierConfig(recipe="fast", options={"widths": [8, 8, 8], "tta_level": 2}).resolved
+    net = training.load_weights(recipe, training.weights_bytes(recipe.module.build(recipe.hp, (8, 8, 3), 10)),
+                                image_shape=(8, 8, 3), num_classes=10, device=torch.device("cpu"))
+    images = np.random.default_rng(0).integers(0, 256, (2 * training.PREDICT_BATCH + 123, 8, 8, 3), dtype=np.uint8)
+    decoded = decoded_cache.load_or_build("batches", (8, 8, 3), lambda: iter([(images, np.zeros(len(images), np.int64))]))
+    rows = np.sort(np.random.default_rng(1).choice(len(images), size=training.PREDICT_BATCH + 7, replace=False))
+    seen = []
+    features = lambda x: seen.append(len(x)) or training.features(recipe, net, x, torch.device("cpu"))  # noqa: E731
+    assert np.array_equal(shard_data.in_batches(decoded, features, size=training.PREDICT_BATCH),
+                          training.features(recipe, net, images, torch.device("cpu")))
+    assert max(seen) == training.PREDICT_BATCH  # a batch at a time, never the set
+    logits = lambda x: training.predict(recipe, net, x, torch.device("cpu"))  # noqa: E731
+    assert np.array_equal(shard_data.in_batches(decoded, logits, rows, size=training.PREDICT_BATCH), logits(images[rows]))
 
 
 def test_evaluation_window_by_window_gives_the_logits_of_one_call():

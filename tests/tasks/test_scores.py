@@ -333,6 +333,51 @@ def test_the_near_copy_threshold_from_a_subset_of_train_images_is_their_leave_on
     np.testing.assert_array_equal(result.nearest, cdist(samples, train).argmin(1))  # every sample, the whole train split
 
 
+class BoundedRows:
+    """`scores.Rows` over images in memory that refuses any read of more than `most` rows: a search that held a
+    set whole, or read it whole once, fails here."""
+
+    def __init__(self, images: np.ndarray, most: int):
+        self.images, self.most, self.largest = images, most, 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _read(self, rows: np.ndarray) -> np.ndarray:
+        assert len(rows) <= self.most, f"read {len(rows)} rows at once, more than a block ({self.most})"
+        self.largest = max(self.largest, len(rows))
+        return rows.copy()
+
+    def window(self, start: int, stop: int) -> np.ndarray:
+        return self._read(self.images[start:stop])
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        return self._read(self.images[indices])
+
+
+@pytest.mark.parametrize("threshold_points", [100, 10_000])  # a subset of the train split, and all of it
+def test_near_copies_of_images_read_a_block_at_a_time_equal_the_search_in_one_block(threshold_points):
+    rng = np.random.default_rng(3)
+    train = rng.integers(0, 256, size=(300, 4, 4, 3), dtype=np.uint8)
+    noisy = np.clip(train[:40].astype(int) + rng.integers(-2, 3, size=(40, 4, 4, 3)), 0, 255).astype(np.uint8)
+    samples = np.concatenate([noisy, rng.integers(0, 256, size=(160, 4, 4, 3), dtype=np.uint8)])
+    flat = lambda x: x.reshape(len(x), -1)  # noqa: E731
+    block = 24 * 48  # tiles of 24 x 48 distances and reads of at most 48 rows (exact distances: 24), sets of 200 and 300
+    one_block = scores.near_copies(flat(train), flat(samples), threshold_points=threshold_points, block_elements=10**9)
+    same_tiles = scores.near_copies(flat(train), flat(samples), threshold_points=threshold_points, block_elements=block)
+    train_rows, sample_rows = BoundedRows(train, 48), BoundedRows(samples, 48)
+    streamed = scores.near_copies(train_rows, sample_rows, threshold_points=threshold_points, block_elements=block)
+    assert 0 < train_rows.largest <= 48 and 0 < sample_rows.largest <= 48
+    for field in ("flags", "distances", "nearest"):  # the same tiles from rows as from arrays: the same numbers
+        np.testing.assert_array_equal(getattr(streamed, field), getattr(same_tiles, field))
+    assert (streamed.threshold, streamed.threshold_points) == (same_tiles.threshold, min(threshold_points, 300))
+    np.testing.assert_array_equal(streamed.flags, one_block.flags)  # and the same answer as one block
+    np.testing.assert_array_equal(streamed.nearest, one_block.nearest)
+    np.testing.assert_allclose(streamed.distances, one_block.distances, rtol=1e-6)
+    assert streamed.threshold == pytest.approx(one_block.threshold, rel=1e-6)
+    assert streamed.flags[:40].all() and streamed.fraction < 1
+
+
 # ---------------------------------------------------------------- on a GPU (skipped without CUDA)
 
 @pytest.mark.gpu
