@@ -218,6 +218,18 @@ def release_freed_memory() -> None:
         pass
 
 
+def map_large_blocks(threshold: int = 4 << 20) -> None:
+    """Blocks of `threshold` bytes and more come from mmap and go back to the system when freed (glibc's
+    M_MMAP_THRESHOLD; nothing elsewhere). Left to itself, glibc raises that threshold after freeing such a
+    block and serves later ones from the heap, where the scores step's distance tiles (16-25 MB, one per
+    tile: 750 at 50k samples) left a peak that grew with N: +151 MB from 5k to 20k train images for the
+    near-copy search alone, +21 MB with the threshold fixed at 4 MiB (benchmarks/results/whole_run-2026-12-05.md)."""
+    try:
+        ctypes.CDLL(None).mallopt(-3, threshold)  # -3: M_MMAP_THRESHOLD in malloc.h
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def drain_prefect() -> None:
     """The run's last logs and events sent to its server (each queue waited for at most 5 s)."""
     from prefect.events.worker import EventsWorker

@@ -183,6 +183,7 @@ def cas_evaluation(config_path: str = DEMO_CONFIG, store_url: str | None = None,
     `checkpoints` (model name -> checkpoint path or store URL) evaluates those `python` models of the
     config with these checkpoints instead of their configured ones, under the same names, so each is
     judged against its previous run (`casflow.submit_checkpoint` sends it from a training script)."""
+    lifecycle.map_large_blocks()  # the scores step's tiles, in this process
     config_text = with_checkpoints(steps.read_config_text(config_path), checkpoints or {}, config_path)
     config = steps.config_from_text(config_text, config_path, store_url)
     store = steps.open_store(config.store)
