@@ -61,7 +61,14 @@ class PlannedStep:
     rate_source: str | None  # "history (n)" or "default (...)"
     bytes: int | None  # estimated bytes it writes; 0 for a cached step
     assumed: bool = False  # its units, rate or bytes rest on an assumption (`Plan.assumptions`)
-    race: bool = False  # a further seed of a racing checkpoint: trained only if the checkpoint is still a contender
+    # a seed trained only as the run decides: "race", a racing checkpoint's further seed (only while it is still a
+    # contender); "seeds", a further seed of classifier.seeds' range (only while its comparison is not settled)
+    further: str | None = None
+
+    @property
+    def share(self) -> float:
+        """The share of this step's seconds that runs are expected to spend (the measured share of further seeds)."""
+        return 1.0 if self.further is None else throughput.FURTHER_SHARE[self.further]
 
     @property
     def label(self) -> str:
@@ -96,12 +103,19 @@ class Plan:
         if self.sample_bytes_assumed is not None:
             lines.append(f"{self.sample_bytes_assumed:,} bytes per sample in a shard: {throughput.SHARD_BYTES_SOURCE}")
         for series, (max_seeds, checkpoints) in self.races.items():
-            further = [s for s in self.computing() if s.race and s.step == "train" and s.model.startswith(f"{series}@")]
+            further = [s for s in self.computing() if s.further == "race" and s.step == "train"
+                       and s.model.startswith(f"{series}@")]
             lines.append(f"series {series} races (up to {max_seeds} seeds, classifier.seeds' max; {checkpoints} checkpoints): "
                          f"counted at its worst "
                          f"case, every checkpoint with {max_seeds} seeds; {len(further)} of its trainings to compute are "
                          f"further seeds that only contenders get. Expected: {RACE_SHARE_TEXT} of those "
                          f"({throughput.RACE_SOURCE})")
+        adaptive = [s for s in self.computing() if s.further == "seeds" and s.step == "train"]
+        if adaptive:
+            lines.append(f"classifier.seeds is a range: counted at its worst case, every model but the real baseline "
+                         f"(never judged) with max seeds; {len(adaptive)} of the trainings to compute are further seeds "
+                         f"that only unsettled comparisons get. Expected: {SEEDS_SHARE_TEXT} of those "
+                         f"({throughput.SEEDS_SOURCE})")
         if self.gpus_assumed is not None:
             lines.append(f"{self.gpus_assumed} GPU lane(s) (--gpus), not this machine's devices: rates are the GPU "
                          f"defaults of tasks/throughput.py")
@@ -123,22 +137,23 @@ class Plan:
         return None if any(v is None for v in values) else sum(values)
 
     def expected_seconds(self) -> float | None:
-        """total_seconds with a race's further seeds counted at the share races used (throughput.RACE_*)."""
+        """total_seconds with further seeds (races, adaptive seeds) counted at the share runs used
+        (throughput.FURTHER_SHARE)."""
         if self.total_seconds() is None:
             return None
-        return sum(s.seconds * (throughput.RACE_FURTHER_SEEDS_SHARE if s.race else 1.0) for s in self.computing())
+        return sum(s.seconds * s.share for s in self.computing())
 
-    def races_computing(self) -> bool:
-        return any(s.race for s in self.computing())
+    def further_computing(self) -> bool:
+        return any(s.further for s in self.computing())
 
     def wall_seconds(self, expected: bool = False) -> float | None:
-        """The longest lane's seconds: lanes run side by side, a lane's models one after another; races at their
-        worst case, or with `expected` at the share races used."""
+        """The longest lane's seconds: lanes run side by side, a lane's models one after another; further seeds at
+        their worst case, or with `expected` at the share runs used."""
         if self.total_seconds() is None:
             return None
         per_lane: dict[str, float] = {}
         for s in self.computing():
-            share = throughput.RACE_FURTHER_SEEDS_SHARE if expected and s.race else 1.0
+            share = s.share if expected else 1.0
             per_lane[self.lanes[s.model]] = per_lane.get(self.lanes[s.model], 0.0) + s.seconds * share
         return max(per_lane.values(), default=0.0)
 
@@ -156,7 +171,7 @@ class Plan:
                            "steps": [{"step": s.step, "seed": s.seed, "ratio": s.ratio, "status": s.status,
                                       "fingerprint": s.fingerprint, "after": s.after, "device": s.device,
                                       "units": s.units, "seconds": _round(s.seconds), "rate_source": s.rate_source,
-                                      "bytes": s.bytes, "assumed": s.assumed, "race": s.race} for s in mine]})
+                                      "bytes": s.bytes, "assumed": s.assumed, "further": s.further} for s in mine]})
         assumed = self.dataset_assumed
         return {
             "version": JSON_SHAPE, "config": self.config, "store": self.store,
@@ -172,14 +187,17 @@ class Plan:
                       "seconds": _round(total), "device_hours": None if total is None else round(total / 3600, 4),
                       "wall_seconds": _round(wall), "bytes": self.total_bytes(),
                       "devices": sorted(set(self.lanes.values())),
-                      # races: `seconds` counts their worst case; this, their further seeds at the share races used
+                      # `seconds` counts further seeds at their worst case; this, at the share runs used
                       "seconds_expected": _round(self.expected_seconds())},
+            "further_seeds": {kind: {"share": share, "source": throughput.RACE_SOURCE if kind == "race" else
+                                     throughput.SEEDS_SOURCE} for kind, share in throughput.FURTHER_SHARE.items()},
             "races": {series: {"max_seeds": m, "checkpoints": n, "further_seeds_share": throughput.RACE_FURTHER_SEEDS_SHARE,
                                "source": throughput.RACE_SOURCE} for series, (m, n) in self.races.items()},
         }
 
 
 RACE_SHARE_TEXT = f"{100 * throughput.RACE_FURTHER_SEEDS_SHARE:.0f}%"
+SEEDS_SHARE_TEXT = f"{100 * throughput.SEEDS_FURTHER_SHARE:.0f}%"
 
 
 def _round(value: float | None) -> float | None:
@@ -353,7 +371,7 @@ def _model_steps(config: Config, store: Store, files: Any, model: ModelConfig, d
     out = [estimator.step(model.name, "samples", None, None, samples_status, samples_fp,
                           None if dataset is not None else "dataset", device, kind, num)]
 
-    def train_and_evaluate(seed: int, ratio: float | None, race: bool = False) -> str | None:
+    def train_and_evaluate(seed: int, ratio: float | None, further: str | None = None) -> str | None:
         classifier_fp = None
         if shard_set is not None:
             inputs = steps.classifier_inputs(config, shard_set, len(dataset.class_names), seed, ratio, dataset.train)
@@ -362,21 +380,25 @@ def _model_steps(config: Config, store: Store, files: Any, model: ModelConfig, d
         classifier_cached = classifier_fp is not None and artifacts.read_train_log(store, classifier_fp) is not None
         images = None if num is None else num if ratio is None else num + round(ratio * num)
         out.append(estimator.step(model.name, "train", seed, ratio, "cached" if classifier_cached else "compute",
-                                  classifier_fp, after, device, None, images, race))
+                                  classifier_fp, after, device, None, images, further))
         evaluation_fp = None if classifier_fp is None else fingerprint(
             "evaluation", steps.evaluation_inputs(classifier_fp, dataset.eval))
         evaluation_cached = evaluation_fp is not None and artifacts.read_evaluation(store, evaluation_fp) is not None
         eval_images = sizes.eval if sizes is not None else None
         out.append(estimator.step(model.name, "evaluate", seed, ratio, "cached" if evaluation_cached else "compute",
                                   evaluation_fp, after or (None if classifier_fp else "train"), device, None, eval_images,
-                                  race))
+                                  further))
         return classifier_fp
 
-    # a range's later rounds depend on the results: planned are the seeds every model trains first, and for a
-    # racing checkpoint every seed its race may give it (its worst case), the further ones marked `race`
-    race_seeds = config.race_seeds(model)
-    first = [train_and_evaluate(seed, None, race=race_seeds is not None and i > 0)
-             for i, seed in enumerate(race_seeds or config.first_seeds(model))][0]
+    # a range's later rounds depend on the results: planned is the worst case, every seed a race or the range may
+    # give, those after the first seeds marked `further`; the real baseline is never judged, so it stops at `min`
+    first_seeds, further = config.first_seeds(model), None
+    if config.race_seeds(model):
+        further = "race"
+    elif config.seed_range is not None and model.generator.kind != "real":
+        further = "seeds"
+    seeds = config.classifier_seeds if further else first_seeds
+    first = [train_and_evaluate(seed, None, further if seed not in first_seeds else None) for seed in seeds][0]
     for ratio in config.augmentation_ratios(model):
         train_and_evaluate(config.classifier_seeds[0], ratio)
     return {"steps": out, "first_classifier": first}
@@ -414,9 +436,9 @@ class _Estimator:
         self._weights_estimate: int | None = None
 
     def step(self, model: str, step: str, seed: int | None, ratio: float | None, status: str, fp: str | None,
-             after: str | None, device: str, kind: str | None, count: int | None, race: bool = False) -> PlannedStep:
+             after: str | None, device: str, kind: str | None, count: int | None, further: str | None = None) -> PlannedStep:
         if status == "cached":
-            return PlannedStep(model, step, seed, ratio, status, fp, None, device, None, 0.0, None, 0, race=race)
+            return PlannedStep(model, step, seed, ratio, status, fp, None, device, None, 0.0, None, 0, further=further)
         if step == "samples" and generators.SOURCES[kind].draw is None:  # real, not yet sharded: the dataset step,
             count = None if self.sizes is None else self.sizes.train + self.sizes.eval  # both splits to shards
         units = None if count is None else count * self.epochs if step == "train" else count
@@ -427,7 +449,7 @@ class _Estimator:
             rate = throughput.rate(self.history, step, self.recipe.name, self.recipe.fingerprint, device, self.shape)
         seconds = None if units is None else throughput.seconds(units, rate)
         return PlannedStep(model, step, seed, ratio, status, fp, after, device, units, seconds, rate.source,
-                           self._bytes(step, count), self.assumed, race)
+                           self._bytes(step, count), self.assumed, further)
 
     def _bytes(self, step: str, count: int | None) -> int | None:
         if count is None or self.sizes is None:
@@ -531,8 +553,8 @@ def one_line_total(plan: Plan) -> str:
     on = ", ".join(sorted(set(plan.lanes[m] for m in computing)))
     wall = plan.wall_seconds()
     time_part = "time unknown until the dataset is sharded" if wall is None else f"~{_duration(wall)} on {on}"
-    if wall is not None and plan.races_computing():
-        time_part += f" (races at their worst case; expected ~{_duration(plan.wall_seconds(expected=True))})"
+    if wall is not None and plan.further_computing():
+        time_part += f" (further seeds at their worst case; expected ~{_duration(plan.wall_seconds(expected=True))})"
     size = plan.total_bytes()
     return (f"plan: {len(computing)} of {len(plan.models)} models compute, {time_part}, "
             f"{'?' if size is None else _size(size)} to write")
@@ -547,8 +569,8 @@ def render(plan: Plan) -> str:
     rows = []
     for s in plan.steps:
         status = s.status if s.status == "cached" or s.after is None else f"compute after {s.after}"
-        if s.race and s.status == "compute":
-            status += " if a contender"
+        if s.further and s.status == "compute":
+            status += " if a contender" if s.further == "race" else " if not settled"
         if s.status == "cached" and s.fingerprint:
             status += f" ({s.fingerprint[:12]})"
         rows.append((s.model, s.label, status, "-" if s.status == "cached" else _duration(s.seconds),
@@ -562,9 +584,14 @@ def render(plan: Plan) -> str:
     lines.append(f"total: {len(plan.computing())} of {len(plan.steps)} steps compute; {_duration(total)} of device time "
                  f"({hours} device-hours), ~{_duration(plan.wall_seconds())} on {len(set(plan.lanes.values()))} lane(s); "
                  f"{_size(plan.total_bytes())} to write")
-    if plan.races_computing():
-        lines.append(f"races: those totals are their worst case; with {RACE_SHARE_TEXT} of the further seeds "
-                     f"(as in {throughput.RACE_SOURCE.split(':')[0]}), {_duration(plan.expected_seconds())} of device time")
+    if plan.further_computing():
+        shares = [f"{text} of a race's (as in {source.split(':')[0]})" if kind == "race" else
+                  f"{text} of adaptive seeds' (as in {source.split(':')[0]})"
+                  for kind, text, source in (("race", RACE_SHARE_TEXT, throughput.RACE_SOURCE),
+                                             ("seeds", SEEDS_SHARE_TEXT, throughput.SEEDS_SOURCE))
+                  if any(s.further == kind for s in plan.computing())]
+        lines.append(f"further seeds: those totals are their worst case; with {' and '.join(shares)} further seeds, "
+                     f"{_duration(plan.expected_seconds())} of device time")
     lines.append(one_line_total(plan))
     return "\n".join(lines)
 
@@ -626,9 +653,9 @@ def measured_seconds(plan: Plan, chains: Mapping[str, ModelChain | None], scored
             planned = [(t.seed, t.ratio) for t in plan.steps if t.model == s.model and t.step == s.step
                        and (t.ratio is None) == (s.ratio is None)]  # the chain's pairs, in the same order
             at = planned.index((s.seed, s.ratio))
-            # a race gives its seeds in the planned order, as many as the checkpoint stayed a contender for
-            racing = any(t.race for t in plan.steps if t.model == s.model)
-            pair = pairs[at] if at < len(pairs) and (len(pairs) == len(planned) or racing) else None
+            # further seeds come in the planned order, as many as the race or the range gave this model
+            rounds = any(t.further for t in plan.steps if t.model == s.model)
+            pair = pairs[at] if at < len(pairs) and (len(pairs) == len(planned) or rounds) else None
             record = None if pair is None else pair[0] if s.step == "train" else pair[1]
         if record is None:
             measured[(s.model, s.step, s.seed, s.ratio)] = None
@@ -647,8 +674,9 @@ def compare_with_plan(plan: Plan, chains: Mapping[str, ModelChain | None], score
         got = measured[(s.model, s.step, s.seed, s.ratio)]
         what = f"model {s.model}: {s.label}: estimated {_duration(s.seconds)}"
         if got is None:
-            lines.append(f"{what}, " + ("not run (its checkpoint left the race first, or failed)" if s.race
-                                        else "did not finish"))
+            not_run = {"race": "not run (its checkpoint left the race first, or failed)",
+                       "seeds": "not run (its comparison was settled first, or failed)"}
+            lines.append(f"{what}, " + not_run.get(s.further, "did not finish"))
         elif s.seconds is None or got == 0.0:
             lines.append(f"{what}, measured {_duration(got)}" + (" (cached after all)" if got == 0.0 else ""))
         else:

@@ -164,3 +164,10 @@ PREDICTION_BYTES_PER_IMAGE = 18.2
 # 10.2 of the 32 further trainings. One series on digits: a series of closer checkpoints takes more.
 RACE_SOURCE = "benchmarks/results/race-2026-12-04.md: 8 checkpoints, max 5 seeds, 18.2 of 40 trainings on average"
 RACE_FURTHER_SEEDS_SHARE = (18.2 - 8) / (40 - 8)
+# Adaptive seeds (classifier.seeds: {min, max}) train `min` seeds, then more only while tonight's comparison is
+# not settled: a plan counts the worst case, `max` seeds, and beside it this measured share of the further
+# seeds. benchmarks/results/adaptive_seeds-2026-12-05.md: with {min 1, max 5}, 1.75 seeds per night on average
+# over every night of its chains (redraws and regressions of the demo's generators), so 0.75 of 4 further seeds.
+SEEDS_SOURCE = "benchmarks/results/adaptive_seeds-2026-12-05.md: {min 1, max 5}, 1.75 seeds per night on average"
+SEEDS_FURTHER_SHARE = (1.75 - 1) / (5 - 1)
+FURTHER_SHARE = {"race": RACE_FURTHER_SEEDS_SHARE, "seeds": SEEDS_FURTHER_SHARE}  # by PlannedStep.further

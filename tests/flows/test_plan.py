@@ -193,7 +193,8 @@ def test_json_shape(warm, capsys):
     path = write_config(directory, CHANGED, name="changed-json.yaml", **SECTIONS)
     assert planning.plan_command(str(path), None, as_json=True) == 0
     shape = json.loads(capsys.readouterr().out)
-    assert set(shape) == {"version", "config", "store", "dataset", "recipe", "models", "total", "assumed", "races"}
+    assert set(shape) == {"version", "config", "store", "dataset", "recipe", "models", "total", "assumed", "races",
+                          "further_seeds"}
     assert shape["assumed"] == {"dataset": None, "sample_bytes": None, "gpus": None, "notes": []}  # all from the store
     assert shape["version"] == 1 and shape["dataset"]["status"] == "cached"
     assert set(shape["total"]) == {"models", "models_computing", "steps", "steps_computing", "seconds", "device_hours",
@@ -203,7 +204,7 @@ def test_json_shape(warm, capsys):
     gauss = next(m for m in shape["models"] if m["name"] == "gauss")
     assert set(gauss) == {"name", "lane", "computes", "steps"} and gauss["computes"]
     assert set(gauss["steps"][0]) == {"step", "seed", "ratio", "status", "fingerprint", "after", "device", "units",
-                                      "seconds", "rate_source", "bytes", "assumed", "race"}
+                                      "seconds", "rate_source", "bytes", "assumed", "further"}
     assert [s["step"] for s in gauss["steps"]] == ["samples", "train", "evaluate", "train", "evaluate", "scores"]
     assert planning.plan_command(str(path), None, as_json=False) == 0
     text = capsys.readouterr().out
@@ -364,17 +365,17 @@ def test_a_race_is_planned_at_its_worst_case_with_the_measured_share_beside_it(t
     steps.prepare_dataset(steps.read_config(str(paths["all"])), steps.open_store(steps.read_config(str(paths["all"])).store))
     every, raced = plan_of(paths["all"]), plan_of(paths["race"])
 
-    trains = lambda plan: [(s.model, s.seed, s.race) for s in plan.computing() if s.step == "train"]  # noqa: E731
+    trains = lambda plan: [(s.model, s.seed, s.further == "race") for s in plan.computing() if s.step == "train"]  # noqa: E731
     assert trains(every) == [("real", 0, False), ("ddpm@100", 0, False), ("ddpm@200", 0, False), ("ddpm@300", 0, False)]
     assert trains(raced) == [("real", 0, False)] + [(f"ddpm@{step}", seed, seed > 0) for step in (100, 200, 300)
                                                     for seed in range(3)]
-    further = [s for s in raced.computing() if s.race]
+    further = [s for s in raced.computing() if s.further]
     assert len(further) == 2 * 2 * 3  # a training and an evaluation, seeds 1 and 2, three checkpoints
     assert raced.total_seconds() == pytest.approx(every.total_seconds() + sum(s.seconds for s in further))
     share = throughput.RACE_FURTHER_SEEDS_SHARE
     assert share == pytest.approx(10.2 / 32)  # benchmarks/results/race-2026-12-04.md: 18.2 of 40, 8 checkpoints
     assert raced.expected_seconds() == pytest.approx(raced.total_seconds() - (1 - share) * sum(s.seconds for s in further))
-    assert every.expected_seconds() == every.total_seconds() and not every.races_computing()
+    assert every.expected_seconds() == every.total_seconds() and not every.further_computing()
 
     assert planning.plan_command(str(paths["race"]), None, as_json=False) == 0
     text = capsys.readouterr().out
@@ -382,16 +383,16 @@ def test_a_race_is_planned_at_its_worst_case_with_the_measured_share_beside_it(t
            "case, every checkpoint " \
            "with 3 seeds; 6 of its trainings to compute are further seeds that only contenders get. Expected: 32%" in text
     assert "train seed 2" in text and "compute after samples if a contender" in text
-    assert "races: those totals are their worst case; with 32% of the further seeds (as in " \
-           "benchmarks/results/race-2026-12-04.md)" in text
-    assert "(races at their worst case; expected ~" in planning.one_line_total(raced)
+    assert "further seeds: those totals are their worst case; with 32% of a race's (as in " \
+           "benchmarks/results/race-2026-12-04.md) further seeds" in text
+    assert "(further seeds at their worst case; expected ~" in planning.one_line_total(raced)
     assert planning.plan_command(str(paths["race"]), None, as_json=True) == 0
     shape = json.loads(capsys.readouterr().out)
     assert shape["races"] == {"ddpm": {"max_seeds": 3, "checkpoints": 3, "further_seeds_share": share,
                                        "source": throughput.RACE_SOURCE}}
     assert shape["total"]["seconds_expected"] < shape["total"]["seconds"]
-    assert [st["race"] for m in shape["models"] if m["name"] == "ddpm@100" for st in m["steps"]] == [
-        False, False, False, True, True, True, True]  # samples, then seeds 0, 1, 2 (train, evaluate)
+    assert [st["further"] for m in shape["models"] if m["name"] == "ddpm@100" for st in m["steps"]] == [
+        None, None, None, "race", "race", "race", "race"]  # samples, then seeds 0, 1, 2 (train, evaluate)
 
     # after the run: a checkpoint dropped after its first seed has no second or third
     record = SimpleNamespace(cached=False, train_seconds=1.0, seconds=1.0)
@@ -399,3 +400,36 @@ def test_a_race_is_planned_at_its_worst_case_with_the_measured_share_beside_it(t
     lines = [line for line in planning.compare_with_plan(raced, chains, {}) if line.startswith("model ddpm@100")]
     assert len(lines) == 7 and all("measured 1.0 s" in line for line in lines[:3]) and "train seed 0" in lines[1]
     assert all(line.endswith("not run (its checkpoint left the race first, or failed)") for line in lines[3:])
+
+
+def test_adaptive_seeds_are_planned_at_max_with_the_measured_share_beside_it(tiny_config, capsys):
+    """classifier.seeds {min 1, max 3}: every model but the real baseline (never judged, so it stops at min) is
+    planned with three seeds, seeds 1 and 2 only if its comparison is not settled; the expected figure counts
+    those at the share benchmarks/results/adaptive_seeds-2026-12-05.md measured."""
+    from types import SimpleNamespace
+
+    from casflow.flows.records import ModelChain
+
+    models = [{"name": "g", "generator": {"kind": "gaussian", "components": 4}}]
+    fixed = tiny_config(models, name="fixed.yaml")
+    adaptive = tiny_config(models, name="adaptive.yaml", classifier=TINY_CLASSIFIER | {"seeds": {"min": 1, "max": 3}})
+    steps.prepare_dataset(steps.read_config(str(fixed)), steps.open_store(steps.read_config(str(fixed)).store))
+    one, ranged = plan_of(fixed), plan_of(adaptive)
+    trains = [(s.model, s.seed, s.further) for s in ranged.computing() if s.step == "train"]
+    assert trains == [("real", 0, None), ("g", 0, None), ("g", 1, "seeds"), ("g", 2, "seeds")]
+    further = [s for s in ranged.computing() if s.further]
+    assert ranged.total_seconds() == pytest.approx(one.total_seconds() + sum(s.seconds for s in further))
+    share = throughput.SEEDS_FURTHER_SHARE
+    assert share == pytest.approx(0.75 / 4)  # 1.75 seeds per night of at most 5
+    assert ranged.expected_seconds() == pytest.approx(ranged.total_seconds() - (1 - share) * sum(s.seconds for s in further))
+
+    assert planning.plan_command(str(adaptive), None, as_json=False) == 0
+    text = capsys.readouterr().out
+    assert "train seed 2" in text and "compute after samples if not settled" in text
+    assert "classifier.seeds is a range: counted at its worst case" in text
+    assert "with 19% of adaptive seeds' (as in benchmarks/results/adaptive_seeds-2026-12-05.md) further seeds" in text
+    record = SimpleNamespace(cached=False, train_seconds=1.0, seconds=1.0)
+    lines = [line for line in planning.compare_with_plan(ranged, {"g": ModelChain(record, ((record, record),))}, {})
+             if line.startswith(("model g: train seed", "model g: evaluate seed"))]
+    assert len(lines) == 6 and all("measured 1.0 s" in line for line in lines[:2])
+    assert all(line.endswith("not run (its comparison was settled first, or failed)") for line in lines[2:])
