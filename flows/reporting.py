@@ -52,7 +52,8 @@ def build_report(store: Store, run_id: str) -> str:
         shard_set = load_shard_set(store, store.location("samples", row["samples_fingerprint"]))
         if shard_set is not None:
             samples[row["model"]] = grid(store, shard_set, len(class_names))
-    real = load_shard_set(store, store.location("real", summary[0]["dataset_fingerprint"], "train")) if summary else None
+    # per-class rows name the classes; a run whose every model failed has none, and no grid to draw
+    real = load_shard_set(store, store.location("real", summary[0]["dataset_fingerprint"], "train")) if class_names else None
     return report.render(report.ReportData(
         run_id=run_id, store_url=store.url, class_names=class_names, summary=summary, per_class=per_class,
         changes=changes, history=results.read_readable(store, "summary")[0].to_pylist(), confusion=confusion, samples=samples,

@@ -570,3 +570,22 @@ def test_a_series_report_renders_its_chart_and_best_set_in_chromium(tmp_path, mo
     blue = (np.abs(pixels - np.array([59, 111, 182])).max(axis=2) <= 8).sum()  # the chart's line and points
     green = (np.abs(pixels - np.array([225, 245, 225])).max(axis=2) <= 2).sum()  # best-set rows
     assert blue > 100 and green > 2000, (blue, green)  # measured: 167 and 18,556 with three points
+
+
+def test_a_night_whose_every_model_failed_still_gets_its_report(tmp_path):
+    """No model finished (a step time limit on a loaded machine, say): no per-class rows name the classes, and
+    the report still renders the failures, without sample grids."""
+    from casflow.flows import reporting
+    from casflow.tasks.results import ModelOutcome, RunInfo
+
+    config = steps.read_config(str(write_config(tmp_path, [{"name": "g", "generator": {"kind": "gaussian"}}])))
+    store = steps.open_store(config.store)
+    dataset = steps.prepare_dataset(config, store)  # the real train split's shards are there
+    failed = [ModelOutcome(m.name, m.generator.kind, error=f"model '{m.name}': StepTimeLimit: train-classifier did not "
+                                                           "finish within limits.step_seconds = 4 s") for m in config.all_models]
+    run = RunInfo("20261205T020000Z-failed", START, None, dataset.name, dataset.fingerprint, dataset.class_names,
+                  config.classifier.resolved.name, config.classifier.resolved.fingerprint, config.seed, config.classifier_seeds)
+    record = steps.write_results(store, run, failed, config.baseline.name)
+    text = reporting.build_report(store, record.run_id)
+    assert "model &#x27;g&#x27;: StepTimeLimit" in text or "model 'g': StepTimeLimit" in text
+    assert "(no samples found)" in text
