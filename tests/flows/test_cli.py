@@ -46,8 +46,8 @@ def test_results_prints_the_latest_run(tmp_path, tiny_config, capsys):
 
 
 @pytest.mark.slow
-def test_cas_demo_twice_second_run_all_cached(tmp_path):
-    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect"))
+def test_cas_demo_twice_second_run_all_cached(tmp_path, prefect_api):
+    env = dict(os.environ, **prefect_api)  # a running server, as after `make server`: no temporary one per run
     command = [sys.executable, "-m", "casflow.flows.cli", "demo", "--store", str(tmp_path / "store")]
     first = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -108,7 +108,7 @@ def test_config_that_never_ends_exits_2_at_once(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("kind", ["silent", "closed"])
-def test_run_on_a_store_that_never_answers_fails_fast_naming_it(tmp_path, tiny_config, kind):
+def test_run_on_a_store_that_never_answers_fails_fast_naming_it(tmp_path, tiny_config, prefect_api, kind):
     import time
 
     from helpers import Unanswering
@@ -116,7 +116,7 @@ def test_run_on_a_store_that_never_answers_fails_fast_naming_it(tmp_path, tiny_c
     path = tiny_config([{"name": "g", "generator": {"kind": "gaussian"}}])
     with Unanswering() as endpoints:
         env = dict(os.environ, AWS_ENDPOINT_URL=endpoints.url(kind), AWS_ACCESS_KEY_ID="key", AWS_SECRET_ACCESS_KEY="secret",
-                   AWS_DEFAULT_REGION="us-east-1", PREFECT_HOME=str(tmp_path / "prefect"))
+                   AWS_DEFAULT_REGION="us-east-1", **prefect_api)
         started = time.monotonic()
         result = subprocess.run([sys.executable, "-m", "casflow.flows.cli", "run", str(path), "--store", "s3://casflow/cas"],
                                 capture_output=True, text=True, env=env, timeout=240)
