@@ -3,7 +3,9 @@ before anything imports them; no test touches ~/.prefect or ~/.cache."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 # Under pytest-xdist several test processes share the cores: one compute thread each (and in what they
@@ -17,6 +19,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _session_home = tempfile.mkdtemp(prefix="casflow-tests-")
+atexit.register(shutil.rmtree, _session_home, ignore_errors=True)  # some 10 MB a run, left in /tmp otherwise
 os.environ["PREFECT_HOME"] = os.path.join(_session_home, "prefect")
 os.environ["CASFLOW_CACHE_DIR"] = os.path.join(_session_home, "cache")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
