@@ -135,7 +135,11 @@ class LocalS3:
                 self.process.kill()
                 self.process.wait()
         self.process = None
-        for offset in (0, 1, 2, 3, 4):  # weed leaves unix sockets behind
+        self.remove_sockets()
+
+    def remove_sockets(self) -> None:
+        """The unix sockets a stopped weed leaves behind in the temporary folder."""
+        for offset in (0, 1, 2, 3, 4):
             for path in glob.glob(f"{tempfile.gettempdir()}/seaweedfs-*-{self.port + offset}.sock"):
                 try:
                     os.remove(path)

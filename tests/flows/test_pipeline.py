@@ -26,6 +26,22 @@ def summary(store_dir, run_id):
     return {row["model"]: row for row in rows}
 
 
+def artifact(store_dir, key: str, run_id: str | None = None):
+    """The artifact `key` of the flow run behind a casflow run (the store's latest when None): by its flow run
+    id, for other test processes publish theirs on the same server."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    ((flow_run_id,),) = duckdb.sql(f"SELECT DISTINCT flow_run_id FROM read_parquet('{store_dir}/results/summary/**/*.parquet', "
+                                "hive_partitioning=true) WHERE run_id = " + (f"'{run_id}'" if run_id else "(SELECT max(run_id) FROM "
+                                f"read_parquet('{store_dir}/results/summary/**/*.parquet', hive_partitioning=true))")).fetchall()
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]),
+                                                                     flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    assert len(found) == 1, f"{len(found)} artifacts {key} of flow run {flow_run_id}"
+    return found[0]
+
+
 def test_flow_end_to_end_then_everything_cached(tiny_config, tmp_path, train_calls):
     path = tiny_config(MODELS)
     state = cas_evaluation(str(path), return_state=True)
@@ -83,17 +99,11 @@ def test_failing_model_is_isolated_and_the_run_fails(tiny_config, tmp_path, monk
     assert len(list((tmp_path / "store" / "samples").iterdir())) == 1  # only gauss's samples were committed
 
 
-def test_artifacts_are_published(tiny_config):
-    from prefect import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.client.schemas.sorting import ArtifactSort
-
-    cas_evaluation(str(tiny_config(MODELS[:1])))
-    with get_client(sync_client=True) as client:  # the latest of each key: this test's run
-        table, note = (client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-                                             sort=ArtifactSort.CREATED_DESC, limit=1) for key in ("cas-summary", "cas-worst-classes"))
-    assert table and "gauss" in str(table[0].data)
-    assert note and "per_class" in note[0].data and "## gauss" in note[0].data
+def test_artifacts_are_published(tiny_config, tmp_path):
+    report = cas_evaluation(str(tiny_config(MODELS[:1])))
+    table, note = (artifact(tmp_path / "store", key, report["run_id"]) for key in ("cas-summary", "cas-worst-classes"))
+    assert "gauss" in str(table.data)
+    assert "per_class" in note.data and "## gauss" in note.data
 
 
 def test_transient_store_error_is_retried_and_bad_input_is_not(tiny_config, tmp_path, monkeypatch):
@@ -128,9 +138,6 @@ def test_transient_store_error_is_retried_and_bad_input_is_not(tiny_config, tmp_
 
 def test_two_nights_through_the_cas_command(tiny_config, tmp_path, capsys):
     """The nightly gate as a CI job runs it: exit 0 on the first night, 3 when a model got worse."""
-    from prefect import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.client.schemas.sorting import ArtifactSort
 
     from casflow.flows.cli import main
 
@@ -146,11 +153,9 @@ def test_two_nights_through_the_cas_command(tiny_config, tmp_path, capsys):
         gallery = report.read_text().split("<h2>Failure gallery: the most confident misses</h2>")[1]
         assert "<h3>real</h3>" in gallery and "<h3>candidate</h3>" in gallery
         assert gallery.count("<table class=gallery>") == 2 and gallery.count("</b>, taken for <b>") == 2 * 8
-    with get_client(sync_client=True) as client:  # the latest of each key: this test's second run
-        changes, note = (client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-                                               sort=ArtifactSort.CREATED_DESC, limit=1) for key in ("cas-changes", "cas-worst-classes"))
-    assert changes and "worse" in str(changes[0].data)
-    assert "report:" in note[0].data and "index.html" in note[0].data
+    changes, note = (artifact(tmp_path / "store", key) for key in ("cas-changes", "cas-worst-classes"))  # the second night's
+    assert "worse" in str(changes.data)
+    assert "report:" in note.data and "index.html" in note.data
     assert main(["run", str(worse)]) == 0  # without the flag a regression is reported, not an error
 
 
@@ -230,9 +235,6 @@ def test_flow_on_a_store_that_never_answers_fails_fast_naming_it(tiny_config, mo
 
 
 def test_scores_beside_cas_in_the_flow_their_opt_outs_and_a_failed_baseline(tiny_config, tmp_path, monkeypatch, caplog):
-    from prefect import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.client.schemas.sorting import ArtifactSort
 
     report = cas_evaluation(str(tiny_config(MODELS[:1], scores={"augmentation": [0.5]})))
     rows = summary(tmp_path / "store", report["run_id"])
@@ -243,10 +245,8 @@ def test_scores_beside_cas_in_the_flow_their_opt_outs_and_a_failed_baseline(tiny
     per_class = duckdb.sql(f"SELECT count(precision) FROM read_parquet('{tmp_path}/store/results/per_class/**/*.parquet', "
                            f"union_by_name=true) WHERE run_id = '{report['run_id']}' AND model = 'gauss'").fetchall()
     assert per_class == [(10,)]
-    with get_client(sync_client=True) as client:
-        (artifact,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["cas-scores"])),
-                                            sort=ArtifactSort.CREATED_DESC, limit=1)
-    assert "gauss" in str(artifact.data) and "GAN-test" in str(artifact.data)
+    scores = artifact(tmp_path / "store", "cas-scores", report["run_id"])
+    assert "gauss" in str(scores.data) and "GAN-test" in str(scores.data)
 
     off = {"gan_test": False, "features": False, "memorization": False, "augmentation": []}
     report = cas_evaluation(str(tiny_config(MODELS[:1], name="off.yaml", scores=off)))

@@ -36,9 +36,13 @@ def port_of(api_url: str) -> str:
     return api_url.rsplit(":", 1)[1].split("/")[0]
 
 
-def flow_run_names(api_url: str) -> set[str]:
+def flow_runs_of(api_url: str, config: Path) -> set[str]:
+    """The names of the server's recent flow runs of this config (other test processes share the server)."""
+    from prefect.client.schemas.sorting import FlowRunSort
+
     with prefect_client(api_url) as client:
-        return {run.name for run in client.read_flow_runs()}
+        recent = client.read_flow_runs(sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=200)
+    return {run.name for run in recent if run.parameters.get("config_path") == str(config)}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +59,7 @@ def cached(tmp_path_factory, prefect_api):
 def test_a_running_server_is_found_and_a_cached_run_imports_no_torch(cached, prefect_api):
     folder, config = cached
     env = env_for(folder, PREFECT_SERVER_API_PORT=port_of(prefect_api["PREFECT_API_URL"]))  # where `make server` listens
-    before = flow_run_names(prefect_api["PREFECT_API_URL"])
+    before = flow_runs_of(prefect_api["PREFECT_API_URL"], config)
     script = ("import sys; from casflow.flows.cli import main; code = main(['run', sys.argv[1]]); "
               f"print('heavy:', sorted(m for m in {HEAVY!r} if m in sys.modules), flush=True); "
               "import os; sys.stderr.flush(); os._exit(code)")  # as the `cas` command ends (lifecycle.end): no interpreter teardown
@@ -64,17 +68,17 @@ def test_a_running_server_is_found_and_a_cached_run_imports_no_torch(cached, pre
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "heavy: []" in done.stdout  # torch alone took 2-4 s of every cached run
     assert TEMPORARY_LINE not in done.stderr and "Traceback" not in done.stdout + done.stderr
-    assert len(flow_run_names(prefect_api["PREFECT_API_URL"]) - before) == 1  # the run is on the running server
+    assert len(flow_runs_of(prefect_api["PREFECT_API_URL"], config) - before) == 1  # the run is on the running server
 
 
 def test_opting_out_runs_on_a_temporary_server_even_beside_a_running_one(cached, prefect_api):
     folder, config = cached
     env = env_for(folder, PREFECT_SERVER_API_PORT=port_of(prefect_api["PREFECT_API_URL"]), CASFLOW_PREFECT_SERVER="temporary")
-    before = flow_run_names(prefect_api["PREFECT_API_URL"])
+    before = flow_runs_of(prefect_api["PREFECT_API_URL"], config)
     done = subprocess.run([*CAS, "run", str(config)], env=env, cwd=folder, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert TEMPORARY_LINE in done.stderr and "Traceback" not in done.stdout + done.stderr
-    assert flow_run_names(prefect_api["PREFECT_API_URL"]) == before
+    assert flow_runs_of(prefect_api["PREFECT_API_URL"], config) == before
 
 
 def test_a_configured_server_that_does_not_answer_is_one_line(tmp_path):
@@ -166,7 +170,7 @@ def listening_port(pids: set[int]) -> int:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("signum, busy", [(signal.SIGKILL, ""), (signal.SIGTERM, ""), (signal.SIGTERM, "1")],
                          ids=["SIGKILL", "SIGTERM", "SIGTERM-busy-in-numpy"])
-def test_killed_mid_flow_no_process_of_the_run_is_left_and_its_port_is_free(tmp_path, signum, busy):
+def test_killed_mid_flow_no_process_of_the_run_is_left_and_its_port_is_free(tmp_path, signum, busy, prefect_api):
     (tmp_path / "slow_gen.py").write_text(textwrap.dedent(SLOW_GENERATOR))
     models = [{"name": "slow", "generator": {"kind": "python", "entry_point": "slow_gen:make", "batch_size": 100}}]
     config = write_config(tmp_path, models, store={"url": str(tmp_path / "store"), "shard_size": 100})
@@ -198,9 +202,9 @@ def test_killed_mid_flow_no_process_of_the_run_is_left_and_its_port_is_free(tmp_
     assert store.listdir("results/summary") == []
     if signum == signal.SIGTERM:
         assert "cas: stopped by SIGTERM" in out and "Traceback" not in out, out[-3000:]
-        # what it left is debris the next run cleans: it completes with the same model
-        rerun = subprocess.run([*CAS, "run", str(config)], env=dict(env, SLOW_SECONDS="0"), cwd=tmp_path, capture_output=True,
-                               text=True, timeout=600)
+        # what it left is debris the next run cleans: it completes with the same model (on the session's server)
+        rerun = subprocess.run([*CAS, "run", str(config)], env=dict(env, SLOW_SECONDS="0", **prefect_api), cwd=tmp_path,
+                               capture_output=True, text=True, timeout=600)
         assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
         assert load_shard_set(store, f"samples/{folder}").num_samples == 1438
         assert not [n for n in store.listdir(f"samples/{folder}") if ".tmp-" in n]
@@ -266,7 +270,7 @@ def temporary_server_of(pid: int) -> int:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("when", ["before-results", "after-results"])
-def test_the_prefect_server_dies_mid_run(tmp_path, when):
+def test_the_prefect_server_dies_mid_run(tmp_path, when, prefect_api):
     """Before the results are committed: one line within 30 s, exit 1, and a rerun completes from the cache.
     After: the table and one line saying the results are on the store, within 30 s, exit 5."""
     (tmp_path / "slow_gen.py").write_text(textwrap.dedent(SLOW_GENERATOR))
@@ -295,8 +299,8 @@ def test_the_prefect_server_dies_mid_run(tmp_path, when):
     assert "stopped answering" in out, out[-3000:]
     if when == "before-results":
         assert process.returncode == 1 and "before its results were committed" in out, out[-3000:]
-        rerun = subprocess.run([*CAS, "run", str(config)], env=dict(env, SLOW_SECONDS="0"), cwd=tmp_path, capture_output=True,
-                               text=True, timeout=600)
+        rerun = subprocess.run([*CAS, "run", str(config)], env=dict(env, SLOW_SECONDS="0", **prefect_api), cwd=tmp_path,
+                               capture_output=True, text=True, timeout=600)  # on the session's server: the cache is the point
         assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     else:
         assert process.returncode == 5 and "after the results were committed" in out, out[-3000:]
