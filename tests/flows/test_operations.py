@@ -17,11 +17,12 @@ from types import SimpleNamespace
 
 import duckdb
 import pytest
+import yaml
 
 from casflow.storage import verify
 from casflow.storage.shards import iter_shard_set, load_shard_set
 from casflow.storage.store import Store, s3_options
-from helpers import REPO, SLOW_GENERATOR, deploy, prefect_client, prefect_command, stop_worker, wait_for, write_config
+from helpers import REPO, SLOW_GENERATOR, TINY_CLASSIFIER, deploy, prefect_client, prefect_command, stop_worker, wait_for, write_config
 
 GAUSSIANS = [
     {"name": f"gauss-{k}", "generator": {"kind": "gaussian", "components": k}} for k in (4, 8, 16, 32)
@@ -202,7 +203,15 @@ def test_fan_out_sends_no_credentials_and_cancels_the_children_it_gives_up_on(tm
 @pytest.mark.s3
 @pytest.mark.deployment
 def test_nightly_deployment_end_to_end(tmp_path, s3, prefect_api):
-    env = cas_env(tmp_path, prefect_api, s3, CASFLOW_PROJECT_DIR=str(REPO), PREFECT_CLI_PROMPT="false",
+    """prefect.yaml's deployments as `make deploy` makes them, and a worker running the nightly one twice: its
+    default config (relative, found through the deployment's pull step) is configs/nightly.yaml of a project
+    folder of the test's, the shipped one with the tests' tiny classifier options (three seeds and NAS kept)."""
+    project = tmp_path / "project"
+    (project / "configs").mkdir(parents=True)
+    nightly_config = yaml.safe_load((REPO / "configs" / "nightly.yaml").read_text())
+    nightly_config["classifier"] |= {key: TINY_CLASSIFIER[key] for key in ("options", "device")}
+    (project / "configs" / "nightly.yaml").write_text(yaml.safe_dump(nightly_config))
+    env = cas_env(tmp_path, prefect_api, s3, CASFLOW_PROJECT_DIR=str(project), PREFECT_CLI_PROMPT="false",
                   PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="1")
     prefect = prefect_command()
 
