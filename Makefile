@@ -23,7 +23,7 @@ demo: $(BIN)/cas
 	$(BIN)/cas demo
 
 # Test processes (pytest-xdist). Much of the suite waits on servers and subprocesses, so more processes
-# than cores still pays on 2 cores; each process starts its own session servers (Prefect, SeaweedFS).
+# than cores still pays on 2 cores; they share one Prefect server and one SeaweedFS server (tests/conftest.py).
 TEST_WORKERS ?= 3
 
 test: $(BIN)/cas
