@@ -50,7 +50,7 @@ os.environ["PREFECT_SERVER_API_PORT"] = str(_refusing_port())
 
 import pytest  # noqa: E402
 
-from helpers import CIFAR10, prefect_command, write_config  # noqa: E402
+from helpers import CIFAR10, prefect_command, running, write_config  # noqa: E402
 
 HEAVY_MARKS = ("slow", "deployment")  # tests of tens of seconds: servers, subprocesses, whole runs
 
@@ -154,20 +154,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _alive(pid: int) -> bool:
-    """Running and not a zombie waiting to be reaped (Linux /proc; elsewhere, whether the PID exists)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-            return True
-        except OSError:
-            return False
-
-
 def _stop_group(pid: int, wait: float = 15) -> None:
     """SIGTERM to the process group that `pid` leads (a server started with start_new_session), SIGKILL to
     it if it has not gone within `wait` seconds. The test process that started it may be another one."""
@@ -180,9 +166,9 @@ def _stop_group(pid: int, wait: float = 15) -> None:
         except ProcessLookupError:
             return
         deadline = time.monotonic() + wait
-        while _alive(pid) and time.monotonic() < deadline:
+        while running(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if not _alive(pid):
+        if not running(pid):
             return
 
 
@@ -218,7 +204,7 @@ def one_server_per_session(tmp_path_factory, name: str, start, stop=None):
     record = root / f"{name}.json"
     with _locked(root / f"{name}.lock"):
         shared = json.loads(record.read_text()) if record.exists() else None
-        if shared is None or not _alive(shared["pid"]):
+        if shared is None or not running(shared["pid"]):
             folder = root / f"{name}-{os.environ['PYTEST_XDIST_WORKER']}"
             folder.mkdir(exist_ok=True)
             pid, state = start(folder)

@@ -127,11 +127,33 @@ def stop_worker(worker) -> None:
         worker.wait()
 
 
+def running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped (Linux /proc)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def flow_runs(api_url: str, deployment: str | None = None, config: Path | None = None) -> list:
+    """The server's 200 latest flow runs, of one deployment (`flow/name`) or of one config file when given:
+    other test processes share the server."""
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with prefect_client(api_url) as client:
+        runs = client.read_flow_runs(sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=200)
+        if deployment is not None:
+            wanted = client.read_deployment_by_name(deployment).id
+            runs = [r for r in runs if r.deployment_id == wanted]
+    return [r for r in runs if config is None or r.parameters.get("config_path") == str(config)]
+
+
 def deploy(env: dict, folder: Path, *names: str) -> dict[str, tuple[str, str]]:
     """prefect.yaml's deployments `names` on the server of `env` with `prefect deploy`, as `make deploy` does, but
     under names of the caller's own: from a copy of prefect.yaml in `folder` whose deployment and work pool names
     carry a suffix unique to the call, so that tests sharing a server never take each other's flow runs. Creates
-    the pools. Returns {name: ("flow/deployment" to run, its work pool)}."""
+    the pools, and pauses the deployments' schedules (the nightly one must not fire during a test). Returns
+    {name: ("flow/deployment" to run, its work pool)}."""
     import subprocess
     import uuid
 
@@ -158,6 +180,11 @@ def deploy(env: dict, folder: Path, *names: str) -> dict[str, tuple[str, str]]:
     done = subprocess.run([prefect_command(), "--no-prompt", "deploy", "--all", "--prefect-file", str(folder / "prefect.yaml")],
                           env=env, cwd=REPO, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with prefect_client(env["PREFECT_API_URL"]) as client:
+        for name, _ in deployed.values():
+            deployment = client.read_deployment_by_name(name)
+            for schedule in deployment.schedules:
+                client.update_deployment_schedule(deployment.id, schedule.id, active=False)
     return deployed
 
 

@@ -22,7 +22,18 @@ import yaml
 from casflow.storage import verify
 from casflow.storage.shards import iter_shard_set, load_shard_set
 from casflow.storage.store import Store, s3_options
-from helpers import REPO, SLOW_GENERATOR, TINY_CLASSIFIER, deploy, prefect_client, prefect_command, stop_worker, wait_for, write_config
+from helpers import (
+    REPO,
+    SLOW_GENERATOR,
+    TINY_CLASSIFIER,
+    deploy,
+    flow_runs,
+    prefect_client,
+    prefect_command,
+    stop_worker,
+    wait_for,
+    write_config,
+)
 
 GAUSSIANS = [
     {"name": f"gauss-{k}", "generator": {"kind": "gaussian", "components": k}} for k in (4, 8, 16, 32)
@@ -150,7 +161,7 @@ def test_secrets_stay_out_of_store_logs_and_artifacts(tmp_path, s3, prefect_api)
         assert secret.encode() not in store.fs.cat_file(path), path
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
 
-    (run,) = [r for r in flow_runs(prefect_api) if r.parameters.get("config_path") == str(config)]
+    (run,) = flow_runs(prefect_api["PREFECT_API_URL"], config=config)
     with prefect_client(prefect_api["PREFECT_API_URL"]) as client:  # this run's: other test processes share the server
         logs, page = [], True
         while page:  # every page of its logs
@@ -161,18 +172,6 @@ def test_secrets_stay_out_of_store_logs_and_artifacts(tmp_path, s3, prefect_api)
     assert not [log.message for log in logs if secret in log.message]
     assert not [a.key for a in artifacts if secret in json.dumps(a.data, default=str)]
     assert secret not in json.dumps(run.parameters, default=str)
-
-
-def flow_runs(prefect_api: dict, deployment: str | None = None) -> list:
-    """The server's 200 latest flow runs (of one deployment, `flow/name`)."""
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    with prefect_client(prefect_api["PREFECT_API_URL"]) as client:
-        runs = client.read_flow_runs(sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=200)
-        if deployment is None:
-            return runs
-        wanted = client.read_deployment_by_name(deployment).id
-        return [r for r in runs if r.deployment_id == wanted]
 
 
 @pytest.mark.deployment
@@ -189,12 +188,12 @@ def test_fan_out_sends_no_credentials_and_cancels_the_children_it_gives_up_on(tm
 
     parsed = steps.read_config(str(config))
     steps.prepare_dataset(parsed, steps.open_store(parsed.store))  # the parent's own dataset step: a cache hit in time
-    before = {r.id for r in flow_runs(prefect_api, model_deployment)}
+    before = {r.id for r in flow_runs(prefect_api["PREFECT_API_URL"], model_deployment)}
     cas = subprocess.run([sys.executable, "-m", "casflow.flows.cli", "run", str(config), "--model-deployment",
                           model_deployment], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert cas.returncode == 1, cas.stdout[-3000:] + cas.stderr[-3000:]
     assert "credentials are not sent" in cas.stdout + cas.stderr and secret not in cas.stdout + cas.stderr
-    children = [r for r in flow_runs(prefect_api, model_deployment) if r.id not in before]
+    children = [r for r in flow_runs(prefect_api["PREFECT_API_URL"], model_deployment) if r.id not in before]
     assert sorted(r.parameters["model_name"] for r in children) == ["gauss-4", "real"]
     assert {r.state.name for r in children} == {"Cancelled"}
     assert not [r.name for r in children if secret in json.dumps(r.parameters) or "AKIA0451" in json.dumps(r.parameters)]
@@ -221,7 +220,9 @@ def test_nightly_deployment_end_to_end(tmp_path, s3, prefect_api):
         return result.stdout
 
     nightly, pool = deploy(env, tmp_path, "nightly-cas", "casflow-model")["nightly-cas"]  # as `make deploy`: every deployment
-    _pause_schedules(prefect_api, nightly)
+    with prefect_client(prefect_api["PREFECT_API_URL"]) as client:  # prefect.yaml's nightly schedule, paused by deploy
+        schedules = client.read_deployment_by_name(nightly).schedules
+    assert [(s.schedule.cron, s.active) for s in schedules] == [("0 2 * * *", False)]
     worker = subprocess.Popen([prefect, "worker", "start", "--pool", pool, "--type", "process", "--limit", "2"],
                               env=env, cwd=tmp_path, stdout=open(tmp_path / "worker.log", "w"), stderr=subprocess.STDOUT,
                               start_new_session=True)
@@ -241,15 +242,6 @@ def test_nightly_deployment_end_to_end(tmp_path, s3, prefect_api):
     finally:
         stop_worker(worker)
     assert "casflow.steps" in (tmp_path / "worker.log").read_text()  # our progress lines reach the run logs
-
-
-def _pause_schedules(prefect_api: dict, name: str) -> None:
-    """The nightly schedule must not fire during a test."""
-    with prefect_client(prefect_api["PREFECT_API_URL"]) as client:
-        deployment = client.read_deployment_by_name(name)
-        assert [s.schedule.cron for s in deployment.schedules] == ["0 2 * * *"]
-        for schedule in deployment.schedules:
-            client.update_deployment_schedule(deployment.id, schedule.id, active=False)
 
 
 class ModelWorkers:

@@ -32,9 +32,9 @@ def artifact(store_dir, key: str, run_id: str | None = None):
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
-    ((flow_run_id,),) = duckdb.sql(f"SELECT DISTINCT flow_run_id FROM read_parquet('{store_dir}/results/summary/**/*.parquet', "
-                                "hive_partitioning=true) WHERE run_id = " + (f"'{run_id}'" if run_id else "(SELECT max(run_id) FROM "
-                                f"read_parquet('{store_dir}/results/summary/**/*.parquet', hive_partitioning=true))")).fetchall()
+    flow_run_ids = dict(duckdb.sql(f"SELECT DISTINCT run_id, flow_run_id FROM read_parquet("
+                                   f"'{store_dir}/results/summary/**/*.parquet', hive_partitioning=true)").fetchall())
+    flow_run_id = flow_run_ids[run_id or max(flow_run_ids)]
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]),
                                                                      flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
@@ -138,7 +138,6 @@ def test_transient_store_error_is_retried_and_bad_input_is_not(tiny_config, tmp_
 
 def test_two_nights_through_the_cas_command(tiny_config, tmp_path, capsys):
     """The nightly gate as a CI job runs it: exit 0 on the first night, 3 when a model got worse."""
-
     from casflow.flows.cli import main
 
     first = tiny_config([{"name": "candidate", "generator": {"kind": "gaussian", "components": 16}}], name="n1.yaml")
@@ -235,7 +234,6 @@ def test_flow_on_a_store_that_never_answers_fails_fast_naming_it(tiny_config, mo
 
 
 def test_scores_beside_cas_in_the_flow_their_opt_outs_and_a_failed_baseline(tiny_config, tmp_path, monkeypatch, caplog):
-
     report = cas_evaluation(str(tiny_config(MODELS[:1], scores={"augmentation": [0.5]})))
     rows = summary(tmp_path / "store", report["run_id"])
     gauss = rows["gauss"]

@@ -16,7 +16,7 @@ import pytest
 
 from casflow.storage.shards import load_shard_set
 from casflow.storage.store import Store
-from helpers import SLOW_GENERATOR, prefect_client, wait_for, write_config
+from helpers import SLOW_GENERATOR, flow_runs, running, wait_for, write_config
 
 pytestmark = pytest.mark.deployment
 
@@ -37,12 +37,7 @@ def port_of(api_url: str) -> str:
 
 
 def flow_runs_of(api_url: str, config: Path) -> set[str]:
-    """The names of the server's recent flow runs of this config (other test processes share the server)."""
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    with prefect_client(api_url) as client:
-        recent = client.read_flow_runs(sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=200)
-    return {run.name for run in recent if run.parameters.get("config_path") == str(config)}
+    return {run.name for run in flow_runs(api_url, config=config)}
 
 
 @pytest.fixture(scope="module")
@@ -129,14 +124,6 @@ def descendants(pid: int) -> set[int]:
             todo += list(with_children - found)
             found |= with_children
     return found
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie waiting to be reaped."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
 
 
 def port_is_free(port: int) -> bool:
