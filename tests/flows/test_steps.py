@@ -190,7 +190,8 @@ def test_builtin_samples_are_byte_identical_across_cpus(tmp_path):
     import os
     import subprocess
 
-    variants = [variant for variant, flag in CPU_VARIANTS if flag in cpu_flags()]
+    flags = cpu_flags()
+    variants = [variant for variant, flag in CPU_VARIANTS if flag in flags]
     assert len(variants) >= 4, f"only {variants} run on this CPU"  # every x86-64 CPU since 2013 runs five
     models = [{"name": "g32", "generator": {"kind": "gaussian", "components": 32}},
               {"name": "g32-t0.3", "generator": {"kind": "gaussian", "components": 32, "temperature": 0.3}},
